@@ -1,0 +1,198 @@
+"""The Duality offroad dataset on disk: folders, the phase-1 class table and label resizing.
+
+Layout (train/val share a root; the test set has the two folders directly):
+
+    ROOT/train/Color_Images/*.png   RGB 960x540
+    ROOT/train/Segmentation/*.png   same names, 16-bit raw ids
+    ROOT/val/...                    likewise
+    TEST/Color_Images, TEST/Segmentation
+
+Everything here reproduces what the organisers' phase-1 script does, quirks
+included, except where a `LabelMode` other than `phase1` is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from sweeper.config import LabelMode
+from sweeper.errors import SweeperError
+
+log = logging.getLogger(__name__)
+
+# The phase-1 script's table, raw id -> class index. Flowers (600) is missing
+# from it, so Flowers pixels (and any unknown id) stay 0: class 0 is Flowers.
+PHASE1_CLASS_TABLE: dict[int, int] = {
+    0: 0, 100: 1, 200: 2, 300: 3, 500: 4, 550: 5, 700: 6, 800: 7, 7100: 8, 10000: 9,
+}
+CLASS_NAMES: tuple[str, ...] = (
+    "Flowers/bg", "Trees", "Lush Bushes", "Dry Grass", "Dry Bushes",
+    "Ground Clutter", "Logs", "Rocks", "Landscape", "Sky",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+# Ids the dataset documents; 600 (Flowers) is valid but folded into class 0 by the table.
+KNOWN_RAW_IDS = frozenset(PHASE1_CLASS_TABLE) | {600}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_DIR, MASK_DIR = "Color_Images", "Segmentation"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One folder pair of images and masks, files in sorted order."""
+
+    name: str  # 'train', 'val', 'test'
+    root: Path  # the folder holding Color_Images and Segmentation
+    image_paths: tuple[Path, ...]
+    mask_paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+
+def find_split(root: str | Path, name: str) -> Split:
+    """The split `name` under a dataset root: ROOT/name/{Color_Images,Segmentation}, or ROOT itself for a test folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SweeperError(f"{root}: data folder does not exist")
+    folder = root / name
+    if not (folder / IMAGE_DIR).is_dir() and (root / IMAGE_DIR).is_dir():
+        folder = root  # a test folder has the two subfolders directly
+    return list_split(folder, name)
+
+
+def list_split(folder: Path, name: str) -> Split:
+    """List a folder's image/mask pairs (sorted by name); every image must have its mask."""
+    img_dir, mask_dir = folder / IMAGE_DIR, folder / MASK_DIR
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise SweeperError(f"{d}: folder is missing (expected {folder}/{IMAGE_DIR} and {folder}/{MASK_DIR})")
+    # Phase 1 used an unsorted os.listdir; sorting makes runs repeatable across file systems.
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not images:
+        raise SweeperError(f"{img_dir}: no .png images in folder")
+    masks = []
+    for p in images:
+        m = mask_dir / p.name
+        if not m.is_file():
+            raise SweeperError(f"{p}: image has no mask (expected {m})")
+        masks.append(m)
+    return Split(name=name, root=folder, image_paths=tuple(images), mask_paths=tuple(masks))
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SweeperError(f"{path}: not a readable PNG ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+
+
+def load_image(path: Path, *, height: int, width: int) -> torch.Tensor:
+    """Phase-1 image transform: bilinear resize, [0,1] floats, ImageNet normalisation -> (3, H, W)."""
+    img = _open(path).convert("RGB")
+    img = img.resize((width, height), Image.BILINEAR)  # what torchvision's Resize does for a PIL image
+    x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    x = x.to(torch.float32).div(255)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    return _open(path).size
+
+
+def load_raw_mask(path: Path, *, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask's raw ids as an int64 array; optionally check its (width, height)."""
+    img = _open(path)
+    if expect_size is not None and img.size != expect_size:
+        raise SweeperError(
+            f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {expect_size[0]}x{expect_size[1]}")
+    return np.asarray(img).astype(np.int64)
+
+
+def map_classes(raw: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    """Apply the phase-1 table: uint8 class ids, plus {unknown raw id: pixel count}."""
+    out = np.zeros(raw.shape, dtype=np.uint8)  # zeros: unmapped ids (Flowers, unknown) end up class 0
+    for raw_id, cls in PHASE1_CLASS_TABLE.items():
+        out[raw == raw_id] = cls
+    unknown: dict[int, int] = {}
+    ids, counts = np.unique(raw, return_counts=True)
+    for i, c in zip(ids.tolist(), counts.tolist()):
+        if i not in KNOWN_RAW_IDS:
+            unknown[int(i)] = int(c)
+    return out, unknown
+
+
+def resize_labels(classes: np.ndarray, *, height: int, width: int, mode: LabelMode) -> np.ndarray:
+    """Resize a class-id map to (height, width) as phase 1 does (`phase1`) or exactly (`nearest`)."""
+    img = Image.fromarray(classes.astype(np.uint8), mode="L")
+    if mode == LabelMode.NEAREST:
+        return np.array(img.resize((width, height), Image.NEAREST), dtype=np.uint8)
+    # Phase 1: torchvision Resize with its default (bilinear) filter on the 8-bit
+    # class map, ToTensor (/255 in float32), *255, then .long() truncation. This
+    # invents in-between ids on edges and float round-off can drop a value by one.
+    resized = np.array(img.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+    as_float = torch.from_numpy(resized).to(torch.float32).div(255)
+    return (as_float * 255).long().numpy().astype(np.uint8)
+
+
+def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, mode: LabelMode,
+                allow_unknown: bool = False) -> np.ndarray:
+    """A mask file as training labels: checked against its image, class-mapped, resized."""
+    raw = load_raw_mask(mask_path, expect_size=image_size(image_path))
+    classes, unknown = map_classes(raw)
+    if unknown and not allow_unknown:
+        total = sum(unknown.values())
+        ids = ", ".join(f"{i} ({c} px)" for i, c in sorted(unknown.items())[:5])
+        raise SweeperError(
+            f"{mask_path}: {total} pixels have unknown raw ids {ids}; phase 1 maps them to class 0 "
+            f"(pass --allow-unknown-ids to accept that)")
+    if unknown:
+        log.warning("%s: %d pixels with unknown ids %s mapped to class 0", mask_path, sum(unknown.values()), sorted(unknown))
+    return resize_labels(classes, height=height, width=width, mode=mode)
+
+
+def load_split_labels(split: Split, *, height: int, width: int, mode: LabelMode,
+                      allow_unknown: bool = False) -> np.ndarray:
+    """All of a split's labels as one (N, H, W) uint8 array."""
+    out = np.empty((len(split), height, width), dtype=np.uint8)
+    for i, (img, mask) in enumerate(zip(split.image_paths, split.mask_paths)):
+        out[i] = load_labels(mask, image_path=img, height=height, width=width, mode=mode, allow_unknown=allow_unknown)
+    return out
+
+
+def class_pixel_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Pixels of each class in a label array, as int64 (num_classes,)."""
+    return np.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+def class_frequencies(counts: np.ndarray) -> np.ndarray:
+    """Pixel share of each class (sums to 1)."""
+    total = counts.sum()
+    return counts / total if total else np.zeros(len(counts), dtype=np.float64)
+
+
+def files_digest(paths: Iterable[Path], *, extra: Sequence[str] = ()) -> str:
+    """sha256 over the names and bytes of files (and extra strings): a content key for caches."""
+    h = hashlib.sha256()
+    for s in extra:
+        h.update(s.encode() + b"\0")
+    for p in paths:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,94 @@
+"""Segmentation metrics: the phase-1 per-batch scores and the dataset-level mIoU.
+
+Phase 1 scores every batch of 2 on its own and averages the batch scores, so
+its numbers depend on the batch size and on which images share a batch. The
+0.2971 baseline is that per-batch IoU. Papers use the dataset-level mIoU from
+one confusion matrix over the whole split; both are reported.
+
+Every score here is computed from a confusion matrix `cm[target, pred]`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+DICE_SMOOTH = 1e-6  # phase 1's smoothing term
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """cm[t, p] = pixels with target t predicted as p (int64, on pred's device)."""
+    t = target.reshape(-1).long()
+    p = pred.reshape(-1).long()
+    keep = (t >= 0) & (t < num_classes)  # a label outside the table is no class: phase 1 never matches it
+    idx = t[keep] * num_classes + p[keep]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def phase1_iou(cm: np.ndarray) -> float:
+    """Phase-1 batch IoU: per-class I/U, NaN where the union is empty, then the NaN-mean."""
+    iou = class_iou(cm)
+    return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else math.nan
+
+
+def phase1_dice(cm: np.ndarray) -> float:
+    """Phase-1 batch Dice: (2I + s) / (P + T + s) per class, plain mean (an absent class scores 1)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    inter = np.diag(cm)
+    dice = (2 * inter + DICE_SMOOTH) / (cm.sum(0) + cm.sum(1) + DICE_SMOOTH)
+    return float(dice.mean())
+
+
+def pixel_accuracy(cm: np.ndarray) -> float:
+    """Share of pixels whose prediction equals the target."""
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else math.nan
+
+
+def class_iou(cm: np.ndarray) -> np.ndarray:
+    """Per-class IoU from a confusion matrix; NaN for a class absent from both target and prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    inter = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    """Dataset-level mIoU: the NaN-mean of per-class IoU over one confusion matrix."""
+    iou = class_iou(cm)
+    return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else math.nan
+
+
+@dataclass
+class Phase1Meter:
+    """Accumulates phase-1 per-batch scores and the split's confusion matrix."""
+
+    num_classes: int
+    ious: list[float] = field(default_factory=list)
+    dices: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)
+    cm: np.ndarray | None = None
+
+    def add(self, batch_cm: torch.Tensor | np.ndarray) -> None:
+        """Score one evaluation batch (its confusion matrix) and add it to the split total."""
+        cm = batch_cm.cpu().numpy() if isinstance(batch_cm, torch.Tensor) else np.asarray(batch_cm)
+        self.ious.append(phase1_iou(cm))
+        self.dices.append(phase1_dice(cm))
+        self.accs.append(pixel_accuracy(cm))
+        self.cm = cm.astype(np.int64) if self.cm is None else self.cm + cm
+
+    def summary(self, prefix: str) -> dict[str, float | list[float]]:
+        """Mean of batch scores (phase 1) plus dataset-level mIoU and per-class IoU."""
+        cm = self.cm if self.cm is not None else np.zeros((self.num_classes, self.num_classes), np.int64)
+        return {
+            f"{prefix}_iou": float(np.nanmean(self.ious)) if self.ious else math.nan,
+            f"{prefix}_dice": float(np.mean(self.dices)) if self.dices else math.nan,
+            f"{prefix}_acc": float(np.mean(self.accs)) if self.accs else math.nan,
+            f"{prefix}_miou": mean_iou(cm),
+            f"{prefix}_class_iou": [None if math.isnan(v) else float(v) for v in class_iou(cm)],
+        }

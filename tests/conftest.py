@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny datasets written to tmp folders in the Duality layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+RAW_IDS = np.array([100, 200, 300, 500, 550, 600, 700, 800, 7100, 10000], dtype=np.uint16)
+
+
+def write_pair(folder: Path, name: str, *, size=(96, 54), seed=0, raw=None) -> None:
+    """One RGB image and its 16-bit raw-id mask under folder/{Color_Images,Segmentation}."""
+    rng = np.random.default_rng(seed)
+    (folder / "Color_Images").mkdir(parents=True, exist_ok=True)
+    (folder / "Segmentation").mkdir(parents=True, exist_ok=True)
+    w, h = size
+    if raw is None:
+        raw = RAW_IDS[rng.integers(0, len(RAW_IDS), (h // 6 + 1, w // 6 + 1))].repeat(6, 0).repeat(6, 1)[:h, :w]
+    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img, "RGB").save(folder / "Color_Images" / name)
+    Image.fromarray(raw.astype(np.uint16)).save(folder / "Segmentation" / name)
+
+
+def make_dataset(root: Path, *, train: int = 3, val: int = 2, size=(96, 54)) -> Path:
+    """A tiny dataset root with train/ and val/ splits."""
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            write_pair(root / split, f"{i:04d}.png", size=size, seed=hash((split, i)) % 1000)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")

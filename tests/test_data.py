@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sweeper.config import LabelMode
+from sweeper.data import (CLASS_NAMES, class_frequencies, class_pixel_counts, find_split, load_image, load_labels,
+                          map_classes, resize_labels)
+from sweeper.errors import SweeperError
+
+from conftest import write_pair
+
+
+def test_class_table_folds_flowers_and_unknown_ids_into_class_0():
+    raw = np.array([[100, 200, 300, 500, 550], [600, 700, 800, 7100, 10000], [42, 0, 100, 100, 100]])
+    classes, unknown = map_classes(raw)
+    assert classes.tolist() == [[1, 2, 3, 4, 5], [0, 6, 7, 8, 9], [0, 0, 1, 1, 1]]
+    assert unknown == {42: 1}  # 0 and 600 are in the table's domain; 42 is not
+    assert len(CLASS_NAMES) == 10 and CLASS_NAMES[6] == "Logs"
+
+
+def _phase1_reference(classes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The organisers' chain written out: PIL bilinear Resize, ToTensor (/255 float32), *255, .long()."""
+    pil = Image.fromarray(classes.astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    t = torch.from_numpy(np.array(pil)).unsqueeze(0).to(dtype=torch.get_default_dtype()).div(255)
+    return (t * 255).squeeze(0).long().numpy()
+
+
+def test_phase1_label_mode_is_bit_for_bit_the_phase1_chain_and_invents_ids():
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.repeat(rng.integers(0, 10, (9, 16)), 60, 0), 60, 1)  # 540x960 blocky class map
+    got = resize_labels(classes, height=266, width=476, mode=LabelMode.PHASE1)
+    assert got.dtype == np.uint8 and got.shape == (266, 476)
+    assert np.array_equal(got, _phase1_reference(classes, 266, 476))
+    # A sky(9)|trees(1) edge becomes in-between ids that no pixel had: the phase-1 quirk.
+    edge = np.zeros((540, 960), np.uint8)
+    edge[:, :480], edge[:, 480:] = 1, 9
+    row = resize_labels(edge, height=266, width=476, mode=LabelMode.PHASE1)[0]
+    assert row[0] == 1 and row[-1] == 9 and set(row.tolist()) - {1, 9}  # e.g. 5 ('Dry Bushes') on the edge
+
+
+def test_nearest_label_mode_keeps_exact_ids():
+    edge = np.zeros((540, 960), np.uint8)
+    edge[:, :480], edge[:, 480:] = 1, 9
+    got = resize_labels(edge, height=266, width=476, mode=LabelMode.NEAREST)
+    assert set(np.unique(got).tolist()) == {1, 9}
+    assert (got[:, :230] == 1).all() and (got[:, 250:] == 9).all()
+
+
+def test_load_image_is_imagenet_normalised(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.full((540, 960, 3), 128, np.uint8)).save(path)
+    x = load_image(path, height=266, width=476)
+    assert x.shape == (3, 266, 476)
+    assert x[0, 0, 0].item() == pytest.approx((128 / 255 - 0.485) / 0.229, abs=1e-6)
+    assert x[2, 10, 10].item() == pytest.approx((128 / 255 - 0.406) / 0.225, abs=1e-6)
+
+
+def test_split_listing_is_sorted_and_pairs_masks(tmp_path):
+    for name in ("b.png", "a.png", "c.png"):
+        write_pair(tmp_path / "train", name)
+    split = find_split(tmp_path, "train")
+    assert [p.name for p in split.image_paths] == ["a.png", "b.png", "c.png"]
+    assert [p.parent.name for p in split.mask_paths] == ["Segmentation"] * 3
+
+
+def test_test_folder_layout_is_found_directly(tmp_path):
+    write_pair(tmp_path, "x.png")
+    assert len(find_split(tmp_path, "test")) == 1
+
+
+def test_class_counts_and_frequencies():
+    labels = np.array([[[0, 1], [1, 9]]], np.uint8)
+    counts = class_pixel_counts(labels)
+    assert counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert class_frequencies(counts)[1] == 0.5
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing_root", "does not exist"),
+    ("no_split", "folder is missing"),
+    ("empty", "no .png images"),
+    ("no_mask", "has no mask"),
+    ("mask_size", "mask is 48x27 but its image is 96x54"),
+    ("corrupt", "not a readable PNG"),
+    ("unknown_ids", "unknown raw ids 42"),
+])
+def test_bad_inputs_name_the_file(tmp_path, case, pattern):
+    root = tmp_path / "data"
+    split = root / "train"
+    if case != "missing_root":
+        write_pair(split, "0000.png")
+    target = split / "Color_Images" / "0000.png"
+    if case == "no_split":
+        root = split / "Segmentation"  # a folder without the layout
+        target = root
+    elif case == "empty":
+        target.unlink()
+    elif case == "no_mask":
+        (split / "Segmentation" / "0000.png").unlink()
+    elif case == "mask_size":
+        target = split / "Segmentation" / "0000.png"
+        Image.fromarray(np.full((27, 48), 100, np.uint16)).save(target)
+    elif case == "corrupt":
+        target.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif case == "unknown_ids":
+        target = split / "Segmentation" / "0000.png"
+        Image.fromarray(np.full((54, 96), 42, np.uint16)).save(target)
+    with pytest.raises(SweeperError, match=pattern) as e:
+        s = find_split(root, "train")
+        for img, mask in zip(s.image_paths, s.mask_paths):
+            load_labels(mask, image_path=img, height=28, width=56, mode=LabelMode.PHASE1)
+    msg = str(e.value)
+    assert "\n" not in msg
+    if case not in ("missing_root", "empty", "no_split"):
+        assert str(target) in msg or str(target.parent) in msg
+
+
+def test_unknown_ids_can_be_allowed_as_phase1_did(tmp_path):
+    write_pair(tmp_path, "0000.png", raw=np.full((54, 96), 42, np.uint16))
+    s = find_split(tmp_path, "test")
+    labels = load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56,
+                         mode=LabelMode.NEAREST, allow_unknown=True)
+    assert (labels == 0).all()

@@ -1,0 +1,214 @@
+"""The feature cache: the frozen backbone's patch tokens, computed once and memory-mapped.
+
+The backbone is frozen, in eval mode and sees no augmentation, so its tokens
+are a pure function of the image. They are computed once per (backbone,
+weights digest, input size, dtype, image content) and stored as a `.npy`
+file that later runs memory-map; any change of a key part makes a new file.
+Labels are cached the same way per (label mode, size, mask content).
+
+The trainer reads tokens through a `TokenSource`: `ArrayTokens` indexes the
+cache, `BackboneTokens` runs the backbone in the loop as phase 1 did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from sweeper.config import LabelMode
+from sweeper.data import NUM_CLASSES, CLASS_NAMES, Split, files_digest, find_split, load_image, load_split_labels
+from sweeper.errors import SweeperError
+from sweeper.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the file layout changes: old entries are then never reused
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class TokenSource(Protocol):
+    """Gives the backbone's (B, h, w, C) float32 token grid for some image indices."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ArrayTokens:
+    """Tokens from an in-memory, memory-mapped or shared (Ray object store) array."""
+
+    array: np.ndarray  # (N, h, w, C) float32 or float16
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        """Copy the rows of `indices` (in that order) into a float32 tensor."""
+        return torch.from_numpy(np.ascontiguousarray(self.array[indices], dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class BackboneTokens:
+    """Tokens computed on demand: load the images and run the backbone, as the phase-1 loop does."""
+
+    split: Split
+    backbone: torch.nn.Module
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        """Load and normalise the images of `indices`, then run the frozen backbone on them."""
+        images = torch.stack([load_image(self.split.image_paths[i], height=self.height, width=self.width)
+                              for i in indices.tolist()])
+        device = next(self.backbone.parameters()).device
+        return self.backbone(images.to(device)).float()
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split as the trainer sees it: labels in memory, tokens from a source."""
+
+    name: str
+    labels: np.ndarray  # (N, H, W) uint8 class ids at the training size
+    tokens: TokenSource
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.tokens):
+            raise ValueError(f"{self.name}: {len(self.labels)} labels but {len(self.tokens)} token rows")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What `sweeper.train.train` consumes: train and val splits plus class facts."""
+
+    train: SplitData
+    val: SplitData
+    embed_dim: int
+    class_names: tuple[str, ...] = CLASS_NAMES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def train_pixel_counts(self) -> np.ndarray:
+        """Pixels of each class in the train labels (class weights are computed from these)."""
+        return np.bincount(self.train.labels.reshape(-1), minlength=self.num_classes)[: self.num_classes].astype(np.int64)
+
+    @classmethod
+    def from_arrays(cls, *, train_tokens: np.ndarray, train_labels: np.ndarray, val_tokens: np.ndarray,
+                    val_labels: np.ndarray) -> "TrainData":
+        """Cached tokens and labels as train data."""
+        return cls(train=SplitData("train", train_labels, ArrayTokens(train_tokens)),
+                   val=SplitData("val", val_labels, ArrayTokens(val_tokens)),
+                   embed_dim=int(train_tokens.shape[-1]))
+
+
+def default_cache_root() -> Path:
+    """$SWEEPER_CACHE, else $XDG_CACHE_HOME/sweeper, else ~/.cache/sweeper."""
+    if os.environ.get("SWEEPER_CACHE"):
+        return Path(os.environ["SWEEPER_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sweeper"
+
+
+def _write_atomically(path: Path, fill, shape: tuple[int, ...], dtype) -> None:
+    """Create an .npy at a temporary name, fill it, then rename: a killed run never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        fill(arr)
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: str) -> str:
+    """The cache key: backbone name and weights digest, input size, dtype and the images' content."""
+    return files_digest(split.image_paths, extra=(
+        f"format={CACHE_FORMAT}", f"backbone={backbone.name}", f"weights={backbone.weights_digest}",
+        f"size={height}x{width}", f"dtype={dtype}"))
+
+
+def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str = "float32",
+                  batch_size: int = 4, show_progress: bool = True) -> tuple[np.ndarray, bool]:
+    """The split's tokens as a read-only memory map, built first if absent; returns (array, was_cached)."""
+    if dtype not in DTYPES:
+        raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype)
+    path = Path(cache_root) / "tokens" / f"{split.name}-{backbone.name}-{key}.npy"
+    if path.exists():
+        log.info("feature cache hit: %s", path)
+        return np.load(path, mmap_mode="r"), True
+    p = backbone.patch_size
+    shape = (len(split), height // p, width // p, backbone.embed_dim)
+    device = next(backbone.parameters()).device
+    started = time.perf_counter()
+
+    def fill(arr: np.ndarray) -> None:
+        with progress_bar(total=len(split), desc=f"caching {split.name} tokens", enabled=show_progress) as bar:
+            for lo in range(0, len(split), batch_size):
+                idx = range(lo, min(lo + batch_size, len(split)))
+                images = torch.stack([load_image(split.image_paths[i], height=height, width=width) for i in idx])
+                arr[lo:lo + len(idx)] = backbone(images.to(device)).float().cpu().numpy().astype(arr.dtype)
+                bar.update(len(idx))
+
+    _write_atomically(path, fill, shape, DTYPES[dtype])
+    meta = {"split": split.name, "root": str(split.root), "images": len(split), "backbone": backbone.name,
+            "weights_digest": backbone.weights_digest, "height": height, "width": width, "dtype": dtype,
+            "shape": list(shape), "seconds": round(time.perf_counter() - started, 3)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    log.info("feature cache built: %s (%.1f s)", path, meta["seconds"])
+    return np.load(path, mmap_mode="r"), False
+
+
+def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
+                  allow_unknown: bool = False) -> np.ndarray:
+    """The split's (N, H, W) uint8 labels, decoded once per (mode, size, mask content) and cached."""
+    key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
+                                                f"size={height}x{width}", f"unknown={allow_unknown}"))
+    path = Path(cache_root) / "labels" / f"{split.name}-{mode.value}-{key}.npy"
+    if path.exists():
+        return np.load(path)
+    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown)
+
+    def fill(arr: np.ndarray) -> None:
+        arr[:] = labels
+
+    _write_atomically(path, fill, labels.shape, np.uint8)
+    return labels
+
+
+def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode: LabelMode, cache_root: Path,
+                    use_cache: bool = True, dtype: str = "float32", allow_unknown: bool = False,
+                    show_progress: bool = True) -> TrainData:
+    """Train and val splits of a dataset root, tokens from the cache (built if needed) or from the backbone."""
+    splits = {name: find_split(root, name) for name in ("train", "val")}
+    parts = {}
+    for name, split in splits.items():
+        labels = cached_labels(split, cache_root=cache_root, height=height, width=width, mode=label_mode,
+                               allow_unknown=allow_unknown)
+        if use_cache:
+            tokens, _ = cached_tokens(split, backbone, cache_root=cache_root, height=height, width=width,
+                                      dtype=dtype, show_progress=show_progress)
+            source: TokenSource = ArrayTokens(tokens)
+        else:
+            source = BackboneTokens(split, backbone, height, width)
+        parts[name] = SplitData(name, labels, source)
+    return TrainData(train=parts["train"], val=parts["val"], embed_dim=backbone.embed_dim,
+                     class_names=CLASS_NAMES[:NUM_CLASSES])

@@ -1,0 +1,143 @@
+"""A run folder on disk: checked before work starts, written atomically, in phase 1's file names.
+
+    OUT/config.json              resolved config, backbone, data, versions
+    OUT/metrics.jsonl            one JSON line per epoch (per-class IoU included)
+    OUT/evaluation_metrics.txt   phase 1's text layout
+    OUT/segmentation_head.pth    the final head's state dict (phase 1's name)
+    OUT/*.png                    the four phase-1 plots (drawn by sweeper.report)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sweeper import __version__
+from sweeper.errors import SweeperError
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+TEXT_FILE = "evaluation_metrics.txt"
+HEAD_FILE = "segmentation_head.pth"
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create `path` if needed and prove it is writable, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise SweeperError(f"{path}: output folder is not writable ({e.strerror or e})") from None
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file under a temporary name and rename it, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _clean(v: Any) -> Any:
+    """NaN/inf -> None, so every line is strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """Strict JSON (no NaN) for numpy scalars, arrays and paths too."""
+    return json.dumps(_clean(obj), default=_json_default, allow_nan=False, **kw)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, dumps(obj, indent=2) + "\n")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a line; flushed so a crash keeps every finished epoch."""
+    with open(path, "a") as f:
+        f.write(dumps(record) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def versions() -> dict[str, str]:
+    """Versions that decide the numbers, recorded next to them."""
+    return {"sweeper": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "argv": " ".join(sys.argv)}
+
+
+def save_head(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Save a head state dict (loadable with weights_only=True)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _fmt_best(values: Sequence[float | None], *, lowest: bool = False) -> tuple[float, int]:
+    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+    i = int(np.nanargmin(arr) if lowest else np.nanargmax(arr))
+    return float(arr[i]), i + 1
+
+
+def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:
+    """Phase 1's evaluation_metrics.txt: final metrics, best results with epoch, per-epoch table."""
+    h = list(history)
+    col = lambda k: [r.get(k) for r in h]  # noqa: E731
+    num = lambda v: float("nan") if v is None else v  # noqa: E731
+    last = h[-1]
+    lines = ["TRAINING RESULTS", "=" * 50, "", "Final Metrics:"]
+    for label, key in [("Train Loss", "train_loss"), ("Val Loss", "val_loss"), ("Train IoU", "train_iou"),
+                       ("Val IoU", "val_iou"), ("Train Dice", "train_dice"), ("Val Dice", "val_dice"),
+                       ("Train Accuracy", "train_acc"), ("Val Accuracy", "val_acc")]:
+        lines.append(f"  Final {label + ':':<16}{num(last.get(key)):.4f}")
+    lines += ["=" * 50, "", "Best Results:"]
+    for label, key, low in [("Best Val IoU", "val_iou", False), ("Best Val Dice", "val_dice", False),
+                            ("Best Val Accuracy", "val_acc", False), ("Lowest Val Loss", "val_loss", True)]:
+        v, e = _fmt_best(col(key), lowest=low)
+        lines.append(f"  {label + ':':<19}{v:.4f} (Epoch {e})")
+    lines += ["=" * 50, "", "Per-Epoch History:", "-" * 100]
+    headers = ["Epoch", "Train Loss", "Val Loss", "Train IoU", "Val IoU", "Train Dice", "Val Dice", "Train Acc",
+               "Val Acc"]
+    lines.append(" ".join(f"{x:<12}" if i else f"{x:<8}" for i, x in enumerate(headers)).rstrip())
+    lines.append("-" * 100)
+    keys = ["train_loss", "val_loss", "train_iou", "val_iou", "train_dice", "val_dice", "train_acc", "val_acc"]
+    for r in h:
+        lines.append((f"{r['epoch']:<8} " + " ".join(f"{num(r.get(k)):<12.4f}" for k in keys)).rstrip())
+    return "\n".join(lines) + "\n"

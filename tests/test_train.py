@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from sweeper.config import TrainConfig
+from sweeper.features import TrainData
+from sweeper.train import TrainingDiverged, batch_order, train
+
+SMALL = dict(image_height=56, image_width=112, device="cpu")
+
+
+def learnable_data(n_train=16, n_val=4, channels=16, seed=0) -> TrainData:
+    """Tokens whose first channels one-hot encode the class of each 14x14 patch: a head can learn it."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        cls = rng.integers(0, 4, (n, 4, 8))
+        tokens = rng.normal(0, 0.1, (n, 4, 8, channels)).astype(np.float32)
+        tokens[..., :4] += 3 * np.eye(4, dtype=np.float32)[cls]
+        labels = cls.repeat(14, 1).repeat(14, 2).astype(np.uint8)
+        return tokens, labels
+
+    (tt, tl), (vt, vl) = split(n_train), split(n_val)
+    return TrainData.from_arrays(train_tokens=tt, train_labels=tl, val_tokens=vt, val_labels=vl)
+
+
+def test_training_learns_a_learnable_task():
+    data = learnable_data()
+    cfg = TrainConfig(**SMALL, optimizer="adamw", lr=3e-3, epochs=12, batch_size=4)
+    result = train(cfg, data)
+    first, last = result.history[0], result.history[-1]
+    assert last["train_loss"] < first["train_loss"]
+    assert last["val_acc"] > 0.75 and last["val_iou"] > 2 * first["val_iou"]
+    assert result.best["val_iou"] == max(r["val_iou"] for r in result.history)
+    assert len(last["val_class_iou"]) == 10 and last["val_class_iou"][5] is None  # class 5 never occurs
+
+
+def test_same_seed_same_history_other_seed_differs():
+    data = learnable_data()
+    cfg = TrainConfig(**SMALL, epochs=2, lr=1e-2)
+    strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
+    a, b = train(cfg, data), train(cfg, data)
+    assert strip(a.history) == strip(b.history)
+    c = train(cfg.replace(seed=1), data)
+    assert strip(c.history) != strip(a.history)
+
+
+def test_callback_sees_every_epoch_and_train_metrics_can_be_skipped():
+    seen = []
+    result = train(TrainConfig(**SMALL, epochs=3, train_metrics=False), learnable_data(),
+                   on_epoch=lambda rec, head: seen.append((rec["epoch"], rec["train_iou"], head.training)))
+    assert [s[0] for s in seen] == [1, 2, 3]
+    assert all(s[1] is None for s in seen)
+    assert len(result.history) == 3 and set(result.head_state) >= {"stem.0.weight", "classifier.bias"}
+
+
+def test_class_weights_reach_the_loss():
+    data = learnable_data()
+    plain = train(TrainConfig(**SMALL, epochs=1), data)
+    weighted = train(TrainConfig(**SMALL, epochs=1, class_weights="explicit",
+                                 explicit_class_weights=(1, 1, 1, 5, 1, 1, 1, 1, 1, 1)), data)
+    assert weighted.class_weights[3] == 5.0
+    assert weighted.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"])
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    data = learnable_data()
+    data.train.tokens.array[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="training loss became nan at epoch 1"):
+        train(TrainConfig(**SMALL, epochs=1, batch_size=8), data)
+
+
+def test_label_size_must_match_config():
+    with pytest.raises(Exception, match="config asks for 266x476"):
+        train(TrainConfig(device="cpu"), learnable_data())
+
+
+def test_batch_order_covers_every_item_once():
+    import torch
+    batches = batch_order(7, 2, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [2, 2, 2, 1]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(7))
+    assert [b.tolist() for b in batch_order(3, 2, None)] == [[0, 1], [2]]

@@ -1,0 +1,415 @@
+"""Phase-2 search: Ray Tune runs trials of the shared trainer, Optuna (TPE) proposes, ASHA stops early.
+
+The trainable is a thin adapter around `sweeper.train.train`: it rebuilds the
+train data from arrays that the driver put into Ray's object store once
+(every trial on a node maps the same shared memory, nothing is recomputed),
+and reports every epoch with a checkpoint so an interrupted sweep resumes.
+
+Run folder (`results/<name>/`):
+    sweep.json     what was run: options, space, data and backbone, versions
+    space.yaml     the search space file as used (a resumed sweep reads this copy)
+    study.db       the Optuna study (SQLite): `optuna-dashboard sqlite:///.../study.db`
+    ray/           Ray Tune's experiment folder (trial dirs, checkpoints, state)
+    trials.csv     one row per trial; history.csv one row per trial and epoch
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sweeper.config import TrainConfig
+from sweeper.errors import SweeperError
+from sweeper.features import TrainData
+from sweeper.space import SearchSpace, load_space
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_BASELINE_IOU = 0.2971  # phase 1's val IoU on the real data (per-batch metric)
+EXPERIMENT_DIR = "ray"
+STUDY_FILE = "study.db"
+SWEEP_FILE = "sweep.json"
+SPACE_COPY = "space.yaml"
+TRIALS_CSV = "trials.csv"
+HISTORY_CSV = "history.csv"
+STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict()
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a sweep runs (the space file says what it searches)."""
+
+    name: str  # run folder name under out_root
+    out_root: Path  # results root; on a cluster, storage every node can write
+    trials: int  # total trials, baseline trial 0 included
+    max_concurrent: int  # trials at once
+    gpus_per_trial: float  # fraction of a GPU per trial (0 on CPU-only machines)
+    cpus_per_trial: float  # CPUs per trial; also torch's thread count in the trial
+    seed: int  # TPE sampler seed
+    address: str | None = None  # join this Ray cluster instead of starting a local one
+    resume: bool = False  # continue results/<name> after an interruption
+    dashboard: bool = False  # start Ray's dashboard (local runs)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_root / self.name
+
+
+# --------------------------------------------------------------------------- trial side
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's private and shared resident memory (MB), and its peak RSS."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        fields = {}
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            fields[key] = float(value.split()[0]) / 1024
+        out["private_mb"] = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+        out["shared_mb"] = fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)
+    except (OSError, ValueError):  # not Linux: peak RSS only
+        pass
+    return out
+
+
+def epoch_metrics(record: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:
+    """An epoch record as Tune metrics: scalars as they are, per-class IoU as a name -> value dict."""
+    out = {k: v for k, v in record.items() if not isinstance(v, list)}
+    for split in ("train", "val"):
+        values = record.get(f"{split}_class_iou")
+        if values is not None:
+            out[f"{split}_class_iou"] = {n: (math.nan if v is None else v) for n, v in zip(class_names, values)}
+    return out
+
+
+def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Ray Tune function trainable: one call of the shared `train` with per-epoch reports."""
+    import ray
+    from ray import tune
+
+    gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPU(s) Ray granted this trial a share of
+    data = TrainData.from_arrays(**arrays)  # zero-copy views of the object store's shared memory
+    cfg = TrainConfig.from_dict(config, source="trial config")
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    peak = {"private_mb": 0.0, "shared_mb": 0.0}
+
+    def on_epoch(record: dict[str, Any], run) -> None:
+        mem = memory_mb()
+        for k in peak:
+            peak[k] = max(peak[k], mem.get(k, 0.0))
+        metrics = epoch_metrics(record, data.class_names)
+        metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
+                        "peak_shared_mb": peak["shared_mb"], "gpu_ids": gpu_ids,
+                        "best_val_iou": max(r["val_iou"] for r in run.history)})
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(run.state_dict(), Path(d) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    from sweeper.train import train
+    train(cfg, data, on_epoch=on_epoch, resume=resume)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def trial_index(trial) -> int:
+    """0-based creation order of a Ray trial: its experiment tag starts with a 1-based counter ('3_lr=...')."""
+    m = re.match(r"(\d+)", str(getattr(trial, "experiment_tag", "") or ""))
+    return int(m.group(1)) - 1 if m else -1
+
+
+def is_baseline(config: dict[str, Any], baseline_point: dict[str, Any]) -> bool:
+    """Whether a trial config is the enqueued phase-1 point."""
+    return all(config.get(k) == v for k, v in baseline_point.items())
+
+
+def make_scheduler(space: SearchSpace):
+    """ASHA on the epoch counter, except that the baseline trial always runs its full length."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    baseline = space.baseline_point()
+
+    class BaselineKeepingASHA(AsyncHyperBandScheduler):
+        """ASHA that still records the baseline's results at each rung but never stops it:
+        the sweep's own phase-1 reference must be complete to compare against."""
+
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and is_baseline(trial.config, baseline):
+                if result.get("epoch", 0) < trial.config.get("epochs", space.asha.max_epochs):
+                    self._num_stopped -= 1
+                    return TrialScheduler.CONTINUE
+            return action
+
+    return BaselineKeepingASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                               max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
+                               reduction_factor=space.asha.reduction_factor)
+
+
+def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int):
+    """OptunaSearch (seeded TPE) over the space, trial 0 the phase-1 point, study in SQLite."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
+        multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
+    )
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    return OptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
+                        points_to_evaluate=[space.baseline_point()], study_name=study_name, storage=storage)
+
+
+class ProgressPrinter:
+    """Live progress on stderr: one line per finished epoch and per trial end, with counts and best."""
+
+    def __init__(self, space: SearchSpace, stream=sys.stderr) -> None:
+        self.space, self.stream = space, stream
+        self.baseline = space.baseline_point()
+        self.best: tuple[float, int] | None = None
+        self.baseline_score: float | None = None
+        self.started = time.perf_counter()
+
+    def callback(self):
+        """A Ray Tune Callback that forwards events to this printer."""
+        from ray.tune import Callback
+
+        printer = self
+
+        class _Cb(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                printer.on_result(trials, trial, result)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                printer.on_end(trials, trial, "done")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                printer.on_end(trials, trial, "FAILED")
+
+        return _Cb()
+
+    def _counts(self, trials) -> str:
+        status = [t.status for t in trials]
+        stopped = sum(1 for t in trials if t.status == "TERMINATED" and self._stopped_early(t))
+        return (f"running {status.count('RUNNING')} | done {status.count('TERMINATED') - stopped} | "
+                f"stopped early {stopped} | failed {status.count('ERROR')} | of {self.space.trials}")
+
+    @staticmethod
+    def _stopped_early(trial) -> bool:
+        last = trial.last_result or {}
+        return last.get("epoch", 0) < trial.config.get("epochs", 0)
+
+    def _best(self) -> str:
+        parts = []
+        if self.best:
+            parts.append(f"best {self.best[0]:.4f} (trial {self.best[1]})")
+        if self.baseline_score is not None:
+            parts.append(f"baseline trial {self.baseline_score:.4f}")
+        parts.append(f"published {PUBLISHED_BASELINE_IOU}")
+        return ", ".join(parts)
+
+    def on_result(self, trials, trial, result) -> None:
+        idx = trial_index(trial)
+        score = result.get(self.space.metric)
+        if score is not None and not math.isnan(score):
+            better = self.best is None or (score > self.best[0] if self.space.mode == "max" else score < self.best[0])
+            if better:
+                self.best = (score, idx)
+            if is_baseline(trial.config, self.baseline):
+                self.baseline_score = max(score, self.baseline_score or -math.inf)
+        self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} epoch "
+                          f"{result.get('epoch')}/{trial.config.get('epochs')}: {self.space.metric} "
+                          f"{score:.4f}  | {self._best()} | {self._counts(trials)}\n")
+        self.stream.flush()
+
+    def on_end(self, trials, trial, what: str) -> None:
+        idx = trial_index(trial)
+        if what == "done" and self._stopped_early(trial):
+            what = f"stopped early by ASHA at epoch {(trial.last_result or {}).get('epoch')}"
+        self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} {what} | "
+                          f"{self._counts(trials)}\n")
+        self.stream.flush()
+
+
+def start_ray(opts: SearchOptions) -> None:
+    """Join --address, or start a local Ray on loopback only (dashboard off unless asked for)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if opts.address:
+        ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
+        return
+    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ray.init(num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
+             logging_level=logging.WARNING, log_to_driver=False)
+
+
+def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
+               trial_overrides: dict[str, Any] | None = None,
+               progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) a sweep into opts.run_dir and return the trials table."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray binds to 127.0.0.1
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # one checkpoint per epoch forces a state snapshot each time; that is intended (resume), not a problem
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)
+    from ray import tune
+
+    run_dir = opts.run_dir.resolve()
+    exp_dir = run_dir / EXPERIMENT_DIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(opts)
+    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
+              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
+    trainable = tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
+                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    printer = ProgressPrinter(space)
+    run_config = tune.RunConfig(
+        name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
+        callbacks=[printer.callback()] if progress else [],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch: enough to resume
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failing trial is recorded, the sweep goes on
+    )
+    if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, param_space=None)
+    else:
+        constants = {"threads": max(1, int(opts.cpus_per_trial)),
+                     "device": "cuda" if opts.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu",
+                     **(trial_overrides or {})}
+        searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed)
+        tuner = tune.Tuner(
+            trainable, param_space=constants, run_config=run_config,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
+                                        num_samples=opts.trials, max_concurrent_trials=opts.max_concurrent,
+                                        reuse_actors=True),
+        )
+    tuner.fit()
+    return write_tables(run_dir, space)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _read_result_json(trial_dir: Path) -> list[dict[str, Any]]:
+    """A trial's reported epochs, one per epoch (a re-run epoch after a resume replaces the earlier one)."""
+    import json
+
+    path = trial_dir / "result.json"
+    by_epoch: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed writer
+            if "epoch" in r:
+                by_epoch[int(r["epoch"])] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials and history tables from a run folder's Ray experiment (complete or not)."""
+    from ray.tune import ExperimentAnalysis
+
+    exp_dir = Path(run_dir) / EXPERIMENT_DIR
+    try:
+        analysis = ExperimentAnalysis(str(exp_dir))
+    except (ValueError, FileNotFoundError) as e:
+        raise SweeperError(f"{exp_dir}: no Ray Tune experiment state here ({str(e).splitlines()[0]})") from None
+    baseline = space.baseline_point()
+    config_keys = list(space.param_names) + sorted(space.fixed)
+    trials, history = [], []
+    for t in sorted(analysis.trials, key=lambda t: trial_index(t)):
+        epochs = _read_result_json(Path(t.path)) if t.path else []
+        idx = trial_index(t)
+        cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__})
+        vals = [r.get(space.metric) for r in epochs]
+        best_i = int(np.nanargmax(vals)) if vals and space.mode == "max" else (int(np.nanargmin(vals)) if vals else None)
+        err = None
+        if t.status == "ERROR":
+            err = _trial_error(t)
+        row = {"trial": idx, "trial_id": t.trial_id, "status": t.status, "baseline": is_baseline(t.config, baseline),
+               **{k: t.config.get(k) for k in config_keys},
+               "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
+               "stopped_early": t.status == "TERMINATED" and len(epochs) < cfg.epochs,
+               f"best_{space.metric}": vals[best_i] if best_i is not None else None,
+               "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
+               f"last_{space.metric}": vals[-1] if vals else None,
+               "best_val_miou": max((r.get("val_miou", math.nan) for r in epochs), default=None),
+               "last_val_miou": epochs[-1].get("val_miou") if epochs else None,
+               "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
+               "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
+               "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
+               "error": err}
+        trials.append(row)
+        for r in epochs:
+            h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": t.config.get("optimizer"),
+                 **{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "val_acc",
+                                          "val_miou", "lr", "epoch_seconds")}}
+            for name, v in (r.get("val_class_iou") or {}).items():
+                h[f"val_class_iou/{name}"] = v
+            history.append(h)
+    trials_df = pd.DataFrame(trials)
+    best_col = f"best_{space.metric}"
+    if not trials_df.empty:
+        base = trials_df.loc[trials_df.baseline & trials_df[best_col].notna(), best_col]
+        trials_df["delta_vs_published"] = trials_df[best_col] - PUBLISHED_BASELINE_IOU
+        trials_df["delta_vs_baseline_trial"] = trials_df[best_col] - (base.iloc[0] if len(base) else math.nan)
+    return trials_df, pd.DataFrame(history)
+
+
+def _trial_error(trial) -> str:
+    """The first line of a failed trial's error, from its error file."""
+    path = Path(trial.path or "") / "error.txt"
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        # Ray's error text ends with the exception line; keep the last one that names an error.
+        for ln in reversed(lines):
+            if "Error" in ln or "Exception" in ln:
+                return ln.strip()[:300]
+        return lines[-1][:300] if lines else "error"
+    return str(getattr(trial, "error_msg", None) or "error")
+
+
+def write_tables(run_dir: Path, space: SearchSpace) -> pd.DataFrame:
+    """Write trials.csv and history.csv into the run folder; return the trials table."""
+    trials, history = collect(run_dir, space)
+    trials.to_csv(run_dir / TRIALS_CSV, index=False)
+    history.to_csv(run_dir / HISTORY_CSV, index=False)
+    return trials
+
+
+def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> str:
+    """The top trials as aligned text, with deltas against the baseline trial and the published figure."""
+    best_col = f"best_{space.metric}"
+    if trials.empty:
+        return "(no trials)"
+    df = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last").head(top)
+    cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
+            best_col, "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
+    cols = [c for c in cols if c in df.columns]
+    shown = df[cols].copy()
+    shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

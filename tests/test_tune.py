@@ -1,0 +1,137 @@
+"""The search: Ray Tune trials of the shared trainer, Optuna TPE, ASHA. Starts one local Ray for the module."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweeper.backbone import create_backbone
+from sweeper.config import LabelMode
+from sweeper.features import load_train_data
+from sweeper.space import load_space
+from sweeper.tune import SearchOptions, run_search
+
+from conftest import make_dataset
+from test_train import learnable_data
+
+ray = pytest.importorskip("ray")
+SMALL = {"image_height": 56, "image_width": 112}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # One logical GPU on a machine without one: Ray schedules by declared resources, so
+    # fractional GPU trials can be tested here; torch in the trials still runs on the CPU.
+    import os
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def write_space(path: Path, *, trials: int, params: str, epochs: int = 2, concurrent: int = 2) -> Path:
+    path.write_text(f"""
+metric: val_iou
+mode: max
+trials: {trials}
+max_concurrent: {concurrent}
+asha: {{max_epochs: {epochs}, grace_period: 1, reduction_factor: 2}}
+fixed: {{epochs: {epochs}, train_metrics: false}}
+params:
+{params}
+""")
+    return path
+
+
+def options(tmp_path: Path, name: str, **kw) -> SearchOptions:
+    base = dict(name=name, out_root=tmp_path, trials=3, max_concurrent=2, gpus_per_trial=0.0, cpus_per_trial=1.0, seed=0)
+    base.update(kw)
+    return SearchOptions(**base)
+
+
+def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
+    trials = run_search(space, learnable_data(), options(tmp_path, "smoke"), trial_overrides=SMALL, progress=False)
+    run = tmp_path / "smoke"
+    table = pd.read_csv(run / "trials.csv")
+    history = pd.read_csv(run / "history.csv")
+    assert len(table) == 3 and list(table.trial) == [0, 1, 2]
+    t0 = table.iloc[0]
+    assert t0.baseline and t0.optimizer == "sgd" and t0.lr == 1e-4 and t0.momentum == 0.9
+    assert set(table.status) == {"TERMINATED"}
+    assert not history.duplicated(["trial", "epoch"]).any()
+    assert (table.delta_vs_published == table.best_val_iou - 0.2971).all()
+    assert table.delta_vs_baseline_trial.iloc[0] == 0.0
+    # the study lives in the run folder and knows every trial
+    with sqlite3.connect(run / "study.db") as db:
+        states = [r[0] for r in db.execute("select state from trials")]
+    assert len(states) == 3 and set(states) == {"COMPLETE"}
+    assert trials.equals(table) or len(trials) == len(table)
+
+
+def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
+    from sweeper.train import train
+
+    data = learnable_data()
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
+    run_search(space, data, options(tmp_path, "eq", trials=1, max_concurrent=1), trial_overrides=SMALL, progress=False)
+    history = pd.read_csv(tmp_path / "eq" / "history.csv")
+    cfg = space.to_config(space.baseline_point()).replace(**SMALL, device="cpu", threads=1)
+    direct = train(cfg, data)
+    assert history.val_iou.tolist() == pytest.approx([r["val_iou"] for r in direct.history], abs=1e-6)
+    assert history.train_loss.tolist() == pytest.approx([r["train_loss"] for r in direct.history], abs=1e-6)
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # lr 1e6 makes SGD diverge: train() raises TrainingDiverged inside that trial only.
+    space = load_space(write_space(tmp_path / "fail.yaml", trials=4, params="""
+  lr: {type: categorical, choices: [1.0e-4, 1.0e+6]}
+  optimizer: {type: categorical, choices: [sgd]}
+"""))
+    table = run_search(space, learnable_data(), options(tmp_path, "fail", trials=4, seed=3), trial_overrides=SMALL,
+                       progress=False)
+    failed = table[table.status == "ERROR"]
+    assert len(failed) >= 1 and (failed.lr == 1e6).all()
+    assert failed.error.str.contains("training loss became").all()
+    assert (table[table.status == "TERMINATED"].lr == 1e-4).all() and len(table) == 4
+    with sqlite3.connect(tmp_path / "fail" / "study.db") as db:
+        states = [r[0] for r in db.execute("select state from trials order by number")]
+    assert states.count("FAIL") == len(failed)
+
+
+def test_fractional_gpu_trials_overlap_in_time(tmp_path):
+    space = load_space(write_space(tmp_path / "gpu.yaml", trials=4, epochs=3, concurrent=4, params="""
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""))
+    table = run_search(space, learnable_data(n_train=32), options(tmp_path, "gpu", trials=4, max_concurrent=4,
+                                                                 gpus_per_trial=0.25, cpus_per_trial=0.5),
+                       trial_overrides=SMALL, progress=False)
+    assert len(table) == 4
+    spans = []
+    for trial_dir in (tmp_path / "gpu" / "ray").glob("trial_main_*"):
+        rows = pd.read_json(trial_dir / "result.json", lines=True, convert_dates=False)
+        spans.append((rows.timestamp.min() - rows.time_this_iter_s.iloc[0], rows.timestamp.max()))
+        assert (rows.gpu_ids.astype(str) == "0").all()  # Ray gave each trial a share of logical GPU 0
+    starts, ends = zip(*spans)
+    # four 0.25-GPU trials fit on one GPU at once: the last start comes before the first end
+    assert max(starts) < min(ends)
+
+
+def test_cache_is_built_once_and_shared_not_recomputed(tmp_path):
+    root = make_dataset(tmp_path / "data", train=4, val=2)
+    backbone = create_backbone("random_vits14")
+    kw = dict(height=56, width=112, label_mode=LabelMode.PHASE1, cache_root=tmp_path / "cache", show_progress=False)
+    data = load_train_data(root, backbone, **kw)
+    assert backbone.forward_count == 6  # every image once
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
+    run_search(space, data, options(tmp_path, "cache"), trial_overrides=SMALL, progress=False)
+    assert backbone.forward_count == 6  # the trials ran no backbone
+    load_train_data(root, backbone, **kw)  # a second sweep's preparation hits the cache
+    assert backbone.forward_count == 6
+    table = pd.read_csv(tmp_path / "cache" / "trials.csv")
+    tokens_mb = (np.asarray(data.train.tokens.array).nbytes + np.asarray(data.val.tokens.array).nbytes) / 2**20
+    assert (table.peak_shared_mb > 0).all() and tokens_mb > 0

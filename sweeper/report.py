@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display: works on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -56,6 +57,7 @@ def curves_panel(ax, data: pd.DataFrame, *, y: str, hue: str, title: str, ylabel
     for value, label in references:
         ax.axhline(value, linestyle="--", linewidth=1.2, color="0.3", label=label)
     ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("Epoch")
     ax.set_ylabel(ylabel)
     ax.legend(loc="best", fontsize="small")

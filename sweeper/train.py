@@ -12,6 +12,7 @@ phase 1. No Ray import here: the search adapter lives in `sweeper.tune`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -32,7 +33,43 @@ from sweeper.metrics import Phase1Meter, confusion_matrix
 
 log = logging.getLogger(__name__)
 
-EpochCallback = Callable[[dict[str, Any], nn.Module], None]
+METRICS_SHUFFLE_OFFSET = 7919  # seed offset of the train-metrics shuffle (see RunState)
+
+
+@dataclass
+class RunState:
+    """Everything that a run needs to continue exactly where it stopped (checkpoint/resume).
+
+    Training batches and the phase-1 train-metrics pass are shuffled from two
+    generators, so skipping train metrics (search trials) does not change the
+    training order: trial 0 of a sweep reproduces `baseline` exactly.
+    """
+
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    metrics_shuffle: torch.Generator
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint: weights, optimiser, generators, step and history (torch.save-able, weights_only)."""
+        return {"head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "shuffle": self.shuffle.get_state(),
+                "metrics_shuffle": self.metrics_shuffle.get_state(), "step": self.step,
+                "history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()` checkpoint."""
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffle.set_state(state["shuffle"])
+        self.metrics_shuffle.set_state(state["metrics_shuffle"])
+        self.step = int(state["step"])
+        self.history = [dict(r) for r in state["history"]]
+
+
+EpochCallback = Callable[[dict[str, Any], RunState], None]
 
 
 class TrainingDiverged(SweeperError):
@@ -118,8 +155,13 @@ def evaluate(head: nn.Module, split: SplitData, *, batches: Sequence[np.ndarray]
     return (float(np.mean(losses)) if losses else math.nan), meter
 
 
-def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train the head on cached (or live) backbone tokens; call on_epoch after every epoch."""
+def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = None,
+          resume: dict[str, Any] | None = None) -> TrainResult:
+    """Train the head on cached (or live) backbone tokens; call on_epoch after every epoch.
+
+    `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
+    training continues after its last epoch with the same weights, optimiser and shuffles.
+    """
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -132,12 +174,16 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
                            f"{config.image_height}x{config.image_width}")
 
     torch.manual_seed(config.seed)  # head initialisation, as phase 1 drew it from the global RNG
-    shuffle = torch.Generator().manual_seed(config.seed)
     head = create_head(config.head, in_channels=data.embed_dim, num_classes=data.num_classes).to(device)
     weights = config_class_weights(config, data.train_pixel_counts())
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device)
                                     if config.class_weights != ClassWeighting.NONE else None)
-    optimizer = make_optimizer(config, head.parameters())
+    run = RunState(head=head, optimizer=make_optimizer(config, head.parameters()),
+                   shuffle=torch.Generator().manual_seed(config.seed),
+                   metrics_shuffle=torch.Generator().manual_seed(config.seed + METRICS_SHUFFLE_OFFSET))
+    if resume is not None:
+        run.load_state_dict(resume)
+    optimizer = run.optimizer
     fp16_scaler = torch.amp.GradScaler("cuda") if (config.amp and device.type == "cuda"
                                                    and not torch.cuda.is_bf16_supported()) else None
 
@@ -151,14 +197,12 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     val_batches = batch_order(len(data.val.labels), config.eval_batch_size, None)
     size = (config.image_height, config.image_width)
 
-    history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(run.history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         head.train()
         losses = []
-        for idx in batch_order(n_train, config.batch_size, shuffle):
-            lr = config.lr * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
+        for idx in batch_order(n_train, config.batch_size, run.shuffle):
+            lr = config.lr * lr_factor(run.step, total_steps=total_steps, warmup_steps=warmup_steps,
                                        schedule=config.schedule, min_ratio=config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -168,7 +212,7 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
                 out = _logits(head, x, size)
             loss = criterion(out.float(), y)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch}, step {step + 1} "
+                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch}, step {run.step + 1} "
                                        f"(lr {lr:.3g}, optimizer {config.optimizer.value}): lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             if fp16_scaler is not None:
@@ -179,13 +223,13 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
                 loss.backward()
                 optimizer.step()
             losses.append(loss.item())
-            step += 1
+            run.step += 1
 
         common = dict(criterion=criterion, device=device, num_classes=data.num_classes, amp=config.amp)
         val_loss, val_meter = evaluate(head, data.val, batches=val_batches, want_metrics=fused_val, **common)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
         if config.train_metrics:
-            train_batches = batch_order(n_train, config.eval_batch_size, shuffle)  # phase 1 reuses the shuffled loader
+            train_batches = batch_order(n_train, config.eval_batch_size, run.metrics_shuffle)  # phase 1: shuffled too
             _, train_meter = evaluate(head, data.train, batches=train_batches, want_loss=False, **common)
             record.update(train_meter.summary("train"))
         else:
@@ -197,13 +241,13 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
         record["lr"] = lr
         record["epoch_seconds"] = time.perf_counter() - epoch_start
         record["elapsed_seconds"] = time.perf_counter() - started
-        history.append(record)
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val IoU %.4f  val mIoU %.4f  (%.1f s)",
+        run.history.append(record)
+        log.debug("epoch %d/%d  train loss %.4f  val loss %.4f  val IoU %.4f  val mIoU %.4f  (%.1f s)",
                  epoch, config.epochs, record["train_loss"], val_loss, record["val_iou"], record["val_miou"],
                  record["epoch_seconds"])
         if on_epoch is not None:
-            on_epoch(record, head)
+            on_epoch(record, run)
 
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    return TrainResult(config=config, history=tuple(history), head_state=state,
+    return TrainResult(config=config, history=tuple(run.history), head_state=state,
                        class_weights=tuple(float(w) for w in weights), seconds=time.perf_counter() - started)

@@ -1,0 +1,338 @@
+"""Command line: `python -m sweeper {synth,baseline,search,report,confirm,evaluate}`.
+
+The CLI is the only place that prints. Input errors (`SweeperError`) become
+one line on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from sweeper.errors import SweeperError
+
+log = logging.getLogger("sweeper")
+
+PUBLISHED_BASELINE_IOU = 0.2971  # phase 1's val IoU on the real data (per-batch metric)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a command's data comes from and what it is."""
+
+    root: Path
+    synthetic: bool  # True for the embedded synthetic default or any `synth` output
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 960x540, got '{text}'") from None
+    return w, h
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) -> None:
+    """Options shared by every command that reads a dataset and runs the backbone."""
+    g = p.add_argument_group("data and backbone")
+    g.add_argument("--data", type=Path, help="dataset root with train/ and val/ (default: the embedded synthetic set)")
+    g.add_argument("--backbone", default="auto",
+                   help="backbone name: dinov2_vits14, dinov2_vitb14, dinov2_vitl14, random_vits14; 'auto' "
+                        "(default) = random_vits14 on synthetic data, dinov2_vits14 otherwise")
+    g.add_argument("--weights", type=Path, help="backbone checkpoint in Meta's format (else torch hub cache/download)")
+    g.add_argument("--label-mode", choices=["phase1", "nearest"], default=None,
+                   help="mask resizing: phase1 (bilinear quirk, default) or nearest (exact ids)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--cache-dir", type=Path, help="feature and data cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
+    g.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage type of cached tokens (float16 halves disk and memory)")
+    g.add_argument("--allow-unknown-ids", action="store_true",
+                   help="map unknown raw mask ids to class 0 as phase 1 does, instead of failing")
+    if cache_switch:
+        g.add_argument("--no-cache", action="store_true",
+                       help="run the backbone inside the training loop like phase 1 (slow; same numbers)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-command per job."""
+    from sweeper import __version__
+
+    parser = argparse.ArgumentParser(prog="sweeper", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic desert dataset in the Duality layout")
+    p.add_argument("out", type=Path, metavar="OUT_DIR")
+    p.add_argument("--train", type=int, default=64)
+    p.add_argument("--val", type=int, default=16)
+    p.add_argument("--test", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=_size, default=(960, 540), help="WIDTHxHEIGHT (default 960x540)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("baseline", help="reproduce the phase-1 run (SGD 1e-4, 10 epochs, batch 2, unweighted CE)")
+    add_data_options(p, cache_switch=True)
+    p.add_argument("--out", type=Path, help="output folder (default: results/baseline-<time>)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: phase 1's 10)")
+    p.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling seed")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
+    add_data_options(p)
+    p.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/phase2.yaml)")
+    p.add_argument("--trials", type=_positive_int, help="total trials incl. the baseline trial 0 (default: the space's)")
+    p.add_argument("--name", help="run name: results go to OUT/NAME (default: sweep-<time>)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: 0.25 with a GPU, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the space's on CPU, "
+                                                                   "1/gpus-per-trial per GPU)")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. HEAD_IP:6379) instead of starting one")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local cluster")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def default_space_path() -> Path:
+    """search_spaces/phase2.yaml next to the package (a source checkout), else in the working folder."""
+    here = Path(__file__).resolve().parent.parent / "search_spaces" / "phase2.yaml"
+    return here if here.is_file() else Path("search_spaces") / "phase2.yaml"
+
+
+def resolve_data(args: argparse.Namespace) -> DataSource:
+    """The dataset root: --data, or the embedded synthetic set (generated once into the cache)."""
+    from sweeper import synth
+    from sweeper.features import default_cache_root
+
+    if args.data is None:
+        cache_root = args.cache_dir or default_cache_root()
+        log.info("no --data given: using the embedded SYNTHETIC desert set (not the real Duality data)")
+        return DataSource(root=synth.default_dataset(cache_root / "data"), synthetic=True)
+    root = Path(args.data)
+    if not root.is_dir():
+        raise SweeperError(f"{root}: --data folder does not exist")
+    return DataSource(root=root, synthetic=synth.is_synthetic(root))
+
+
+def resolve_backbone(args: argparse.Namespace, data: DataSource):
+    """The frozen backbone named by --backbone ('auto' picks by the kind of data)."""
+    from sweeper.backbone import create_backbone
+
+    name = args.backbone
+    if name == "auto":
+        name = "random_vits14" if data.synthetic and args.weights is None else "dinov2_vits14"
+    backbone = create_backbone(name, weights=args.weights)
+    if not backbone.trained:
+        log.warning("backbone %s", backbone.description)
+    return backbone
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)  # our logger only: Ray, Optuna and tensorboardX keep their own levels
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A command's resolved inputs: data source, backbone, train/val data, cache folder."""
+
+    source: DataSource
+    backbone: Any
+    data: Any  # sweeper.features.TrainData
+    cache_root: Path
+
+
+def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, use_cache: bool = True) -> Prepared:
+    """Resolve --data and --backbone and load train/val (building the feature cache if needed)."""
+    from sweeper.features import default_cache_root, load_train_data
+
+    source = resolve_data(args)
+    backbone = resolve_backbone(args, source)
+    cache_root = args.cache_dir or default_cache_root()
+    data = load_train_data(source.root, backbone, height=height, width=width, label_mode=label_mode,
+                           cache_root=cache_root, use_cache=use_cache, dtype=args.cache_dtype,
+                           allow_unknown=args.allow_unknown_ids, show_progress=not args.quiet)
+    return Prepared(source, backbone, data, cache_root)
+
+
+def describe_inputs(p: Prepared) -> dict[str, Any]:
+    """The data and backbone facts written next to every result."""
+    return {
+        "backbone": {"name": p.backbone.name, "description": p.backbone.description, "trained": p.backbone.trained,
+                     "weights_digest": p.backbone.weights_digest},
+        "data": {"root": str(p.source.root.resolve()), "synthetic": p.source.synthetic,
+                 "train_images": len(p.data.train.labels), "val_images": len(p.data.val.labels),
+                 "class_names": list(p.data.class_names), "train_pixel_counts": p.data.train_pixel_counts().tolist()},
+    }
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from sweeper import synth
+    from sweeper.progress import progress_bar
+
+    total = args.train + args.val + args.test
+    with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
+        out = synth.generate(args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
+                             size=args.size, progress=lambda done, _total: bar.update(done - bar.done))
+    print(f"wrote {args.train} train, {args.val} val, {args.test} test synthetic scenes to {out}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from sweeper import runs
+    from sweeper.config import TrainConfig
+    from sweeper.report import phase1_plots
+    from sweeper.train import train
+
+    overrides: dict[str, Any] = {"device": args.device, "seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.label_mode is not None:
+        overrides["label_mode"] = args.label_mode
+    config = TrainConfig().replace(**overrides)
+    out = runs.ensure_writable_dir(args.out or Path("results") / time.strftime("baseline-%Y%m%d-%H%M%S"))
+
+    p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
+                use_cache=not args.no_cache)
+    data_src, backbone, data = p.source, p.backbone, p.data
+    if args.no_cache:
+        from sweeper.train import resolve_device
+        backbone.to(resolve_device(config.device))
+    runs.write_json(out / runs.CONFIG_FILE, {
+        "command": "baseline", "config": config.to_dict(), **describe_inputs(p),
+        "weights_path": str(args.weights) if args.weights else None,
+        "feature_cache": None if args.no_cache else {"root": str(p.cache_root), "dtype": args.cache_dtype},
+        "versions": runs.versions(),
+    })
+    print(f"phase-1 baseline: {len(data.train.labels)} train / {len(data.val.labels)} val images"
+          f"{' (SYNTHETIC data)' if data_src.synthetic else ''}, backbone {backbone.name}, "
+          f"{config.epochs} epochs -> {out}", file=sys.stderr)
+
+    def on_epoch(record: dict, head) -> None:
+        runs.append_jsonl(out / runs.METRICS_FILE, record)
+        train_iou = record.get("train_iou")
+        print(f"epoch {record['epoch']:>3}/{config.epochs}  train loss {record['train_loss']:.4f}  "
+              f"val loss {record['val_loss']:.4f}  "
+              + (f"train IoU {train_iou:.4f}  " if train_iou is not None else "")
+              + f"val IoU {record['val_iou']:.4f}  val mIoU {record['val_miou']:.4f}  "
+              f"({record['epoch_seconds']:.1f} s)", file=sys.stderr, flush=True)
+
+    (out / runs.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
+    result = train(config, data, on_epoch=on_epoch)
+    runs.save_head(out / runs.HEAD_FILE, result.head_state)
+    runs.write_text_atomic(out / runs.TEXT_FILE, runs.evaluation_metrics_text(result.history))
+    phase1_plots(out)
+    best = result.best
+    ref = "published phase-1 figure on the real data" if data_src.synthetic else "phase 1"
+    print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
+          f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
+          f"{result.seconds:.0f} s; outputs in {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+    import resource
+
+    import torch
+
+    from sweeper import runs
+    from sweeper.space import load_space
+    from sweeper.tune import SPACE_COPY, SWEEP_FILE, SearchOptions, run_search, summary_table
+
+    if args.resume and not args.name:
+        raise SweeperError("--resume needs --name NAME of the sweep to continue")
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if not all(c.isalnum() or c in "-_." for c in name):
+        raise SweeperError(f"--name '{name}' may only use letters, digits, '-', '_' and '.'")
+    run_dir = args.out / name
+    sweep_file = run_dir / SWEEP_FILE
+    if args.resume:
+        if not sweep_file.is_file():
+            raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
+        saved = json.loads(sweep_file.read_text())
+        space = load_space(run_dir / SPACE_COPY)
+        args.data = Path(saved["data"]["root"]) if args.data is None else args.data
+        args.backbone = saved["backbone"]["name"] if args.backbone == "auto" else args.backbone
+        trials = saved["options"]["trials"]
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
+        space = load_space(args.space or default_space_path())
+        trials = args.trials or space.trials
+    if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
+        raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
+                           f"set them under 'fixed', not 'params'")
+    base = space.to_config(space.baseline_point())
+    has_gpu = torch.cuda.is_available()
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
+    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
+    concurrent = args.max_concurrent or (max(1, int(torch.cuda.device_count() / gpus)) if gpus > 0
+                                         else space.max_concurrent)
+    opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
+                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=args.seed,
+                         address=args.address, resume=args.resume, dashboard=args.dashboard)
+    runs.ensure_writable_dir(run_dir)
+
+    started = time.perf_counter()
+    p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
+    if not args.resume:
+        import shutil
+        shutil.copyfile(space.source, run_dir / SPACE_COPY)
+    info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
+                                             for k, v in opts.__dict__.items()},
+            "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
+            **describe_inputs(p), "versions": runs.versions()}
+    runs.write_json(sweep_file, info)
+    print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
+          f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
+          f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
+          f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
+          f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
+    table = run_search(space, p.data, opts, progress=not args.quiet)
+    info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["wall_seconds"] = time.perf_counter() - started
+    runs.write_json(sweep_file, info)
+    print(summary_table(table, space))
+    print(f"trials: {run_dir / 'trials.csv'}; per epoch: {run_dir / 'history.csv'}; "
+          f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for `python -m sweeper` and the `sweeper` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except SweeperError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -147,8 +147,18 @@ def resolve_backbone(args: argparse.Namespace, data: DataSource):
     return backbone
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
 def _configure_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
+        log.removeHandler(h)  # main() may run more than once in a process
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)  # our logger only: Ray, Optuna and tensorboardX keep their own levels
     log.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -178,11 +188,13 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
     return Prepared(source, backbone, data, cache_root)
 
 
-def describe_inputs(p: Prepared) -> dict[str, Any]:
+def describe_inputs(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     """The data and backbone facts written next to every result."""
     return {
         "backbone": {"name": p.backbone.name, "description": p.backbone.description, "trained": p.backbone.trained,
-                     "weights_digest": p.backbone.weights_digest},
+                     "weights_digest": p.backbone.weights_digest,
+                     "weights_path": str(Path(args.weights).resolve()) if args.weights else None},
+        "cache": {"root": str(Path(p.cache_root).resolve()), "dtype": args.cache_dtype},
         "data": {"root": str(p.source.root.resolve()), "synthetic": p.source.synthetic,
                  "train_images": len(p.data.train.labels), "val_images": len(p.data.val.labels),
                  "class_names": list(p.data.class_names), "train_pixel_counts": p.data.train_pixel_counts().tolist()},
@@ -222,10 +234,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         from sweeper.train import resolve_device
         backbone.to(resolve_device(config.device))
     runs.write_json(out / runs.CONFIG_FILE, {
-        "command": "baseline", "config": config.to_dict(), **describe_inputs(p),
-        "weights_path": str(args.weights) if args.weights else None,
-        "feature_cache": None if args.no_cache else {"root": str(p.cache_root), "dtype": args.cache_dtype},
-        "versions": runs.versions(),
+        "command": "baseline", "config": config.to_dict(), **describe_inputs(p, args),
+        "feature_cache_used": not args.no_cache, "versions": runs.versions(),
     })
     print(f"phase-1 baseline: {len(data.train.labels)} train / {len(data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if data_src.synthetic else ''}, backbone {backbone.name}, "
@@ -306,7 +316,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
                                              for k, v in opts.__dict__.items()},
             "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
-            **describe_inputs(p), "versions": runs.versions()}
+            **describe_inputs(p, args), "versions": runs.versions()}
     runs.write_json(sweep_file, info)
     print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
           f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "

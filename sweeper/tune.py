@@ -208,9 +208,10 @@ class ProgressPrinter:
 
         return _Cb()
 
-    def _counts(self, trials) -> str:
-        status = [t.status for t in trials]
-        stopped = sum(1 for t in trials if t.status == "TERMINATED" and self._stopped_early(t))
+    def _counts(self, trials, ending=None) -> str:
+        # Callbacks run before Ray updates the ending trial's status: count it as finished here.
+        status = [("TERMINATED" if t is ending else t.status) for t in trials]
+        stopped = sum(1 for t, s in zip(trials, status) if s == "TERMINATED" and self._stopped_early(t))
         return (f"running {status.count('RUNNING')} | done {status.count('TERMINATED') - stopped} | "
                 f"stopped early {stopped} | failed {status.count('ERROR')} | of {self.space.trials}")
 
@@ -247,7 +248,7 @@ class ProgressPrinter:
         if what == "done" and self._stopped_early(trial):
             what = f"stopped early by ASHA at epoch {(trial.last_result or {}).get('epoch')}"
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} {what} | "
-                          f"{self._counts(trials)}\n")
+                          f"{self._counts(trials, ending=trial if what != 'FAILED' else None)}\n")
         self.stream.flush()
 
 

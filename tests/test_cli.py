@@ -1,0 +1,144 @@
+"""The command line as a user meets it: exit codes, one-line errors, the files a run writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sweeper.cli import main
+
+from conftest import write_pair
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def synth_set(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "set"
+    assert main(["-q", "synth", str(root), "--train", "2", "--val", "1", "--test", "1"]) == 0
+    return root
+
+
+def test_synth_then_baseline_writes_every_phase1_file(tmp_path, synth_set, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "baseline", "--data", str(synth_set), "--epochs", "2", "--out", str(out),
+                                "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    for name in ("evaluation_metrics.txt", "training_curves.png", "iou_curves.png", "dice_curves.png",
+                 "all_metrics_curves.png", "metrics.jsonl", "config.json", "segmentation_head.pth"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and len(lines[0]["val_class_iou"]) == 10
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["optimizer"] == "sgd" and cfg["config"]["lr"] == 1e-4 and cfg["config"]["batch_size"] == 2
+    assert cfg["data"]["synthetic"] is True and cfg["backbone"]["name"] == "random_vits14"
+    assert cfg["backbone"]["trained"] is False and cfg["data"]["train_images"] == 2
+    text = (out / "evaluation_metrics.txt").read_text()
+    assert f"Final Val IoU:        {lines[-1]['val_iou']:.4f}" in text
+    assert "Per-Epoch History:" in text and text.count("\n2        ") == 1
+    head = torch.load(out / "segmentation_head.pth", weights_only=True)
+    assert head["classifier.weight"].shape == (10, 128, 1, 1)
+    assert "SYNTHETIC" in err and "best val IoU" in stdout
+
+
+def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    data = tmp_path / "data"
+    write_pair(data / "train", "0000.png")
+    write_pair(data / "val", "0000.png")
+    args = ["baseline", "--data", str(data), "--backbone", "random_vits14", "--out", str(tmp_path / "out"),
+            "--cache-dir", str(tmp_path / "cache")]
+    img = data / "train" / "Color_Images" / "0000.png"
+    mask = data / "train" / "Segmentation" / "0000.png"
+    if case == "missing_folder":
+        args[2] = str(tmp_path / "nope")
+        return args, "nope: --data folder does not exist"
+    if case == "empty_folder":
+        img.unlink()
+        return args, "no .png images"
+    if case == "image_without_mask":
+        mask.unlink()
+        return args, f"{img}: image has no mask"
+    if case == "mask_other_size":
+        Image.fromarray(np.full((27, 48), 100, np.uint16)).save(mask)
+        return args, f"{mask}: mask is 48x27 but its image is 96x54"
+    if case == "corrupt_png":
+        img.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+        return args, f"{img}: not a readable PNG"
+    if case == "unknown_ids":
+        raw = np.full((54, 96), 100, np.uint16)
+        raw[:3, :5] = 4242
+        Image.fromarray(raw).save(mask)
+        return args, f"{mask}: 15 pixels have unknown raw ids 4242 (15 px)"
+    if case == "wrong_weights":
+        from sweeper.backbone import build_vit, BACKBONES
+        path = tmp_path / "vitb.pth"
+        torch.save(build_vit(BACKBONES["dinov2_vitb14"]).state_dict(), path)
+        args[3:5] = ["--backbone", "dinov2_vits14", "--weights", str(path)]
+        return args, f"{path}"
+    if case == "unknown_backbone":
+        args[3:5] = ["--backbone", "vit_huge_nope"]
+        return args, "unknown backbone 'vit_huge_nope'"
+    if case == "unwritable_out":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args[args.index("--out") + 1] = str(blocker / "sub")
+        return args, "output folder is not writable"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "empty_folder", "image_without_mask", "mask_other_size",
+                                  "corrupt_png", "unknown_ids", "wrong_weights", "unknown_backbone",
+                                  "unwritable_out"])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
+    args, expected = _bad(tmp_path, case)
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_wrong_weights_name_the_missing_keys(tmp_path, capsys):
+    args, _ = _bad(tmp_path, "wrong_weights")
+    _, _, err = run_cli(capsys, *args)
+    assert "missing" in err or "shape" in err
+
+
+def test_an_error_keeps_what_an_earlier_run_wrote(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    args, _ = _bad(tmp_path, "corrupt_png")
+    assert run_cli(capsys, *args)[0] == 2
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def test_search_input_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "search_spaces" / "smoke.yaml").read_text().replace("mode: max", "mode: sideways"))
+    code, _, err = run_cli(capsys, "search", "--space", str(bad), "--out", str(tmp_path))
+    assert code == 2 and str(bad) in err and "mode" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "search", "--resume", "--out", str(tmp_path))
+    assert code == 2 and "--resume needs --name" in err
+    code, _, err = run_cli(capsys, "search", "--resume", "--name", "ghost", "--out", str(tmp_path))
+    assert code == 2 and "no sweep to resume" in err
+
+
+def test_real_entry_point_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sweeper", "baseline", "--data", str(tmp_path / "missing")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in proc.stderr

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from sweeper.backbone import create_backbone
+from sweeper.config import LabelMode, TrainConfig
+from sweeper.data import find_split
+from sweeper.features import ArrayTokens, BackboneTokens, cached_tokens, load_train_data
+from sweeper.train import train
+
+from conftest import make_dataset
+
+H, W = 56, 112
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("random_vits14")
+
+
+def test_cached_and_uncached_training_give_the_same_metrics(tmp_path, backbone):
+    root = make_dataset(tmp_path / "data", train=4, val=2)
+    kw = dict(height=H, width=W, label_mode=LabelMode.PHASE1, cache_root=tmp_path / "cache", show_progress=False)
+    cached = load_train_data(root, backbone, use_cache=True, **kw)
+    live = load_train_data(root, backbone, use_cache=False, **kw)
+    assert isinstance(cached.train.tokens, ArrayTokens) and isinstance(live.train.tokens, BackboneTokens)
+    cfg = TrainConfig(image_height=H, image_width=W, epochs=2, lr=1e-2, optimizer="adam", device="cpu")
+    before = backbone.forward_count
+    a, b = train(cfg, cached), train(cfg, live)
+    # phase 1's loop runs the backbone over train twice and val twice per epoch; the cached run never does
+    assert backbone.forward_count - before == 2 * (2 * 4 + 2 * 2)
+    for ra, rb in zip(a.history, b.history):
+        for key in ("train_loss", "val_loss", "train_iou", "val_iou", "val_dice", "val_acc", "val_miou", "train_dice"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-5), key
+
+
+def test_cache_is_reused_and_rebuilt_when_a_key_part_changes(tmp_path, backbone):
+    root = make_dataset(tmp_path / "data", train=2, val=1)
+    split = find_split(root, "train")
+    kw = dict(cache_root=tmp_path / "cache", height=H, width=W, show_progress=False)
+    first, hit = cached_tokens(split, backbone, **kw)
+    assert not hit and first.shape == (2, 4, 8, 384) and first.dtype == np.float32
+    n = backbone.forward_count
+    again, hit = cached_tokens(split, backbone, **kw)
+    assert hit and backbone.forward_count == n and np.array_equal(first, again)
+    half, hit = cached_tokens(split, backbone, dtype="float16", **kw)
+    assert not hit and half.dtype == np.float16 and np.allclose(half, first, atol=2e-2)
+    other_weights, hit = cached_tokens(split, create_backbone("random_vits14", seed=1), **kw)
+    assert not hit and not np.allclose(other_weights, first)
+    bigger, hit = cached_tokens(split, backbone, cache_root=tmp_path / "cache", height=2 * H, width=W,
+                                show_progress=False)
+    assert not hit and bigger.shape[1] == 8
+    img = split.image_paths[0]
+    Image.fromarray(np.zeros((54, 96, 3), np.uint8)).save(img)  # same name, new content
+    changed, hit = cached_tokens(find_split(root, "train"), backbone, **kw)
+    assert not hit and not np.allclose(changed[0], first[0]) and np.allclose(changed[1], first[1], atol=1e-5)
+    assert not list((tmp_path / "cache" / "tokens").glob("*.partial-*"))  # no half-written files left

@@ -1,0 +1,89 @@
+"""Kill a sweep's driver with SIGKILL mid-way, resume it, and check nothing is lost or counted twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import make_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPACE = """
+metric: val_iou
+mode: max
+trials: 4
+max_concurrent: 1
+asha: {max_epochs: 3, grace_period: 3, reduction_factor: 2}
+fixed: {epochs: 3, train_metrics: false, image_height: 56, image_width: 112}
+params:
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""
+
+
+def epochs_reported(trial_dir: Path) -> list[int]:
+    path = trial_dir / "result.json"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line)["epoch"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return out
+
+
+def test_sigkill_then_resume_keeps_finished_trials_and_continues_the_rest(tmp_path):
+    data = make_dataset(tmp_path / "data", train=8, val=2)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    args = [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--name", "killme", "--out", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]
+    exp = tmp_path / "results" / "killme" / "ray"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    killed_in = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            trials = sorted(exp.glob("trial_main_*"), key=lambda p: int(p.name.split("_")[3]))
+            # kill once trial 0 is done and trial 1 has reported (and checkpointed) its first epoch
+            if len(trials) >= 2 and epochs_reported(trials[0]) == [1, 2, 3] and epochs_reported(trials[1]):
+                killed_in = trials[1]
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None and killed_in is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed_in is not None, f"sweep ended or timed out before the kill: {proc.stderr.read()[-2000:]}"
+    seen_before = epochs_reported(killed_in)
+    assert 1 <= len(seen_before) < 3
+
+    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    table = pd.read_csv(tmp_path / "results" / "killme" / "trials.csv")
+    history = pd.read_csv(tmp_path / "results" / "killme" / "history.csv")
+    assert len(table) == 4 and table.trial.tolist() == [0, 1, 2, 3]  # the budget holds: 4 trials, not 5
+    assert set(table.status) == {"TERMINATED"} and table.trial_id.is_unique
+    assert (table.epochs_run == 3).all()
+    assert not history.duplicated(["trial", "epoch"]).any() and len(history) == 12
+    # the interrupted trial continued from its checkpoint: its early epochs were not trained again
+    after = epochs_reported(killed_in)
+    assert after[: len(seen_before)] == seen_before and sorted(set(after)) == [1, 2, 3]
+    assert len(after) == 3, f"epochs re-run after resume: {after}"
+    with sqlite3.connect(tmp_path / "results" / "killme" / "study.db") as db:
+        states = [r[0] for r in db.execute("select state from trials")]
+    assert states.count("COMPLETE") == 4

@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default 0)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("confirm", help="re-train the top configs and the baseline with several seeds: is the gain real?")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a sweep folder (results/NAME)")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many of the best trials (default 3)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per config (default 3)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as the sweep)")
+    p.add_argument("--address", help="join a running Ray cluster instead of starting one")
+    p.add_argument("--device", default="auto", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_confirm)
     return parser
 
 
@@ -330,6 +339,50 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(summary_table(table, space))
     print(f"trials: {run_dir / 'trials.csv'}; per epoch: {run_dir / 'history.csv'}; "
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
+    return 0
+
+
+def _load_sweep(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    from sweeper.tune import SWEEP_FILE
+
+    path = Path(run_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise SweeperError(f"{run_dir}: not a sweep folder (missing {SWEEP_FILE})")
+    return json.loads(path.read_text())
+
+
+def _sweep_inputs(run_dir: Path, saved: dict[str, Any]) -> argparse.Namespace:
+    """The data and backbone options a sweep ran with, to rebuild the same inputs."""
+    return argparse.Namespace(
+        data=Path(saved["data"]["root"]), backbone=saved["backbone"]["name"],
+        weights=Path(saved["backbone"]["weights_path"]) if saved["backbone"].get("weights_path") else None,
+        cache_dir=Path(saved["cache"]["root"]), cache_dtype=saved["cache"]["dtype"], allow_unknown_ids=True,
+        quiet=False)
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from sweeper.space import load_space
+    from sweeper.tune import SPACE_COPY, SearchOptions, run_confirm
+
+    saved = _load_sweep(args.run)
+    space = load_space(args.run / SPACE_COPY)
+    inputs = _sweep_inputs(args.run, saved)
+    inputs.quiet = args.quiet
+    base = space.to_config(space.baseline_point())
+    p = prepare(inputs, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
+    o = saved["options"]
+    opts = SearchOptions(name=args.run.name, out_root=args.run.parent.resolve(), trials=0,
+                         max_concurrent=args.max_concurrent or o["max_concurrent"],
+                         gpus_per_trial=o["gpus_per_trial"], cpus_per_trial=o["cpus_per_trial"], seed=0,
+                         address=args.address)
+    print(f"confirm: baseline + top {args.top} trials of {args.run}, {args.seeds} seeds each "
+          f"({(args.top + 1) * args.seeds} runs)", file=sys.stderr)
+    summary = run_confirm(args.run, space, p.data, opts, top=args.top, seeds=args.seeds, progress=not args.quiet)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
+          f"details in {args.run / 'confirm.csv'}")
     return 0
 
 

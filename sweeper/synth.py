@@ -680,7 +680,7 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
     return out
 
 
-def default_dataset(cache_root: str | os.PathLike[str], *, train: int = 64, val: int = 16, test: int = 16,
+def default_dataset(cache_root: str | os.PathLike[str], *, train: int = 32, val: int = 16, test: int = 16,
                     seed: int = 0) -> Path:
     """The small default synthetic set under `cache_root`, generated on first use and reused after."""
     name = f"synthetic-v{VERSION}-s{seed}-{train}-{val}-{test}"

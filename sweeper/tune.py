@@ -24,9 +24,9 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ import torch
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import TrainData
-from sweeper.space import SearchSpace, load_space
+from sweeper.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ SPACE_COPY = "space.yaml"
 TRIALS_CSV = "trials.csv"
 HISTORY_CSV = "history.csv"
 STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict()
+CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
+CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
+CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
+CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,11 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     from ray import tune
 
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPU(s) Ray granted this trial a share of
+    node_id = ray.get_runtime_context().get_node_id()  # which machine of a cluster ran it
     data = TrainData.from_arrays(**arrays)  # zero-copy views of the object store's shared memory
+    if isinstance(config.get("run"), dict):  # a confirm run: one grid point per (config, seed)
+        config = config["run"]
+    config = {k: v for k, v in config.items() if k != CONFIRM_KEY}  # confirm runs tag their source trial
     cfg = TrainConfig.from_dict(config, source="trial config")
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -119,6 +127,7 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         metrics = epoch_metrics(record, data.class_names)
         metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
                         "peak_shared_mb": peak["shared_mb"], "gpu_ids": gpu_ids,
+                        "node_id": node_id,
                         "best_val_iou": max(r["val_iou"] for r in run.history)})
         with tempfile.TemporaryDirectory() as d:
             torch.save(run.state_dict(), Path(d) / STATE_FILE)
@@ -363,6 +372,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
                "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
+               "node_id": epochs[-1].get("node_id") if epochs else None,
                "error": err}
         trials.append(row)
         for r in epochs:
@@ -414,3 +424,86 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> st
     shown = df[cols].copy()
     shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+# --------------------------------------------------------------------------- confirm
+
+
+def trial_configs(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Each sweep trial's full config (as Ray ran it), by trial number."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(Path(run_dir) / EXPERIMENT_DIR))
+    return {trial_index(t): dict(t.config) for t in analysis.trials}
+
+
+def pick_for_confirm(trials: pd.DataFrame, space: SearchSpace, top: int) -> list[int]:
+    """The baseline trial plus the top-K finished trials by the space's metric."""
+    best_col = f"best_{space.metric}"
+    done = trials[(trials.status == "TERMINATED") & trials[best_col].notna()]
+    base = done[done.baseline].trial.tolist()[:1]
+    if not base:
+        raise SweeperError("the sweep has no finished baseline trial (trial 0) to compare against")
+    others = done[~done.baseline].sort_values(best_col, ascending=space.mode == "min").trial.tolist()[:top]
+    return base + others
+
+
+def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, metric: str = "best_val_iou") -> pd.DataFrame:
+    """Per config: mean, std, min, max over seeds; gain over the baseline's mean; whether it beats the noise.
+
+    A gain counts as real when it is larger than twice the larger of the two seed-to-seed standard deviations.
+    """
+    g = runs.groupby("trial")[metric]
+    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "min": g.min(),
+                        "max": g.max()}).reset_index()
+    base = out[out.trial == baseline_trial].iloc[0]
+    out["baseline"] = out.trial == baseline_trial
+    out["gain_vs_baseline"] = out["mean"] - base["mean"]
+    out["noise"] = np.maximum(out["std"], base["std"])
+    out["gain_exceeds_spread"] = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    return out
+
+
+def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: SearchOptions, *, top: int,
+                seeds: int, progress: bool = True) -> pd.DataFrame:
+    """Re-train the baseline and the top-K configs with `seeds` seeds each, as Ray trials (no early stopping)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    run_dir = Path(run_dir).resolve()
+    trials_path = run_dir / TRIALS_CSV
+    if not trials_path.is_file():
+        raise SweeperError(f"{run_dir}: no {TRIALS_CSV}; run or resume the sweep first")
+    picks = pick_for_confirm(pd.read_csv(trials_path), space, top)
+    configs = trial_configs(run_dir)
+    grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
+    start_ray(opts)
+    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
+              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
+    trainable = tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
+                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=str(run_dir), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    results = tuner.fit()
+    rows = []
+    for r in results:
+        cfg = r.config["run"]
+        hist = _read_result_json(Path(r.path))
+        vals = [h[space.metric] for h in hist if h.get(space.metric) is not None]
+        rows.append({"trial": cfg[CONFIRM_KEY], "seed": cfg["seed"], "status": "ERROR" if r.error else "TERMINATED",
+                     "epochs_run": len(hist), "best_val_iou": max(vals) if vals else math.nan,
+                     "best_val_miou": max((h.get("val_miou", math.nan) for h in hist), default=math.nan),
+                     "error": str(r.error).splitlines()[0] if r.error else None})
+    runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
+    runs.to_csv(run_dir / CONFIRM_CSV, index=False)
+    summary = summarise_confirm(runs[runs.status == "TERMINATED"], picks[0])
+    summary.to_csv(run_dir / CONFIRM_SUMMARY_CSV, index=False)
+    return summary

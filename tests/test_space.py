@@ -60,7 +60,7 @@ def error_for(tmp_path: Path, text: str) -> str:
 def test_phase2_loads_with_the_documented_settings() -> None:
     space = load_space(PHASE2)
     assert (space.name, space.metric, space.mode, space.trials, space.max_concurrent) == ("phase2", "val_iou", "max", 12, 2)
-    assert space.asha == AshaSettings(max_epochs=10, grace_period=2, reduction_factor=3)
+    assert space.asha == AshaSettings(max_epochs=10, grace_period=1, reduction_factor=3)
     assert space.fixed == {"train_metrics": False}
     assert space.param_names == ("lr", "epochs", "optimizer", "momentum", "weight_decay", "schedule",
                                  "warmup_epochs", "class_weights", "class_weight_power", "class_weight_max",

@@ -135,3 +135,34 @@ def test_cache_is_built_once_and_shared_not_recomputed(tmp_path):
     table = pd.read_csv(tmp_path / "cache" / "trials.csv")
     tokens_mb = (np.asarray(data.train.tokens.array).nbytes + np.asarray(data.val.tokens.array).nbytes) / 2**20
     assert (table.peak_shared_mb > 0).all() and tokens_mb > 0
+
+
+def test_summarise_confirm_on_known_numbers():
+    from sweeper.tune import summarise_confirm
+
+    runs = pd.DataFrame({"trial": [0, 0, 0, 5, 5, 5, 7, 7, 7],
+                         "best_val_iou": [0.30, 0.31, 0.29, 0.40, 0.41, 0.39, 0.31, 0.33, 0.29]})
+    s = summarise_confirm(runs, baseline_trial=0).set_index("trial")
+    assert s.loc[0, "mean"] == pytest.approx(0.30) and s.loc[0, "std"] == pytest.approx(0.01)
+    assert s.loc[5, "gain_vs_baseline"] == pytest.approx(0.10) and bool(s.loc[5, "gain_exceeds_spread"])
+    assert s.loc[7, "gain_vs_baseline"] == pytest.approx(0.01) and not bool(s.loc[7, "gain_exceeds_spread"])
+    assert not bool(s.loc[0, "gain_exceeds_spread"])
+
+
+def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
+    from sweeper.tune import run_confirm
+
+    data = learnable_data()
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
+    opts = options(tmp_path, "conf")
+    run_search(space, data, opts, trial_overrides=SMALL, progress=False)
+    summary = run_confirm(tmp_path / "conf", space, data, opts, top=1, seeds=2, progress=False)
+    runs = pd.read_csv(tmp_path / "conf" / "confirm.csv")
+    assert len(runs) == 4 and sorted(runs.seed.unique()) == [0, 1] and set(runs.status) == {"TERMINATED"}
+    assert len(summary) == 2 and summary.baseline.sum() == 1 and (summary.seeds == 2).all()
+    base = summary[summary.baseline].iloc[0]
+    assert base.gain_vs_baseline == 0 and base.trial == 0
+    # seed 0 of the baseline repeats the sweep's trial 0 exactly
+    trials = pd.read_csv(tmp_path / "conf" / "trials.csv")
+    again = runs[(runs.trial == 0) & (runs.seed == 0)].best_val_iou.iloc[0]
+    assert again == pytest.approx(trials.loc[trials.trial == 0, "best_val_iou"].iloc[0], abs=1e-6)

@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster instead of starting one")
     p.add_argument("--device", default="auto", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_confirm)
+
+    p = sub.add_parser("evaluate", help="score a run's head on a test folder (the phase-1 test script's counterpart)")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a baseline folder or a sweep folder")
+    p.add_argument("--data", type=Path, required=True, help="test folder (Color_Images/, Segmentation/) or a root with test/")
+    p.add_argument("--trial", default="best", help="sweep trial number, or 'best' (default)")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/evaluation/<trial>)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
+    p.add_argument("--samples", type=int, default=5, help="side-by-side figures to draw (default 5)")
+    p.add_argument("--allow-unknown-ids", action="store_true", help="map unknown mask ids to class 0")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -383,6 +394,20 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
           f"details in {args.run / 'confirm.csv'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from sweeper.evaluate import evaluate_run, summary_lines
+
+    out = evaluate_run(args.run, data=args.data, trial=args.trial, out=args.out, device=args.device,
+                       cache_root=args.cache_dir, show_progress=not args.quiet,
+                       allow_unknown=args.allow_unknown_ids, comparisons=args.samples)
+    for line in summary_lines(json.loads((out / "test_metrics.json").read_text())):
+        print(line)
+    print(f"outputs in {out}")
     return 0
 
 

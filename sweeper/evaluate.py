@@ -1,0 +1,504 @@
+"""Test-set evaluation of a trained head: the counterpart of phase 1's companion test script.
+
+`evaluate_run` takes a run folder (a `baseline` run or a `search` sweep), picks
+its head (a sweep's best trial or a named one), rebuilds the run's backbone,
+runs the head over the test folder at the run's image size and label mode, and
+writes (default folder RUN_DIR/evaluation/<baseline | trial-N>/):
+
+    test_metrics.json        phase-1 per-batch IoU/Dice/accuracy (batches of 2), dataset-level
+                             mIoU, per-class IoU by name, confusion matrix, class pixel counts,
+                             the run's validation scores of the same weights, which head and config,
+                             the data root and whether it is synthetic
+    masks/<name>.png         predicted class ids 0-9, 8-bit, at the evaluation size (phase 1: 476x266)
+    masks_color/<name>.png   the same in the fixed 10-colour PALETTE
+    comparisons/<name>.png   image / ground truth / prediction / errors for the first few images
+    per_class_iou.png        per-class IoU on test next to validation: the domain shift, class by class
+
+A sweep keeps only the latest checkpoint of each trial, so the weights scored
+are those of the trial's last epoch; the validation bars come from that same
+epoch (not the trial's best one) so that both bar sets describe the same head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.patches import Patch
+from PIL import Image
+from torch import nn
+
+from sweeper import runs, synth
+from sweeper.config import TrainConfig
+from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
+from sweeper.errors import SweeperError
+from sweeper.features import cached_labels, cached_tokens, default_cache_root
+from sweeper.head import create_head
+from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, pixel_accuracy
+from sweeper.progress import progress_bar
+from sweeper.report import new_figure, save_figure
+from sweeper.train import _autocast, _logits, batch_order, resolve_device
+from sweeper.tune import EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIALS_CSV
+
+log = logging.getLogger(__name__)
+
+EVALUATION_DIR = "evaluation"  # RUN_DIR/evaluation/<label>/ unless `out` is given
+METRICS_JSON = "test_metrics.json"
+MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
+BAR_CHART = "per_class_iou.png"
+COMPARISONS = 5  # default number of side-by-side figures, for the first images (sorted by name)
+PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
+PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
+BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
+
+# One RGB colour per class, fixed so masks from different runs can be compared by eye.
+PALETTE = np.array([
+    (255, 0, 255),    # 0 Flowers/bg: magenta
+    (0, 100, 0),      # 1 Trees: dark green
+    (50, 205, 50),    # 2 Lush Bushes: lime green
+    (218, 165, 32),   # 3 Dry Grass: goldenrod
+    (139, 69, 19),    # 4 Dry Bushes: saddle brown
+    (128, 128, 0),    # 5 Ground Clutter: olive
+    (220, 20, 60),    # 6 Logs: crimson
+    (112, 128, 144),  # 7 Rocks: slate grey
+    (245, 222, 179),  # 8 Landscape: wheat
+    (135, 206, 235),  # 9 Sky: sky blue
+], dtype=np.uint8)
+assert len(PALETTE) == NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class RunHead:
+    """A run folder's chosen head and what is known about how it was trained."""
+
+    run_dir: Path
+    kind: str  # 'baseline' or 'sweep'
+    label: str  # 'baseline' or 'trial-N': the default output subfolder
+    trial: int | None  # the trials.csv 'trial' number (sweeps only)
+    trial_id: str | None  # Ray's trial id (sweeps only)
+    weights_file: Path  # segmentation_head.pth or a checkpoint's state.pt
+    config: TrainConfig
+    inputs: dict[str, Any]  # the run's 'backbone', 'data' and 'cache' records
+    validation: dict[str, Any] | None  # val scores of these weights: source, epoch, val_iou, val_miou, class_iou
+    selection: dict[str, Any]  # how the head was chosen (sweeps: best_val_iou, best_epoch, ...)
+    state: dict[str, torch.Tensor] = field(repr=False)
+
+
+# --------------------------------------------------------------------------- picking the head
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SweeperError(f"{path}: not readable JSON ({(str(e).strip().splitlines() or ['?'])[0]})") from None
+    if not isinstance(obj, dict):
+        raise SweeperError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _load_state(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file: all mean the same to the user
+        raise SweeperError(f"{path}: not a readable torch checkpoint ({type(e).__name__})") from None
+
+
+def _config(values: dict[str, Any], source: str) -> TrainConfig:
+    """A TrainConfig from recorded values, ignoring keys that are not config fields (Ray adds none today)."""
+    known = {k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig.from_dict(known, source=source)
+
+
+def _validation(record: dict[str, Any], source: str) -> dict[str, Any]:
+    """An epoch record (metrics.jsonl / checkpoint history) as the validation summary."""
+    values = record.get("val_class_iou") or [None] * NUM_CLASSES
+    if isinstance(values, dict):
+        values = [values.get(n) for n in CLASS_NAMES]
+    return {"source": source, "epoch": record.get("epoch"), "val_iou": record.get("val_iou"),
+            "val_miou": record.get("val_miou"),
+            "class_iou": {n: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v))
+                          for n, v in zip(CLASS_NAMES, values)}}
+
+
+def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
+    if str(trial) != "best":
+        raise SweeperError(f"{run_dir}: a baseline run has one head; a trial ({trial}) applies to sweeps only")
+    record = _read_json(run_dir / runs.CONFIG_FILE)
+    if "config" not in record or "backbone" not in record:
+        raise SweeperError(f"{run_dir / runs.CONFIG_FILE}: no 'config' and 'backbone' records in it")
+    head_file = run_dir / runs.HEAD_FILE
+    if not head_file.is_file():
+        raise SweeperError(f"{run_dir}: no {runs.HEAD_FILE} (did the run finish?)")
+    metrics = run_dir / runs.METRICS_FILE
+    history = runs.read_jsonl(metrics) if metrics.is_file() else []
+    # Phase 1 saves the final head, so its validation scores are the last epoch's.
+    validation = _validation(history[-1], runs.METRICS_FILE) if history else None
+    return RunHead(run_dir=run_dir, kind="baseline", label="baseline", trial=None, trial_id=None,
+                   weights_file=head_file, config=_config(record["config"], str(run_dir / runs.CONFIG_FILE)),
+                   inputs={k: record.get(k) or {} for k in ("backbone", "data", "cache")},
+                   validation=validation, selection={"by": "the run's final head"},
+                   state=_load_state(head_file))
+
+
+def _trial_dir(exp_dir: Path, trial_id: str) -> Path | None:
+    """The Ray trial folder of a trial id: ray/<trainable>_<id>_<n>_<params...>."""
+    found = sorted(p for p in exp_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file())
+    return found[0] if found else None
+
+
+def _latest_checkpoint(trial_dir: Path | None) -> Path | None:
+    if trial_dir is None:
+        return None
+    states = sorted(trial_dir.glob(f"checkpoint_*/{STATE_FILE}"))
+    return states[-1] if states else None
+
+
+def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[str, Any] | None:
+    """A trial's val scores at `epoch` (its last when None) from history.csv."""
+    path = run_dir / HISTORY_CSV
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    rows = df[df["trial"] == trial]
+    if epoch is not None:
+        rows = rows[rows["epoch"] == epoch]
+    if rows.empty:
+        return None
+    row = rows.sort_values("epoch").iloc[-1].to_dict()
+    prefix = "val_class_iou/"
+    values = [row.get(prefix + n) for n in CLASS_NAMES]
+    record = {"epoch": int(row["epoch"]), "val_iou": row.get("val_iou"), "val_miou": row.get("val_miou"),
+              "val_class_iou": [None if v is None or pd.isna(v) else float(v) for v in values]}
+    return _validation(record, HISTORY_CSV)
+
+
+def _sweep_head(run_dir: Path, trial: str | int) -> RunHead:
+    sweep = _read_json(run_dir / SWEEP_FILE)
+    try:
+        table = pd.read_csv(run_dir / TRIALS_CSV)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SweeperError(f"{run_dir / TRIALS_CSV}: not a readable trials table ({first})") from None
+    missing = {"trial", "trial_id"} - set(table.columns)
+    if missing:
+        raise SweeperError(f"{run_dir / TRIALS_CSV}: missing column(s) {', '.join(sorted(missing))}")
+    exp_dir = run_dir / EXPERIMENT_DIR
+    checkpoints: dict[int, tuple[dict[str, Any], Path, Path]] = {}
+    for row in table.to_dict("records"):
+        tdir = _trial_dir(exp_dir, str(row["trial_id"]))
+        state = _latest_checkpoint(tdir)
+        if state is not None:
+            checkpoints[int(row["trial"])] = (row, tdir, state)
+    valid = ", ".join(str(t) for t in sorted(checkpoints)) or "none"
+    if str(trial) == "best":
+        if not checkpoints:
+            raise SweeperError(f"{run_dir}: no trial has a checkpoint under {exp_dir}")
+
+        def score(t: int) -> tuple[float, int]:
+            v = checkpoints[t][0].get(BEST_METRIC)
+            return (-math.inf if v is None or pd.isna(v) else float(v), -t)  # ties: the lower trial number
+
+        number = max(checkpoints, key=score)
+    else:
+        try:
+            number = int(str(trial))
+        except ValueError:
+            raise SweeperError(f"trial '{trial}' is not a trial number; trials with a checkpoint: {valid} "
+                               f"(or 'best')") from None
+        if number not in checkpoints:
+            why = "has no checkpoint" if number in set(table["trial"].astype(int)) else "does not exist"
+            raise SweeperError(f"{run_dir}: trial {number} {why}; trials with a checkpoint: {valid} (or 'best')")
+    row, tdir, state_file = checkpoints[number]
+    state = _load_state(state_file)
+    if not isinstance(state, dict) or "head" not in state:
+        raise SweeperError(f"{state_file}: no 'head' state dict in this checkpoint")
+    history = state.get("history") or []
+    validation = (_validation(history[-1], f"{state_file.parent.name}/{STATE_FILE}") if history
+                  else _history_validation(run_dir, number, None))
+    best_epoch = row.get("best_epoch")
+    selection = {"by": "best_val_iou" if str(trial) == "best" else "trial number",
+                 BEST_METRIC: row.get(BEST_METRIC),
+                 "best_epoch": None if best_epoch is None or pd.isna(best_epoch) else int(best_epoch),
+                 "checkpoint_epoch": validation["epoch"] if validation else None,
+                 "status": row.get("status"), "baseline": bool(row.get("baseline", False))}
+    if selection["best_epoch"] is not None and selection["checkpoint_epoch"] not in (None, selection["best_epoch"]):
+        log.info("trial %d: the kept checkpoint is epoch %s (its last); its best val IoU was at epoch %s",
+                 number, selection["checkpoint_epoch"], selection["best_epoch"])
+    return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
+                   trial_id=str(row["trial_id"]), weights_file=state_file,
+                   config=_config(_read_json(tdir / "params.json"), str(tdir / "params.json")),
+                   inputs={k: sweep.get(k) or {} for k in ("backbone", "data", "cache")},
+                   validation=validation, selection=selection, state=state["head"])
+
+
+def load_run_head(run_dir: Path, *, trial: str | int = "best") -> RunHead:
+    """The head of a baseline run folder, or of a sweep's trial ('best' = highest best_val_iou with a checkpoint)."""
+    run_dir = Path(run_dir)
+    if (run_dir / SWEEP_FILE).is_file() and (run_dir / TRIALS_CSV).is_file():
+        return _sweep_head(run_dir, trial)
+    if (run_dir / runs.CONFIG_FILE).is_file():
+        return _baseline_head(run_dir, trial)
+    raise SweeperError(f"{run_dir}: not a run folder (expected {runs.CONFIG_FILE} + {runs.HEAD_FILE} from "
+                       f"'baseline', or {SWEEP_FILE} + {TRIALS_CSV} from 'search')")
+
+
+# --------------------------------------------------------------------------- predicting and scoring
+
+
+def build_head(run: RunHead, *, in_channels: int) -> nn.Module:
+    """The run's head architecture with its saved weights, in eval mode."""
+    head = create_head(run.config.head, in_channels=in_channels, num_classes=NUM_CLASSES)
+    try:
+        head.load_state_dict(run.state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise SweeperError(f"{run.weights_file}: weights do not fit head '{run.config.head}' on a "
+                           f"{in_channels}-channel backbone ({first})") from None
+    return head.eval()
+
+
+@torch.inference_mode()
+def predict(head: nn.Module, tokens: np.ndarray, *, size: tuple[int, int], device: torch.device,
+            amp: bool = False, batch_size: int = PREDICT_BATCH, show_progress: bool = True) -> np.ndarray:
+    """Argmax class ids (N, H, W) uint8 of the head on (N, h, w, C) tokens, logits upsampled as in training."""
+    head = head.to(device).eval()
+    out = np.empty((len(tokens), *size), dtype=np.uint8)
+    with progress_bar(total=len(tokens), desc="predicting test masks", enabled=show_progress) as bar:
+        for idx in batch_order(len(tokens), batch_size, None):
+            x = torch.from_numpy(np.ascontiguousarray(tokens[idx], dtype=np.float32)).to(device)
+            with _autocast(device, amp):
+                logits = _logits(head, x, size)
+            out[idx] = logits.float().argmax(1).to(torch.uint8).cpu().numpy()
+            bar.update(len(idx))
+    return out
+
+
+def score(pred: np.ndarray, labels: np.ndarray, *, num_classes: int = NUM_CLASSES,
+          batch_size: int = PHASE1_BATCH) -> dict[str, Any]:
+    """Phase-1 per-batch IoU/Dice/accuracy (file order, batches of `batch_size`) and dataset-level scores."""
+    if pred.shape != labels.shape:
+        raise ValueError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
+    meter = Phase1Meter(num_classes)
+    for idx in batch_order(len(pred), batch_size, None):
+        meter.add(confusion_matrix(torch.from_numpy(pred[idx]), torch.from_numpy(labels[idx]), num_classes))
+    cm = meter.cm if meter.cm is not None else np.zeros((num_classes, num_classes), np.int64)
+    names = CLASS_NAMES[:num_classes]
+    s = meter.summary("test")
+    return {
+        "phase1": {"iou": s["test_iou"], "dice": s["test_dice"], "acc": s["test_acc"],
+                   "batch_size": batch_size, "batches": len(meter.ious)},
+        "dataset": {"miou": mean_iou(cm), "acc": pixel_accuracy(cm),
+                    "class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, class_iou(cm))}},
+        "class_pixels": {"target": dict(zip(names, cm.sum(1).tolist())),
+                         "predicted": dict(zip(names, cm.sum(0).tolist()))},
+        "confusion_matrix": cm.tolist(),  # rows: target class, columns: predicted class
+    }
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) -> (H, W, 3) uint8 RGB in PALETTE; ids outside the table are black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:len(PALETTE)] = PALETTE
+    return lut[mask.astype(np.uint8)]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _synthetic_tag(synthetic: bool) -> str:
+    return " [SYNTHETIC data]" if synthetic else ""
+
+
+def _legend_handles() -> list[Patch]:
+    return [Patch(facecolor=PALETTE[i] / 255, edgecolor="0.3", label=f"{i} {n}") for i, n in enumerate(CLASS_NAMES)]
+
+
+def comparison_figure(image: np.ndarray, target: np.ndarray, pred: np.ndarray, *, title: str, path: Path) -> Path:
+    """Image, ground truth, prediction and an error map of one test sample, with the class legend."""
+    h, w = target.shape
+    fig, (placeholder,) = new_figure(1, width=12.0, height=12.0 * h / w + 1.6)
+    placeholder.remove()  # the house style and size from new_figure; the grid below adds a legend row
+    grid = fig.add_gridspec(3, 2, height_ratios=(1.0, 1.0, 0.22))
+    axes = [fig.add_subplot(grid[r, c]) for r in range(2) for c in range(2)]
+    wrong = pred != target
+    errors = (0.35 * image.mean(axis=2, keepdims=True).repeat(3, axis=2)).astype(np.uint8)  # dimmed grey image
+    errors[wrong] = (230, 30, 30)
+    panels = [(image, "Image (at evaluation size)"), (colorize(target), "Ground truth"),
+              (colorize(pred), f"Prediction (pixel accuracy {1.0 - wrong.mean():.1%})"),
+              (errors, f"Errors in red ({wrong.mean():.1%} of pixels)")]
+    for ax, (img, name) in zip(axes, panels):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(name, fontsize="medium")
+        ax.axis("off")
+    legend_ax = fig.add_subplot(grid[2, :])
+    legend_ax.axis("off")
+    legend_ax.legend(handles=_legend_handles(), loc="center", ncol=5, fontsize="small", frameon=False)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def per_class_figure(metrics: dict[str, Any], path: Path) -> Path:
+    """Grouped bars of per-class IoU, test next to validation, from a test_metrics.json dict."""
+    names = list(metrics["dataset"]["class_iou"])
+    test = [metrics["dataset"]["class_iou"][n] for n in names]
+    val_rec = metrics.get("validation")
+    in_test = metrics["class_pixels"]["target"]
+    fig, (ax,) = new_figure(1, width=11.0, height=5.4)
+    x = np.arange(len(names))
+    width = 0.4 if val_rec else 0.6
+    series = [(f"test (mIoU {_fmt(metrics['dataset']['miou'])})", test, "#dd8452", True)]
+    if val_rec:
+        series.insert(0, (f"validation, epoch {val_rec.get('epoch')} (mIoU {_fmt(val_rec.get('val_miou'))})",
+                          [val_rec["class_iou"].get(n) for n in names], "#4c72b0", False))
+    for k, (label, values, color, is_test) in enumerate(series):
+        pos = x + (k - (len(series) - 1) / 2) * width
+        heights = np.array([0.0 if v is None else v for v in values], dtype=float)
+        ax.bar(pos, heights, width, label=label, color=color)
+        for i, (p, v) in enumerate(zip(pos, values)):
+            # Zero bars are invisible and NaN ones (class neither present nor predicted) have no bar:
+            # say which is which. A class with no test pixels has no meaningful test IoU at all.
+            text = ("absent\nin test" if is_test and not in_test.get(names[i])
+                    else "n/a" if v is None else f"{v:.2f}")
+            ax.annotate(text, (p, heights[i]), ha="center", va="bottom", fontsize="x-small",
+                        color="0.35" if text[0].isalpha() else "0.1", xytext=(0, 1), textcoords="offset points")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.18)  # headroom for the legend above the tallest possible bar
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("IoU (dataset-level, per class)")
+    ax.set_title(f"Per-class IoU, validation vs test: {metrics['run']['label']}"
+                 f"{_synthetic_tag(metrics['data']['synthetic'])}")
+    ax.grid(axis="x", visible=False)  # vertical lines would cut through the bar pairs
+    ax.legend(loc="upper center", ncol=2, fontsize="small")
+    return save_figure(fig, path)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+# --------------------------------------------------------------------------- the whole evaluation
+
+
+def _display_image(path: Path, *, height: int, width: int) -> np.ndarray:
+    """A test image as the head saw it (bilinear resize), but un-normalised for display."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR))
+
+
+def _clear_pngs(folder: Path) -> None:
+    """Remove masks/figures of an earlier evaluation into the same folder, so no stale file survives."""
+    if folder.is_dir():
+        for p in folder.glob("*.png"):
+            p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _rebuild_backbone(run: RunHead, device: torch.device):
+    from sweeper.backbone import create_backbone
+
+    rec = run.inputs.get("backbone") or {}
+    if not rec.get("name"):
+        raise SweeperError(f"{run.run_dir}: the run records no backbone name")
+    backbone = create_backbone(rec["name"], weights=rec.get("weights_path"))
+    digest = rec.get("weights_digest")
+    if digest and digest != backbone.weights_digest:
+        raise SweeperError(f"backbone {rec['name']}: its weights (digest {backbone.weights_digest}) are not the ones "
+                           f"the run was trained on (digest {digest}); the head only fits those")
+    return backbone.to(device)
+
+
+def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: Path | None = None,
+                 device: str = "auto", cache_root: Path | None = None, show_progress: bool = True,
+                 allow_unknown: bool = False, comparisons: int = COMPARISONS) -> Path:
+    """Score a run's head on a test folder; write metrics, masks and figures; return the output folder."""
+    started = time.perf_counter()
+    run = load_run_head(Path(run_dir), trial=trial)
+    cfg = run.config
+    out = runs.ensure_writable_dir(Path(out) if out is not None else run.run_dir / EVALUATION_DIR / run.label)
+    split: Split = find_split(data, "test")
+    synthetic = synth.is_synthetic(data)
+    trained_synthetic = (run.inputs.get("data") or {}).get("synthetic")
+    if trained_synthetic is not None and bool(trained_synthetic) != synthetic:
+        log.warning("the head was trained on %s data but the test data is %s", "SYNTHETIC" if trained_synthetic
+                    else "real", "SYNTHETIC" if synthetic else "real")
+    log.info("evaluating %s of %s on %d test images in %s%s", run.label, run.run_dir, len(split), split.root,
+             " (SYNTHETIC data)" if synthetic else "")
+
+    dev = resolve_device(device)
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+    height, width = cfg.image_height, cfg.image_width
+    backbone = _rebuild_backbone(run, dev)
+    dtype = (run.inputs.get("cache") or {}).get("dtype") or "float32"  # the tokens the head was trained on
+    tokens, _ = cached_tokens(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
+                              show_progress=show_progress)
+    labels = cached_labels(split, cache_root=cache_root, height=height, width=width, mode=cfg.label_mode,
+                           allow_unknown=allow_unknown)
+    head = build_head(run, in_channels=backbone.embed_dim)
+    pred = predict(head, tokens, size=(height, width), device=dev, amp=cfg.amp, batch_size=cfg.eval_batch_size,
+                   show_progress=show_progress)
+    scores = score(pred, labels)
+
+    names = [p.stem for p in split.image_paths]
+    for sub in (MASKS_DIR, COLOR_DIR, COMPARISONS_DIR):
+        _clear_pngs(out / sub)
+    for name, mask in zip(names, pred):
+        Image.fromarray(mask).save(out / MASKS_DIR / f"{name}.png")
+        Image.fromarray(colorize(mask)).save(out / COLOR_DIR / f"{name}.png")
+    log.info("wrote %d predicted masks to %s and %s", len(pred), out / MASKS_DIR, out / COLOR_DIR)
+
+    metrics = {
+        "run": {"dir": str(run.run_dir.resolve()), "kind": run.kind, "label": run.label, "trial": run.trial,
+                "trial_id": run.trial_id, "weights_file": str(run.weights_file.resolve()), **run.selection},
+        "config": cfg.to_dict(),
+        "backbone": {**(run.inputs.get("backbone") or {}), "weights_digest": backbone.weights_digest},
+        "data": {"root": str(Path(data).resolve()), "test_folder": str(split.root.resolve()), "images": len(split),
+                 "synthetic": synthetic, "trained_on": (run.inputs.get("data") or {}).get("root"),
+                 "trained_on_synthetic": trained_synthetic},
+        "evaluation": {"height": height, "width": width, "label_mode": cfg.label_mode.value, "device": str(dev),
+                       "cache_root": str(cache_root), "token_dtype": dtype},
+        **{k: scores[k] for k in ("phase1", "dataset")},
+        "validation": run.validation,
+        **{k: scores[k] for k in ("class_pixels", "confusion_matrix")},
+        "class_names": list(CLASS_NAMES),
+        "seconds": round(time.perf_counter() - started, 3),
+        "versions": runs.versions(),
+    }
+    runs.write_json(out / METRICS_JSON, metrics)
+
+    tag = _synthetic_tag(synthetic)
+    for i in range(min(comparisons, len(split))):
+        image = _display_image(split.image_paths[i], height=height, width=width)
+        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / f"{names[i]}.png",
+                          title=f"{run.label}: test image {names[i]}{tag}")
+    per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART)
+    log.info("test %s: phase-1 IoU %.4f, Dice %.4f, accuracy %.4f; dataset mIoU %.4f%s", run.label,
+             metrics["phase1"]["iou"], metrics["phase1"]["dice"], metrics["phase1"]["acc"],
+             metrics["dataset"]["miou"], tag)
+    log.info("wrote %s, %s, %s/", out / METRICS_JSON, out / BAR_CHART, out / COMPARISONS_DIR)
+    return out
+
+
+def summary_lines(metrics: dict[str, Any]) -> Sequence[str]:
+    """A test_metrics.json dict as a few lines for the CLI to print."""
+    p, d, v = metrics["phase1"], metrics["dataset"], metrics.get("validation")
+    lines = [f"{metrics['run']['label']} on {metrics['data']['images']} test images"
+             f"{_synthetic_tag(metrics['data']['synthetic'])}: phase-1 IoU {_fmt(p['iou'])}, Dice {_fmt(p['dice'])}, "
+             f"accuracy {_fmt(p['acc'])}; dataset mIoU {_fmt(d['miou'])}"]
+    if v:
+        lines.append(f"validation (epoch {v.get('epoch')}): IoU {_fmt(v.get('val_iou'))}, "
+                     f"mIoU {_fmt(v.get('val_miou'))}")
+    width = max(len(n) for n in d["class_iou"])
+    for n, t in d["class_iou"].items():
+        val = _fmt(v["class_iou"].get(n)) if v else "n/a"
+        lines.append(f"  {n:<{width}}  test {_fmt(t):>5}  val {val:>5}")
+    return lines

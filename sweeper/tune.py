@@ -417,7 +417,10 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> st
     best_col = f"best_{space.metric}"
     if trials.empty:
         return "(no trials)"
-    df = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last").head(top)
+    ranked = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last")
+    df = ranked.head(top)
+    if not df.baseline.any():  # the phase-1 reference row is always shown, last if it ranks below the top
+        df = pd.concat([df, ranked[ranked.baseline].head(1)])
     cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
             best_col, "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
     cols = [c for c in cols if c in df.columns]

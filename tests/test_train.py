@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from sweeper.config import TrainConfig
 from sweeper.features import TrainData
@@ -47,7 +48,7 @@ def test_same_seed_same_history_other_seed_differs():
 def test_callback_sees_every_epoch_and_train_metrics_can_be_skipped():
     seen = []
     result = train(TrainConfig(**SMALL, epochs=3, train_metrics=False), learnable_data(),
-                   on_epoch=lambda rec, head: seen.append((rec["epoch"], rec["train_iou"], head.training)))
+                   on_epoch=lambda rec, run: seen.append((rec["epoch"], rec["train_iou"], run.head.training)))
     assert [s[0] for s in seen] == [1, 2, 3]
     assert all(s[1] is None for s in seen)
     assert len(result.history) == 3 and set(result.head_state) >= {"stem.0.weight", "classifier.bias"}
@@ -75,8 +76,29 @@ def test_label_size_must_match_config():
 
 
 def test_batch_order_covers_every_item_once():
-    import torch
     batches = batch_order(7, 2, torch.Generator().manual_seed(0))
     assert [len(b) for b in batches] == [2, 2, 2, 1]
     assert sorted(np.concatenate(batches).tolist()) == list(range(7))
     assert [b.tolist() for b in batch_order(3, 2, None)] == [[0, 1], [2]]
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+    data = learnable_data()
+    cfg = TrainConfig(**SMALL, epochs=4, optimizer="adam", lr=3e-3, schedule="cosine")
+    full = train(cfg, data)
+    saved = {}
+    train(cfg, data, on_epoch=lambda rec, run: saved.setdefault(rec["epoch"], run.state_dict()))
+    ckpt_path = tmp_path / "ckpt.pt"
+    torch.save(saved[2], ckpt_path)
+    resumed = train(cfg, data, resume=torch.load(ckpt_path, weights_only=True))
+    strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    assert all(torch.equal(resumed.head_state[k], full.head_state[k]) for k in full.head_state)
+
+
+def test_train_metrics_do_not_change_the_training_run():
+    data = learnable_data()
+    with_tm = train(TrainConfig(**SMALL, epochs=3, lr=1e-2), data)
+    without = train(TrainConfig(**SMALL, epochs=3, lr=1e-2, train_metrics=False), data)
+    assert [r["val_iou"] for r in with_tm.history] == [r["val_iou"] for r in without.history]
+    assert [r["train_loss"] for r in with_tm.history] == [r["train_loss"] for r in without.history]

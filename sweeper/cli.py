@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local cluster")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    p.add_argument("--amp", action="store_true", help="mixed precision for the head on CUDA (no effect on CPU)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("confirm", help="re-train the top configs and the baseline with several seeds: is the gain real?")
@@ -343,7 +344,8 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
           f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
-    table = run_search(space, p.data, opts, progress=not args.quiet)
+    table = run_search(space, p.data, opts, progress=not args.quiet,
+                       trial_overrides={"amp": True} if args.amp else None)
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     runs.write_json(sweep_file, info)

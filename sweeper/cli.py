@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_confirm)
 
+    p = sub.add_parser("report", help="(re)build RUN_DIR/report/ from saved results: HTML page, summary, figures")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a sweep or baseline folder")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("evaluate", help="score a run's head on a test folder (the phase-1 test script's counterpart)")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a baseline folder or a sweep folder")
     p.add_argument("--data", type=Path, required=True, help="test folder (Color_Images/, Segmentation/) or a root with test/")
@@ -237,7 +241,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     from sweeper import runs
     from sweeper.config import TrainConfig
-    from sweeper.report import phase1_plots
+    from sweeper.report import phase1_plots, write_report
     from sweeper.train import train
 
     overrides: dict[str, Any] = {"device": args.device, "seed": args.seed}
@@ -276,11 +280,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     runs.save_head(out / runs.HEAD_FILE, result.head_state)
     runs.write_text_atomic(out / runs.TEXT_FILE, runs.evaluation_metrics_text(result.history))
     phase1_plots(out)
+    report = write_report(out)
     best = result.best
     ref = "published phase-1 figure on the real data" if data_src.synthetic else "phase 1"
     print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
           f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
-          f"{result.seconds:.0f} s; outputs in {out}")
+          f"{result.seconds:.0f} s; outputs in {out}; report {report}")
     return 0
 
 
@@ -349,9 +354,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     runs.write_json(sweep_file, info)
+    from sweeper.report import write_report
+
+    report = write_report(run_dir)
     print(summary_table(table, space))
     print(f"trials: {run_dir / 'trials.csv'}; per epoch: {run_dir / 'history.csv'}; "
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
+    print(f"report: {report}")
     return 0
 
 
@@ -396,6 +405,13 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
           f"details in {args.run / 'confirm.csv'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sweeper.report import write_report
+
+    print(f"report: {write_report(args.run)}")
     return 0
 
 

@@ -1,0 +1,358 @@
+"""Reports from saved results: hand-written run folders (no Ray, no training), checked value by value."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
+import pytest
+
+from sweeper import report
+from sweeper.errors import SweeperError
+from sweeper.report import (PHASE1_VAL_IOU, SWEEP_FIGURES, SYNTHETIC_BANNER, NoData, class_iou_table, load_sweep,
+                            reference_lines, write_report)
+from sweeper.tune import PUBLISHED_BASELINE_IOU
+
+CLASSES = ("Trees", "Rocks", "Sky")
+# trial: (optimizer, lr, class_weights, status, planned, per-epoch val IoU, error)
+TRIALS = {
+    0: ("sgd", 1e-4, "none", "TERMINATED", 4, [0.10, 0.15, 0.18, 0.20], None),  # the baseline trial
+    1: ("adamw", 1e-3, "inverse", "TERMINATED", 4, [0.20, 0.30, 0.35, 0.33], None),
+    2: ("adam", 3e-3, "log", "TERMINATED", 4, [0.12, 0.15], None),  # stopped by ASHA after 2 of 4
+    3: ("sgd", 1e-2, "none", "ERROR", 4, [], "TrainingDiverged: training loss became nan at epoch 1"),
+    4: ("adamw", 5e-4, "sqrt_inverse", "TERMINATED", 4, [0.18, 0.22, 0.24, 0.25], None),
+}
+BASELINE_BEST, BEST = 0.20, 0.35
+
+
+def class_ious(trial: int, epoch: int) -> dict[str, float]:
+    """Per-class IoU that differ by trial and epoch, so picking the wrong row shows."""
+    return {f"val_class_iou/{c}": round(0.1 * (k + 1) + 0.01 * trial + 0.001 * epoch, 4)
+            for k, c in enumerate(CLASSES)}
+
+
+def write_study(path: Path, name: str, n: int) -> None:
+    """An Optuna study with `n` completed trials over three params (lr drives the value)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{path}", direction="maximize")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True),
+             "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "adam", "adamw"]),
+             "batch_size": optuna.distributions.CategoricalDistribution([2, 4, 8]),
+             "momentum": optuna.distributions.FloatDistribution(0.8, 0.99)}
+    for i in range(n):
+        lr = 1e-5 * 10 ** (3 * i / max(1, n - 1))
+        params = {"lr": lr, "optimizer": ["sgd", "adam", "adamw"][i % 3], "batch_size": [2, 4, 8][i % 3]}
+        if params["optimizer"] == "sgd":  # conditional, as in the real space
+            params["momentum"] = 0.9
+        study.add_trial(optuna.trial.create_trial(params=params, value=0.1 + lr * 20,
+                                                  distributions={k: dists[k] for k in params}))
+
+
+def make_sweep(root: Path, *, synthetic: bool = True, planned: int | None = None, finished: bool = True,
+               tables: bool = True, study_trials: int = 8, trials: dict = TRIALS) -> Path:
+    """A sweep folder as `python -m sweeper search` leaves it, written by hand."""
+    run = root / "fake-sweep"
+    run.mkdir(parents=True)
+    info = {"command": "search", "options": {"name": "fake-sweep", "trials": planned or len(trials)},
+            "space": {"metric": "val_iou", "mode": "max"},
+            "backbone": {"name": "random_vits14" if synthetic else "dinov2_vits14", "trained": not synthetic,
+                         "description": "test backbone"},
+            "data": {"synthetic": synthetic, "root": "/data", "train_images": 4, "val_images": 2,
+                     "class_names": list(CLASSES)}}
+    if finished:
+        info["wall_seconds"] = 12.0
+    (run / "sweep.json").write_text(json.dumps(info))
+    rows, hist = [], []
+    for t, (opt, lr, cw, status, planned_ep, ious, err) in trials.items():
+        best = max(ious) if ious else None
+        rows.append({"trial": t, "trial_id": f"id{t}", "status": status, "baseline": t == 0, "lr": lr,
+                     "optimizer": opt, "class_weights": cw, "batch_size": 2, "schedule": "constant",
+                     "epochs": planned_ep, "epochs_planned": planned_ep, "epochs_run": len(ious),
+                     "stopped_early": status == "TERMINATED" and len(ious) < planned_ep,
+                     "best_val_iou": best, "best_epoch": ious.index(best) + 1 if ious else None,
+                     "last_val_iou": ious[-1] if ious else None,
+                     "best_val_miou": best - 0.05 if ious else None, "error": err})
+        for e, v in enumerate(ious, 1):
+            hist.append({"trial": t, "trial_id": f"id{t}", "baseline": t == 0, "optimizer": opt, "epoch": e,
+                         "val_iou": v, "val_miou": v - 0.05, **class_ious(t, e)})
+    if tables:
+        pd.DataFrame(rows).to_csv(run / "trials.csv", index=False)
+        pd.DataFrame(hist).to_csv(run / "history.csv", index=False)
+    if study_trials:
+        write_study(run / "study.db", "fake-sweep", study_trials)
+    return run
+
+
+@pytest.fixture(scope="module")
+def sweep_report(tmp_path_factory) -> tuple[Path, str]:
+    """One full report of the synthetic fake sweep, shared by the tests that read it."""
+    run = make_sweep(tmp_path_factory.mktemp("sweep"))
+    before = mtimes(run)
+    page = write_report(run)
+    assert mtimes(run, skip="report") == before  # reads the run, writes only under report/
+    return run, page.read_text()
+
+
+def mtimes(folder: Path, skip: str = "") -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if skip not in p.relative_to(folder).parts}
+
+
+def tbody_rows(page: str) -> list[str]:
+    body = re.search(r"<tbody>(.*?)</tbody>", page, re.S).group(1)
+    return re.findall(r"<tr\b[^>]*>", body)
+
+
+def test_page_embeds_every_figure_as_png_and_needs_no_network(sweep_report):
+    run, page = sweep_report
+    assert page == (run / "report" / "index.html").read_text()
+    for spec in SWEEP_FIGURES:
+        assert (run / "report" / spec.file).is_file()
+        m = re.search(rf'<figure id="{Path(spec.file).stem}">.*?src="data:image/png;base64,([^"]+)"', page, re.S)
+        assert m, spec.file
+        assert base64.b64decode(m.group(1)) == (run / "report" / spec.file).read_bytes()
+    assert page.count("data:image/png;base64,") == len(SWEEP_FIGURES)
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained
+
+
+def test_table_has_one_sortable_row_per_trial(sweep_report):
+    _, page = sweep_report
+    rows = tbody_rows(page)
+    assert len(rows) == len(TRIALS)
+    assert sorted(int(re.search(r'data-trial="(\d+)"', r).group(1)) for r in rows) == sorted(TRIALS)
+    assert '<tr class="best" data-trial="1">' in rows[0]  # best first
+    assert "<script>" in page and 'addEventListener("click"' in page and 'data-v="0.35"' in page
+
+
+def test_headline_compares_best_with_baseline_trial_and_published(sweep_report):
+    _, page = sweep_report
+    headline = re.search(r'<section id="headline">(.*?)</section>', page, re.S).group(1)
+    assert "trial 1: adamw, lr 1.0e-03" in headline and "val IoU 0.3500 at epoch 3" in headline
+    assert "IoU +0.1500 (+75.0%)" in headline  # vs the baseline trial's 0.20
+    assert f"IoU {BEST - PUBLISHED_BASELINE_IOU:+.4f} ({(BEST - PUBLISHED_BASELINE_IOU) / PUBLISHED_BASELINE_IOU:+.1%})" \
+        in headline
+    assert "mIoU +0.1500 (+100.0%)" in headline  # both metrics: 0.30 vs 0.15
+    assert "published phase-1 figure on the real data (0.2971)" in headline
+
+
+def test_failed_trial_is_listed_with_its_error(sweep_report):
+    _, page = sweep_report
+    failed = re.search(r'<section id="failed".*?</section>', page, re.S).group(0)
+    assert "trial 3" in failed and "TrainingDiverged: training loss became nan at epoch 1" in failed
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_synthetic_banner_iff_synthetic(tmp_path, synthetic):
+    run = load_sweep(make_sweep(tmp_path, synthetic=synthetic, study_trials=0))
+    page, summary = report.sweep_html(run, figures=[]), report.sweep_summary_md(run)
+    assert (SYNTHETIC_BANNER in page) is synthetic
+    assert (SYNTHETIC_BANNER in summary) is synthetic
+    assert ('id="banner"' in page) is synthetic  # real data with a trained backbone: no warning at all
+    assert ("not comparable" in page) is synthetic
+
+
+def test_reference_lines_are_published_figure_and_baseline_trial(sweep_report):
+    run = load_sweep(sweep_report[0])
+    for plot in (report.plot_ranked_trials, report.plot_lr_vs_iou):
+        fig = plot(run)
+        refs = reference_lines(fig.axes[0])
+        plt.close(fig)
+        assert set(refs["published"]) == {PUBLISHED_BASELINE_IOU}, plot.__name__
+        assert set(refs["baseline"]) == {BASELINE_BEST}, plot.__name__
+    fig = report.plot_val_iou_curves(run)
+    refs = reference_lines(fig.axes[0])
+    plt.close(fig)
+    assert refs["published"] == list(PHASE1_VAL_IOU)
+    assert refs["baseline"] == TRIALS[0][5]  # the baseline trial's own curve
+    assert PHASE1_VAL_IOU[-1] == PUBLISHED_BASELINE_IOU
+
+
+def test_ranked_bars_are_in_score_order_and_marked(sweep_report):
+    run = load_sweep(sweep_report[0])
+    fig = report.plot_ranked_trials(run)
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches[:len(TRIALS)]]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["1", "4", "0", "2", "3"] and heights == [0.35, 0.25, 0.20, 0.15, 0.0]
+    # synthetic data: only the sweep's own baseline trial counts
+    assert {"beats the baseline trial", "does not beat the baseline trial", "baseline trial",
+            "no score (failed)", "stopped early by ASHA"} <= set(legend)
+
+
+def test_on_real_data_bars_are_judged_against_both_references(tmp_path):
+    run = load_sweep(make_sweep(tmp_path, synthetic=False, study_trials=0))
+    fig = report.plot_ranked_trials(run)
+    ax = fig.axes[0]
+    colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches[:len(TRIALS)]]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    c = report.VERDICT_COLORS
+    # ranked 1 (0.35), 4 (0.25), 0 (baseline 0.20), 2 (0.15), 3 (failed)
+    assert colours == [c["all"], c["some"], c["baseline"], c["none"], c["failed"]]
+    assert {"beats the baseline trial and 0.2971", "beats the baseline trial only",
+            "does not beat the baseline trial or 0.2971"} <= set(legend)
+
+
+def test_class_iou_delta_uses_each_trials_best_epoch(sweep_report):
+    table = class_iou_table(load_sweep(sweep_report[0]))
+    assert table.index[0].startswith("baseline trial 0, epoch 4")
+    assert [i.split(",")[0] for i in table.index] == ["baseline trial 0", "trial 1", "trial 4", "trial 2"]
+    assert table.iloc[0].tolist() == list(class_ious(0, 4).values())
+    assert table.iloc[1].tolist() == list(class_ious(1, 3).values())  # trial 1 peaked at epoch 3
+
+
+def test_asha_budget_counts_saved_epochs(sweep_report):
+    fig = report.plot_asha_budget(load_sweep(sweep_report[0]))
+    title = fig.axes[0].get_title()
+    plt.close(fig)
+    assert "saved 2 of 20 planned epochs (10%)" in title  # trial 2 stopped at 2 of 4; failed trial 3 not counted
+
+
+def test_summary_md_top_table(sweep_report):
+    run, _ = sweep_report
+    md = (run / "report" / "summary.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| rank")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table]
+    assert [c[1] for c in cells] == ["trial 1", "trial 4", "trial 0 (baseline)", "trial 2"]  # failed: no score
+    assert cells[0][5:] == ["0.3500", "0.3000", "+0.1500", f"{BEST - PUBLISHED_BASELINE_IOU:+.4f}"]
+    assert cells[2][7] == "+0.0000"
+    assert "**Best trial**: trial 1: adamw" in md and "## Failed trials" in md
+
+
+def test_summary_md_shows_at_most_ten(tmp_path):
+    many = {i: ("adam", 1e-3 * (i + 1), "none", "TERMINATED", 2, [0.1 + 0.01 * i, 0.1 + 0.02 * i], None)
+            for i in range(12)}
+    run = load_sweep(make_sweep(tmp_path, trials=many, study_trials=0))
+    md = report.sweep_summary_md(run)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| rank")]
+    assert len(rows) == 10 and rows[0].startswith("| 1 | trial 11 ")
+    assert len(tbody_rows(report.trials_table_html(run))) == 12
+
+
+def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path):
+    run = load_sweep(make_sweep(tmp_path, study_trials=2))
+    with pytest.raises(NoData, match="too few completed trials"):
+        report.plot_param_importance(run)
+    (tmp_path / "out").mkdir()
+    spec = next(s for s in SWEEP_FIGURES if s.file == "param_importance.png")
+    [(_, png)] = report.render_figures([spec], run, tmp_path / "out")
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_importance_ranks_the_param_that_drives_the_objective(tmp_path):
+    imp = report.param_importances(make_sweep(tmp_path) / "study.db", "fake-sweep")
+    assert imp.trials == 8 and set(imp.values) == {"lr", "optimizer", "batch_size"}
+    assert imp.conditional == ("momentum",)  # sgd-only: not ranked against params every trial has
+    assert max(imp.values, key=imp.values.get) == "lr"
+    assert sum(imp.values.values()) == pytest.approx(1.0)
+    again = report.param_importances(make_sweep(tmp_path / "again") / "study.db", "fake-sweep")
+    assert again.values == imp.values  # deterministic: the figure is stable
+
+
+def test_half_written_run_reports_what_is_missing(tmp_path):
+    # killed sweep: no trials.csv/history.csv, a ray/ folder that cannot be read, 8 trials planned
+    run = make_sweep(tmp_path, planned=8, finished=False, tables=False, study_trials=0)
+    (run / "ray").mkdir()
+    page = write_report(run).read_text()
+    missing = re.search(r'<section id="missing".*?</section>', page, re.S).group(0)
+    assert "did not finish" in missing  # sweep.json without wall_seconds
+    assert "trials.csv: missing, and ray/ could not be read" in missing
+    assert "study.db: missing" in missing
+    assert "No trials yet." in page and page.count("data:image/png;base64,") == len(SWEEP_FIGURES)
+
+
+def test_fewer_trials_than_planned_and_unfinished_trials_are_listed(tmp_path):
+    partial = {**TRIALS, 4: ("adamw", 5e-4, "sqrt_inverse", "RUNNING", 4, [0.18, 0.22], None)}
+    run = make_sweep(tmp_path, planned=8, finished=False, trials=partial, study_trials=0)
+    sweep = load_sweep(run)
+    assert "3 of 8 planned trials have no results (never started)" in sweep.missing
+    assert any("did not finish (RUNNING): trial 4" in m for m in sweep.missing)
+    md = report.sweep_summary_md(sweep)
+    assert "## Missing or unfinished" in md and "3 of 8 planned trials" in md
+
+
+def test_missing_baseline_trial_is_reported(tmp_path):
+    no_base = {k: v for k, v in TRIALS.items() if k != 0}
+    run = make_sweep(tmp_path, trials=no_base, study_trials=0)
+    sweep = load_sweep(run)
+    assert any(m.startswith("no baseline trial") for m in sweep.missing)
+    with pytest.raises(NoData):
+        class_iou_table(sweep)
+    fig = report.plot_ranked_trials(sweep)
+    refs = reference_lines(fig.axes[0])
+    plt.close(fig)
+    assert refs == {"published": [PUBLISHED_BASELINE_IOU, PUBLISHED_BASELINE_IOU]}
+
+
+@pytest.mark.parametrize("content", [None, "notes.txt", "config.yaml"])
+def test_non_run_folder_raises_one_line_error(tmp_path, content):
+    if content:
+        (tmp_path / content).write_text("x")
+    with pytest.raises(SweeperError, match="not a run folder") as e:
+        write_report(tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "report").exists()
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(SweeperError, match="no such folder"):
+        write_report(tmp_path / "nope")
+
+
+def test_unreadable_trials_csv_raises_one_line_error(tmp_path):
+    run = make_sweep(tmp_path, study_trials=0)
+    (run / "trials.csv").write_text("trial,status\n0,TERMINATED\n")  # no best_val_iou column
+    with pytest.raises(SweeperError, match="best_val_iou"):
+        write_report(run)
+    assert not (run / "report").exists()
+
+
+# --------------------------------------------------------------------------- baseline run folders
+
+
+def make_baseline(root: Path, *, synthetic: bool, epochs: int = 3, planned: int = 3) -> Path:
+    """A `python -m sweeper baseline` folder, written by hand."""
+    run = root / "baseline-x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({
+        "command": "baseline", "config": {"optimizer": "sgd", "lr": 1e-4, "epochs": planned},
+        "backbone": {"name": "random_vits14", "trained": not synthetic, "description": "test"},
+        "data": {"synthetic": synthetic, "root": "/data", "train_images": 4, "val_images": 2}}))
+    with open(run / "metrics.jsonl", "w") as f:
+        for e in range(1, epochs + 1):
+            f.write(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_iou": 0.1 * e,
+                                "val_iou": [0.21, 0.28, 0.26][e - 1], "train_dice": 0.2, "val_dice": 0.2,
+                                "train_acc": 0.5, "val_acc": 0.5, "val_miou": 0.2}) + "\n")
+    return run
+
+
+@pytest.mark.parametrize("synthetic", [True, False])
+def test_baseline_run_report(tmp_path, synthetic):
+    run = make_baseline(tmp_path, synthetic=synthetic)
+    page = write_report(run).read_text()
+    headline = re.search(r'<section id="headline">(.*?)</section>', page, re.S).group(1)
+    assert "0.2800 at epoch 2" in headline
+    assert f"{0.28 - PUBLISHED_BASELINE_IOU:+.4f} ({(0.28 - PUBLISHED_BASELINE_IOU) / PUBLISHED_BASELINE_IOU:+.1%})" \
+        in headline
+    assert (SYNTHETIC_BANNER in page) is synthetic
+    assert page.count("data:image/png;base64,") == len(report.BASELINE_FIGURES)
+    assert (run / "report" / "summary.md").read_text().startswith("# Baseline run report")
+    assert not (run / "iou_curves.png").exists()  # the report writes only under report/
+
+    fig = report.plot_baseline_val_iou(report.load_baseline(run))
+    refs = reference_lines(fig.axes[0])
+    plt.close(fig)
+    assert refs == {"baseline": [0.21, 0.28, 0.26], "published": list(PHASE1_VAL_IOU)}
+
+
+def test_unfinished_baseline_run_reports_missing_epochs(tmp_path):
+    run = make_baseline(tmp_path, synthetic=True, epochs=2, planned=10)
+    page = write_report(run).read_text()
+    assert "only 2 of 10 epochs finished" in page

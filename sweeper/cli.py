@@ -403,8 +403,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
           f"({(args.top + 1) * args.seeds} runs)", file=sys.stderr)
     summary = run_confirm(args.run, space, p.data, opts, top=args.top, seeds=args.seeds, progress=not args.quiet)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    from sweeper.report import write_report
+
     print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
-          f"details in {args.run / 'confirm.csv'}")
+          f"details in {args.run / 'confirm.csv'}; report {write_report(args.run)}")
     return 0
 
 

@@ -41,8 +41,8 @@ import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
 from sweeper.runs import CONFIG_FILE, METRICS_FILE, ensure_writable_dir, read_jsonl, write_text_atomic  # noqa: E402
-from sweeper.tune import (EXPERIMENT_DIR, HISTORY_CSV, PUBLISHED_BASELINE_IOU, SPACE_COPY, STUDY_FILE,  # noqa: E402
-                          SWEEP_FILE, TRIALS_CSV)
+from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, PUBLISHED_BASELINE_IOU,  # noqa: E402
+                          SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ class SweepRun:
     history: pd.DataFrame  # one row per trial and epoch (history.csv, or rebuilt from ray/)
     missing: tuple[str, ...] = ()  # what is absent or unfinished, for the reader
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
+    confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
 
     @property
     def synthetic(self) -> bool | None:
@@ -338,8 +339,9 @@ def load_sweep(run_dir: Path) -> SweepRun:
     if not history.empty and "baseline" in history:
         history["baseline"] = _as_bool(history["baseline"])
 
+    confirm = _read_csv(run_dir / CONFIRM_SUMMARY_CSV) if (run_dir / CONFIRM_SUMMARY_CSV).is_file() else None
     run = SweepRun(run_dir=run_dir, name=(info.get("options") or {}).get("name") or run_dir.name, info=info,
-                   trials=trials, history=history)
+                   trials=trials, history=history, confirm=confirm)
     missing += _trial_gaps(run)
     if not (run_dir / STUDY_FILE).is_file():
         missing.append(f"{STUDY_FILE}: missing, so no hyperparameter importance")
@@ -1002,10 +1004,38 @@ def sweep_html(run: SweepRun, figures: Sequence[tuple[FigureSpec, Path]]) -> str
                            for _, r in failed.iterrows()) + "</ul></section>")
     if run.notes:
         extra += "<p>" + " ".join(html.escape(n) for n in run.notes) + "</p>"
+    extra += confirm_html(run)
     body = _page(f"Sweep report: {run.name}", _meta_line(run.run_dir, run.info),
                  banner(run.synthetic, run.backbone_trained), sweep_headline(run), run.missing, figures, extra)
     return (body + '\n<section id="table"><h2>All trials</h2><p>Click a column header to sort.</p>'
             + trials_table_html(run) + f"</section>\n<script>{SORT_JS}</script>\n</body></html>\n")
+
+
+def confirm_rows(run: SweepRun) -> tuple[list[str], list[list[str]]]:
+    """The confirm summary as table rows: each config's mean and spread over seeds, gain, verdict."""
+    header = ["trial", "seeds", "mean best val IoU", "std", "min", "max", "gain vs baseline", "verdict"]
+    rows = []
+    for _, r in run.confirm.iterrows():
+        is_base = str(r.get("baseline")).lower() == "true"
+        verdict = ("reference" if is_base else
+                   "real: gain > 2x seed spread" if str(r.get("gain_exceeds_spread")).lower() == "true"
+                   else "within seed noise")
+        rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}", str(int(r.seeds)), _fmt(r["mean"]),
+                     _fmt(r["std"]), _fmt(r["min"]), _fmt(r["max"]), _cell(r["gain_vs_baseline"], "signed")[0],
+                     verdict])
+    return header, rows
+
+
+def confirm_html(run: SweepRun) -> str:
+    """The 'is the winner real?' section, when `sweeper confirm` has been run."""
+    if run.confirm is None or run.confirm.empty:
+        return ""
+    header, rows = confirm_rows(run)
+    return ('<section id="confirm"><h2>Is the winner real? (sweeper confirm)</h2><p>Each config re-trained with '
+            'several seeds; a gain counts as real when it exceeds twice the larger seed-to-seed standard '
+            'deviation.</p><table class="confirm"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                             for r in rows) + "</tbody></table></section>")
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -1041,6 +1071,8 @@ def sweep_summary_md(run: SweepRun, top: int = TOP_SUMMARY) -> str:
                  _fmt(r[SCORE]), _fmt(r.get("best_val_miou")), _cell(r.get("delta_vs_baseline"), "signed")[0],
                  _cell(r.get("delta_vs_published"), "signed")[0]] for i, (_, r) in enumerate(t.iterrows(), 1)]
         out += [_md_table(header, rows), ""]
+    if run.confirm is not None and not run.confirm.empty:
+        out += ["## Is the winner real? (sweeper confirm)", "", _md_table(*confirm_rows(run)), ""]
     failed = run.failed()
     if len(failed):
         out += ["## Failed trials", ""] + [f"- trial {int(r.trial)}: {r.get('error')}" for _, r in failed.iterrows()]

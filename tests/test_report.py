@@ -356,3 +356,15 @@ def test_unfinished_baseline_run_reports_missing_epochs(tmp_path):
     run = make_baseline(tmp_path, synthetic=True, epochs=2, planned=10)
     page = write_report(run).read_text()
     assert "only 2 of 10 epochs finished" in page
+
+
+def test_confirm_summary_appears_in_page_and_markdown(tmp_path):
+    from sweeper.tune import summarise_confirm
+
+    run = make_sweep(tmp_path / "run")
+    runs = pd.DataFrame({"trial": [0, 0, 0, 3, 3, 3], "best_val_iou": [0.20, 0.21, 0.19, 0.30, 0.31, 0.29]})
+    summarise_confirm(runs, baseline_trial=0).to_csv(run / "confirm_summary.csv", index=False)
+    page = write_report(run).read_text()
+    assert 'id="confirm"' in page and "real: gain &gt; 2x seed spread" in page and "+0.1000" in page
+    md = (run / "report" / "summary.md").read_text()
+    assert "Is the winner real?" in md and "| 0 (phase 1) | 3 | 0.2000 |" in md

@@ -261,8 +261,18 @@ class ProgressPrinter:
         self.stream.flush()
 
 
+def ray_environment() -> None:
+    """Settings Ray reads when it is first imported: call before any `import ray` in the process."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # then a local Ray binds 127.0.0.1 only
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then really is quiet; ProgressPrinter reports
+    # one checkpoint per epoch forces a state snapshot each time; that is intended (resume), not a problem
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)
+
+
 def start_ray(opts: SearchOptions) -> None:
     """Join --address, or start a local Ray on loopback only (dashboard off unless asked for)."""
+    ray_environment()
     import ray
 
     if ray.is_initialized():
@@ -271,29 +281,33 @@ def start_ray(opts: SearchOptions) -> None:
         ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
         return
     num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    ray.init(num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
+    # address="local": always a fresh private instance, never a cluster someone else left running here
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
              logging_level=logging.WARNING, log_to_driver=False)
+
+
+def make_trainable(data: TrainData, opts: SearchOptions):
+    """`trial_main` with the cached arrays put into the object store once, and the trial's resources."""
+    from ray import tune
+
+    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
+              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
+    return tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
+                               {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
 def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
                trial_overrides: dict[str, Any] | None = None,
                progress: bool = True) -> pd.DataFrame:
     """Run (or resume) a sweep into opts.run_dir and return the trials table."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray binds to 127.0.0.1
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # one checkpoint per epoch forces a state snapshot each time; that is intended (resume), not a problem
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    logging.getLogger("tensorboardX").setLevel(logging.WARNING)
+    ray_environment()
     from ray import tune
 
     run_dir = opts.run_dir.resolve()
     exp_dir = run_dir / EXPERIMENT_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
     start_ray(opts)
-    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
-              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
-                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    trainable = make_trainable(data, opts)
     printer = ProgressPrinter(space)
     run_config = tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
@@ -470,9 +484,7 @@ def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, metric: str = "be
 def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: SearchOptions, *, top: int,
                 seeds: int, progress: bool = True) -> pd.DataFrame:
     """Re-train the baseline and the top-K configs with `seeds` seeds each, as Ray trials (no early stopping)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray_environment()
     from ray import tune
 
     run_dir = Path(run_dir).resolve()
@@ -483,10 +495,7 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
     configs = trial_configs(run_dir)
     grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
     start_ray(opts)
-    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
-              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
-                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    trainable = make_trainable(data, opts)
     shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
     tuner = tune.Tuner(
         trainable, param_space={"run": tune.grid_search(grid)},

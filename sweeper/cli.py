@@ -12,13 +12,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from sweeper.errors import SweeperError
 
-log = logging.getLogger("sweeper")
+from sweeper.config import PUBLISHED_BASELINE_IOU
 
-PUBLISHED_BASELINE_IOU = 0.2971  # phase 1's val IoU on the real data (per-batch metric)
+log = logging.getLogger("sweeper")
 
 
 @dataclass(frozen=True)
@@ -322,8 +322,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
         raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
                            f"set them under 'fixed', not 'params'")
-    base = space.to_config(space.baseline_point())
-    has_gpu = torch.cuda.is_available()
+    overrides: dict[str, Any] = {}  # trial settings from the command line, on top of the space
+    if args.label_mode and not args.resume:
+        overrides["label_mode"] = args.label_mode
+    if args.amp and not args.resume:
+        overrides["amp"] = True
+    base = space.to_config(space.baseline_point()).replace(**overrides)
+    has_gpu = torch.cuda.is_available() and args.device != "cpu"
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
     if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
         raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
@@ -349,8 +354,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
           f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
-    table = run_search(space, p.data, opts, progress=not args.quiet,
-                       trial_overrides={"amp": True} if args.amp else None)
+    table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     runs.write_json(sweep_file, info)

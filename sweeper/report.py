@@ -41,7 +41,8 @@ import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
 from sweeper.runs import CONFIG_FILE, METRICS_FILE, ensure_writable_dir, read_jsonl, write_text_atomic  # noqa: E402
-from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, PUBLISHED_BASELINE_IOU,  # noqa: E402
+from sweeper.config import PUBLISHED_BASELINE_IOU  # noqa: E402
+from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
                           SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
 
 log = logging.getLogger(__name__)

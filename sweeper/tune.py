@@ -32,14 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sweeper.config import TrainConfig
+from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import TrainData
 from sweeper.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_BASELINE_IOU = 0.2971  # phase 1's val IoU on the real data (per-batch metric)
 EXPERIMENT_DIR = "ray"
 STUDY_FILE = "study.db"
 SWEEP_FILE = "sweep.json"

@@ -1183,5 +1183,5 @@ def write_report(run_dir: Path) -> Path:
         write_text_atomic(out / "summary.md", sweep_summary_md(run))
         write_text_atomic(out / "index.html", sweep_html(run, figures))
         page = out / "index.html"
-    log.info("report written to %s", page)
+    log.debug("report written to %s", page)
     return page

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a run's head on a test folder (the phase-1 test script's counterpart)")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a baseline folder or a sweep folder")
-    p.add_argument("--data", type=Path, required=True, help="test folder (Color_Images/, Segmentation/) or a root with test/")
+    p.add_argument("--data", type=Path, help="test folder (Color_Images/, Segmentation/) or a root with test/ "
+                                             "(default: the test/ split of the data the run trained on)")
     p.add_argument("--trial", default="best", help="sweep trial number, or 'best' (default)")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/evaluation/<trial>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -426,7 +427,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from sweeper.evaluate import evaluate_run, summary_lines
 
-    out = evaluate_run(args.run, data=args.data, trial=args.trial, out=args.out, device=args.device,
+    data = args.data
+    if data is None:  # the run's own data root: the synthetic default and `synth` sets carry a test/ split
+        info = next((json.loads((args.run / f).read_text()) for f in ("sweep.json", "config.json")
+                     if (args.run / f).is_file()), None)
+        if info is None:
+            raise SweeperError(f"{args.run}: not a run folder (no sweep.json or config.json); pass --data TEST_DIR")
+        data = Path(info["data"]["root"])
+    out = evaluate_run(args.run, data=data, trial=args.trial, out=args.out, device=args.device,
                        cache_root=args.cache_dir, show_progress=not args.quiet,
                        allow_unknown=args.allow_unknown_ids, comparisons=args.samples)
     for line in summary_lines(json.loads((out / "test_metrics.json").read_text())):

@@ -175,9 +175,13 @@ def make_scheduler(space: SearchSpace):
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int):
     """OptunaSearch (seeded TPE) over the space, trial 0 the phase-1 point, study in SQLite."""
+    import warnings
+
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what happens
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate/group
     sampler = optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early

@@ -22,9 +22,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   else
     echo "setup: no GPU: installing a CPU build of torch"
     cpu_torch=${SWEEPER_CPU_TORCH:-torch==2.13.0}
-    # A CPU wheel already on this machine's disk (pip's find-links), else PyTorch's CPU index.
-    "${pip[@]}" install --no-index "$cpu_torch" 2>/dev/null \
-      || "${pip[@]}" install "$cpu_torch" --index-url https://download.pytorch.org/whl/cpu
+    wheels=$(mktemp -d)
+    # A CPU wheel already on this machine's disk (pip's find-links) is installed as that file, so
+    # pip cannot swap in a CUDA build; its dependencies come from the usual index. Otherwise
+    # PyTorch's CPU index, which also serves torch's dependencies.
+    if "${pip[@]}" download --no-index --no-deps "$cpu_torch" -d "$wheels" >/dev/null 2>&1; then
+      "${pip[@]}" install "$wheels"/torch-*.whl
+    else
+      "${pip[@]}" install "$cpu_torch" --index-url https://download.pytorch.org/whl/cpu
+    fi
+    rm -rf "$wheels"
   fi
 fi
 

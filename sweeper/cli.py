@@ -174,11 +174,15 @@ def resolve_backbone(args: argparse.Namespace, data: DataSource):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it)."""
+    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it, and close the old one)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; always follow sys.stderr instead
+        pass
 
 
 def _configure_logging(quiet: bool) -> None:

@@ -142,3 +142,18 @@ def test_real_entry_point_exits_2_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_logging_follows_sys_stderr_after_the_old_one_is_closed(capsys, monkeypatch):
+    import io
+    import logging
+
+    from sweeper.cli import _StderrHandler
+
+    old = io.TextIOWrapper(io.BytesIO())  # like pytest's capture: flushing it once closed raises
+    monkeypatch.setattr(sys, "stderr", old)
+    handler = _StderrHandler(sys.stderr)  # made while `old` is stderr, as in an earlier test's main()
+    old.close()  # pytest closes a test's capture; a notebook its cell's stream
+    monkeypatch.undo()
+    handler.emit(logging.LogRecord("sweeper", logging.WARNING, __file__, 1, "still works", None, None))
+    assert "still works" in capsys.readouterr().err

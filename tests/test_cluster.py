@@ -92,7 +92,7 @@ params:
 def test_a_sweep_spreads_over_both_nodes_with_tokens_from_the_driver(cluster, tmp_path):
     nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2
-    assert {n["NodeManagerAddress"] for n in nodes.values()} == {LOOPBACK}  # nothing bound outside loopback
+    assert {n["NodeManagerAddress"] for n in nodes.values()} == {LOOPBACK}  # both nodes on loopback
 
     root = make_dataset(tmp_path / "data", train=4, val=2)
     backbone = create_backbone("random_vits14")
@@ -113,8 +113,8 @@ def test_a_sweep_spreads_over_both_nodes_with_tokens_from_the_driver(cluster, tm
     assert set(saved.node_id) == set(nodes)  # both the head and the worker node ran trials
     trial_dirs = sorted((run / EXPERIMENT_DIR).glob("trial_main_*"))
     assert len(trial_dirs) == 4
-    for d in trial_dirs:  # the worker node wrote into the same run folder as the head
-        assert (d / "result.json").stat().st_size > 0
-    per_node = saved.groupby("node_id").size()
-    assert per_node.sum() == 4 and (per_node >= 1).all()
+    for d in trial_dirs:
+        assert (d / "result.json").stat().st_size > 0  # written by the driver's logger
+        # checkpoints are written by the trial itself, on whichever node ran it: one kept per trial
+        assert len(list(d.glob("checkpoint_*/state.pt"))) == 1
 

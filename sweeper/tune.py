@@ -36,6 +36,7 @@ from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import TrainData
 from sweeper.space import SearchSpace
+from sweeper.train import train
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,6 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
             torch.save(run.state_dict(), Path(d) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    from sweeper.train import train
     train(cfg, data, on_epoch=on_epoch, resume=resume)
 
 

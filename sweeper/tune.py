@@ -50,6 +50,8 @@ STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict()
 CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
 CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
 CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
+CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs", "batch_size",
+                  "class_weights", "class_weight_power", "class_weight_max", "label_mode")  # always in trials.csv
 CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
 
 
@@ -366,19 +368,23 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
     except (ValueError, FileNotFoundError) as e:
         raise SweeperError(f"{exp_dir}: no Ray Tune experiment state here ({str(e).splitlines()[0]})") from None
     baseline = space.baseline_point()
-    config_keys = list(space.param_names) + sorted(space.fixed)
+    # Every trial row carries the resolved value of these (the TrainConfig default when the space
+    # neither searches nor fixes one), so tables and figures never depend on what a space declares.
+    config_keys = list(dict.fromkeys([*CONFIG_COLUMNS, *space.param_names, *sorted(space.fixed)]))
     trials, history = [], []
     for t in sorted(analysis.trials, key=lambda t: trial_index(t)):
         epochs = _read_result_json(Path(t.path)) if t.path else []
         idx = trial_index(t)
         cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__})
+        resolved = cfg.to_dict()
         vals = [r.get(space.metric) for r in epochs]
         best_i = int(np.nanargmax(vals)) if vals and space.mode == "max" else (int(np.nanargmin(vals)) if vals else None)
         err = None
         if t.status == "ERROR":
             err = _trial_error(t)
         row = {"trial": idx, "trial_id": t.trial_id, "status": t.status, "baseline": is_baseline(t.config, baseline),
-               **{k: t.config.get(k) for k in config_keys},
+               # a searched param that its `when` switched off stays empty; anything else is as the trial ran
+               **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
                "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
                "stopped_early": t.status == "TERMINATED" and len(epochs) < cfg.epochs,
                f"best_{space.metric}": vals[best_i] if best_i is not None else None,
@@ -393,7 +399,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "error": err}
         trials.append(row)
         for r in epochs:
-            h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": t.config.get("optimizer"),
+            h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": resolved["optimizer"],
                  **{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "val_acc",
                                           "val_miou", "lr", "epoch_seconds")}}
             for name, v in (r.get("val_class_iou") or {}).items():

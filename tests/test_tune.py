@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
     t0 = table.iloc[0]
     assert t0.baseline and t0.optimizer == "sgd" and t0.lr == 1e-4 and t0.momentum == 0.9
     assert set(table.status) == {"TERMINATED"}
+    # columns the space neither searches nor fixes still hold the value each trial ran with
+    assert (table.class_weights == "none").all() and (table.batch_size == 2).all()
+    assert (table.schedule == "constant").all()
     assert not history.duplicated(["trial", "epoch"]).any()
     assert (table.delta_vs_published == table.best_val_iou - 0.2971).all()
     assert table.delta_vs_baseline_trial.iloc[0] == 0.0
@@ -113,7 +117,7 @@ def test_fractional_gpu_trials_overlap_in_time(tmp_path):
     assert len(table) == 4
     spans = []
     for trial_dir in (tmp_path / "gpu" / "ray").glob("trial_main_*"):
-        rows = pd.read_json(trial_dir / "result.json", lines=True, convert_dates=False)
+        rows = pd.DataFrame([json.loads(x) for x in (trial_dir / "result.json").read_text().splitlines()])
         spans.append((rows.timestamp.min() - rows.time_this_iter_s.iloc[0], rows.timestamp.max()))
         assert (rows.gpu_ids.astype(str) == "0").all()  # Ray gave each trial a share of logical GPU 0
     starts, ends = zip(*spans)

@@ -167,10 +167,7 @@ def resolve_backbone(args: argparse.Namespace, data: DataSource):
     name = args.backbone
     if name == "auto":
         name = "random_vits14" if data.synthetic and args.weights is None else "dinov2_vits14"
-    backbone = create_backbone(name, weights=args.weights)
-    if not backbone.trained:
-        log.warning("backbone %s", backbone.description)
-    return backbone
+    return create_backbone(name, weights=args.weights)  # an untrained backbone warns about itself
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -176,7 +176,11 @@ def load_split_labels(split: Split, *, height: int, width: int, mode: LabelMode,
 
 def class_pixel_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Pixels of each class in a label array, as int64 (num_classes,)."""
-    return np.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].astype(np.int64)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    flat = labels.reshape(len(labels), -1) if labels.ndim > 1 else labels.reshape(1, -1)
+    for lo in range(0, len(flat), 16):  # bincount widens uint8 to int64: chunks keep that copy small
+        counts += np.bincount(flat[lo:lo + 16].reshape(-1), minlength=num_classes)[:num_classes]
+    return counts
 
 
 def class_frequencies(counts: np.ndarray) -> np.ndarray:

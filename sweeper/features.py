@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from sweeper.config import LabelMode
-from sweeper.data import NUM_CLASSES, CLASS_NAMES, Split, files_digest, find_split, load_image, load_split_labels
+from sweeper.data import (CLASS_NAMES, NUM_CLASSES, Split, class_pixel_counts, files_digest, find_split, load_image,
+                          load_split_labels)
 from sweeper.errors import SweeperError
 from sweeper.progress import progress_bar
 
@@ -104,7 +105,7 @@ class TrainData:
 
     def train_pixel_counts(self) -> np.ndarray:
         """Pixels of each class in the train labels (class weights are computed from these)."""
-        return np.bincount(self.train.labels.reshape(-1), minlength=self.num_classes)[: self.num_classes].astype(np.int64)
+        return class_pixel_counts(self.train.labels, self.num_classes)
 
     @classmethod
     def from_arrays(cls, *, train_tokens: np.ndarray, train_labels: np.ndarray, val_tokens: np.ndarray,

@@ -15,6 +15,7 @@ Run folder (`results/<name>/`):
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -136,6 +137,15 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     train(cfg, data, on_epoch=on_epoch, resume=resume)
+    release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Give freed heap back to the OS (glibc): a reused trial actor otherwise keeps its largest trial's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 # --------------------------------------------------------------------------- driver side

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Read by Ray at its first import (whichever test module imports it first): local Ray binds 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 RAW_IDS = np.array([100, 200, 300, 500, 550, 600, 700, 800, 7100, 10000], dtype=np.uint16)
 

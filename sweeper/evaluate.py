@@ -95,16 +95,6 @@ class RunHead:
 # --------------------------------------------------------------------------- picking the head
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SweeperError(f"{path}: not readable JSON ({(str(e).strip().splitlines() or ['?'])[0]})") from None
-    if not isinstance(obj, dict):
-        raise SweeperError(f"{path}: expected a JSON object")
-    return obj
-
-
 def _load_state(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -132,7 +122,7 @@ def _validation(record: dict[str, Any], source: str) -> dict[str, Any]:
 def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
     if str(trial) != "best":
         raise SweeperError(f"{run_dir}: a baseline run has one head; a trial ({trial}) applies to sweeps only")
-    record = _read_json(run_dir / runs.CONFIG_FILE)
+    record = runs.read_json(run_dir / runs.CONFIG_FILE)
     if "config" not in record or "backbone" not in record:
         raise SweeperError(f"{run_dir / runs.CONFIG_FILE}: no 'config' and 'backbone' records in it")
     head_file = run_dir / runs.HEAD_FILE
@@ -182,7 +172,7 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
 
 
 def _sweep_head(run_dir: Path, trial: str | int) -> RunHead:
-    sweep = _read_json(run_dir / SWEEP_FILE)
+    sweep = runs.read_json(run_dir / SWEEP_FILE)
     try:
         table = pd.read_csv(run_dir / TRIALS_CSV)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
@@ -235,7 +225,7 @@ def _sweep_head(run_dir: Path, trial: str | int) -> RunHead:
                  number, selection["checkpoint_epoch"], selection["best_epoch"])
     return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
                    trial_id=str(row["trial_id"]), weights_file=state_file,
-                   config=_config(_read_json(tdir / "params.json"), str(tdir / "params.json")),
+                   config=_config(runs.read_json(tdir / "params.json"), str(tdir / "params.json")),
                    inputs={k: sweep.get(k) or {} for k in ("backbone", "data", "cache")},
                    validation=validation, selection=selection, state=state["head"])
 

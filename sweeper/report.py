@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import logging
 import math
 import textwrap
@@ -40,7 +39,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
-from sweeper.runs import CONFIG_FILE, METRICS_FILE, ensure_writable_dir, read_jsonl, write_text_atomic  # noqa: E402
+from sweeper.runs import (CONFIG_FILE, METRICS_FILE, ensure_writable_dir, read_json, read_jsonl,  # noqa: E402
+                          write_text_atomic)
 from sweeper.config import PUBLISHED_BASELINE_IOU  # noqa: E402
 from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
                           SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
@@ -203,13 +203,6 @@ def _as_bool(s: pd.Series) -> pd.Series:
     return s.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SweeperError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
-
-
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
@@ -307,7 +300,7 @@ def load_sweep(run_dir: Path) -> SweepRun:
     notes: list[str] = []
     info: dict[str, Any] = {}
     if (run_dir / SWEEP_FILE).is_file():
-        info = _read_json(run_dir / SWEEP_FILE)
+        info = read_json(run_dir / SWEEP_FILE)
         if "wall_seconds" not in info:  # the CLI adds it when the search returns
             missing.append(f"{SWEEP_FILE} has no wall_seconds: the sweep did not finish (killed, or still running)")
     else:
@@ -1098,7 +1091,7 @@ def load_baseline(run_dir: Path) -> BaselineRun:
     """Read a baseline run folder (complete or not) without changing it."""
     run_dir = Path(run_dir)
     missing = []
-    info = _read_json(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else {}
+    info = read_json(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else {}
     if not info:
         missing.append(f"{CONFIG_FILE}: missing, so the data kind and the configuration are unknown")
     history = tuple(read_jsonl(run_dir / METRICS_FILE)) if (run_dir / METRICS_FILE).is_file() else ()

@@ -86,6 +86,17 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or a one-line SweeperError naming the file."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SweeperError(f"{path}: not readable JSON ({(str(e).strip().splitlines() or ['?'])[0]})") from None
+    if not isinstance(obj, dict):
+        raise SweeperError(f"{path}: expected a JSON object")
+    return obj
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; a torn last line (a killed writer) is skipped."""
     out = []

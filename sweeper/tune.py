@@ -36,6 +36,7 @@ import torch
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import TrainData
+from sweeper.runs import read_jsonl
 from sweeper.space import SearchSpace
 from sweeper.train import train
 
@@ -353,18 +354,8 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 
 def _read_result_json(trial_dir: Path) -> list[dict[str, Any]]:
     """A trial's reported epochs, one per epoch (a re-run epoch after a resume replaces the earlier one)."""
-    import json
-
     path = trial_dir / "result.json"
-    by_epoch: dict[int, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed writer
-            if "epoch" in r:
-                by_epoch[int(r["epoch"])] = r
+    by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.exists() else []) if "epoch" in r}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -292,7 +292,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import json
     import resource
 
     import torch
@@ -311,7 +310,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume:
         if not sweep_file.is_file():
             raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
-        saved = json.loads(sweep_file.read_text())
+        saved = runs.read_json(sweep_file)
         space = load_space(run_dir / SPACE_COPY)
         args.data = Path(saved["data"]["root"]) if args.data is None else args.data
         args.backbone = saved["backbone"]["name"] if args.backbone == "auto" else args.backbone
@@ -371,14 +370,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:
-    import json
 
     from sweeper.tune import SWEEP_FILE
 
     path = Path(run_dir) / SWEEP_FILE
     if not path.is_file():
         raise SweeperError(f"{run_dir}: not a sweep folder (missing {SWEEP_FILE})")
-    return json.loads(path.read_text())
+    from sweeper.runs import read_json
+
+    return read_json(path)
 
 
 def _sweep_inputs(run_dir: Path, saved: dict[str, Any]) -> argparse.Namespace:
@@ -424,13 +424,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
 
     from sweeper.evaluate import evaluate_run, summary_lines
+    from sweeper.runs import read_json
 
     data = args.data
     if data is None:  # the run's own data root: the synthetic default and `synth` sets carry a test/ split
-        info = next((json.loads((args.run / f).read_text()) for f in ("sweep.json", "config.json")
+        info = next((read_json(args.run / f) for f in ("sweep.json", "config.json")
                      if (args.run / f).is_file()), None)
         if info is None:
             raise SweeperError(f"{args.run}: not a run folder (no sweep.json or config.json); pass --data TEST_DIR")
@@ -438,7 +438,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = evaluate_run(args.run, data=data, trial=args.trial, out=args.out, device=args.device,
                        cache_root=args.cache_dir, show_progress=not args.quiet,
                        allow_unknown=args.allow_unknown_ids, comparisons=args.samples)
-    for line in summary_lines(json.loads((out / "test_metrics.json").read_text())):
+    for line in summary_lines(read_json(out / "test_metrics.json")):
         print(line)
     print(f"outputs in {out}")
     return 0

@@ -11,7 +11,6 @@ Every score here is computed from a confusion matrix `cm[target, pred]`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -64,23 +63,57 @@ def mean_iou(cm: np.ndarray) -> float:
     return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else math.nan
 
 
-@dataclass
 class Phase1Meter:
-    """Accumulates phase-1 per-batch scores and the split's confusion matrix."""
+    """Accumulates phase-1 per-batch scores and the split's confusion matrix.
 
-    num_classes: int
-    ious: list[float] = field(default_factory=list)
-    dices: list[float] = field(default_factory=list)
-    accs: list[float] = field(default_factory=list)
-    cm: np.ndarray | None = None
+    Batch matrices stay where they were computed (a GPU) until a score is read:
+    one host sync per split, not one per batch.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._pending: list[torch.Tensor | np.ndarray] = []
+        self._ious: list[float] = []
+        self._dices: list[float] = []
+        self._accs: list[float] = []
+        self._cm: np.ndarray | None = None
 
     def add(self, batch_cm: torch.Tensor | np.ndarray) -> None:
-        """Score one evaluation batch (its confusion matrix) and add it to the split total."""
-        cm = batch_cm.cpu().numpy() if isinstance(batch_cm, torch.Tensor) else np.asarray(batch_cm)
-        self.ious.append(phase1_iou(cm))
-        self.dices.append(phase1_dice(cm))
-        self.accs.append(pixel_accuracy(cm))
-        self.cm = cm.astype(np.int64) if self.cm is None else self.cm + cm
+        """Add one evaluation batch (its confusion matrix); it is scored when a result is read."""
+        self._pending.append(batch_cm)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        stacked = torch.stack([torch.as_tensor(c) for c in self._pending]).cpu().numpy()  # the one sync
+        self._pending = []
+        for cm in stacked:
+            self._ious.append(phase1_iou(cm))
+            self._dices.append(phase1_dice(cm))
+            self._accs.append(pixel_accuracy(cm))
+            self._cm = cm.astype(np.int64) if self._cm is None else self._cm + cm
+
+    @property
+    def ious(self) -> list[float]:
+        """Phase-1 IoU of each batch, in order."""
+        self._flush()
+        return self._ious
+
+    @property
+    def dices(self) -> list[float]:
+        self._flush()
+        return self._dices
+
+    @property
+    def accs(self) -> list[float]:
+        self._flush()
+        return self._accs
+
+    @property
+    def cm(self) -> np.ndarray | None:
+        """The split's confusion matrix (sum over batches), None before the first batch."""
+        self._flush()
+        return self._cm
 
     def summary(self, prefix: str) -> dict[str, float | list[float]]:
         """Mean of batch scores (phase 1) plus dataset-level mIoU and per-class IoU."""

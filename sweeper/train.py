@@ -11,8 +11,6 @@ phase 1. No Ray import here: the search adapter lives in `sweeper.tune`.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import math
 import time
@@ -25,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper.config import ClassWeighting, Optimizer, TrainConfig
+from sweeper.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message, resolve_device,
+                            tokens_fit)
 from sweeper.errors import SweeperError
 from sweeper.features import ArrayTokens, SplitData, TrainData
 from sweeper.head import create_head
@@ -53,20 +53,39 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
-        """A checkpoint: weights, optimiser, generators, step and history (torch.save-able, weights_only)."""
-        return {"head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "shuffle": self.shuffle.get_state(),
+        """A checkpoint: weights, optimiser, generators, step and history (torch.save-able, weights_only).
+
+        Every tensor is a CPU copy, so a checkpoint written on a GPU resumes on a CPU-only machine.
+        """
+        return {"head": to_cpu(self.head.state_dict()),
+                "optimizer": to_cpu(self.optimizer.state_dict()), "shuffle": self.shuffle.get_state(),
                 "metrics_shuffle": self.metrics_shuffle.get_state(), "step": self.step,
                 "history": [dict(r) for r in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a `state_dict()` checkpoint."""
+        """Continue from a `state_dict()` checkpoint (the optimiser moves its state to the head's device)."""
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.shuffle.set_state(state["shuffle"])
         self.metrics_shuffle.set_state(state["metrics_shuffle"])
         self.step = int(state["step"])
         self.history = [dict(r) for r in state["history"]]
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor detached and on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path) -> dict[str, Any]:
+    """A checkpoint file's state, every tensor mapped to the CPU whatever device wrote it."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 EpochCallback = Callable[[dict[str, Any], RunState], None]
@@ -96,15 +115,6 @@ class TrainResult:
         return self.history[-1]
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; an unavailable cuda is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SweeperError(f"device '{name}' was asked for but torch sees no CUDA GPU (use --device cpu or auto)")
-    return torch.device(name)
-
-
 def batch_order(n: int, batch_size: int, generator: torch.Generator | None) -> list[np.ndarray]:
     """Index batches over n items, shuffled when a generator is given; the last batch may be short."""
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
@@ -120,39 +130,77 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def _logits(head: nn.Module, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def logits(head: nn.Module, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Head logits upsampled to the label size, as phase 1 does (bilinear, align_corners False)."""
     return F.interpolate(head(tokens), size=size, mode="bilinear", align_corners=False)
 
 
+class Batches:
+    """A split's (tokens, labels) batches on the training device.
+
+    Cached tokens and labels that fit the run's GPU memory budget are copied to
+    the GPU once (in their cached dtype) and indexed there; otherwise every
+    batch is copied from pinned host memory asynchronously. On the CPU the
+    arrays are used where they are.
+    """
+
+    def __init__(self, split: SplitData, device: torch.device, budget_bytes: int | None) -> None:
+        self.split, self.device = split, device
+        self.tokens_on_device: torch.Tensor | None = None
+        self.labels_on_device: torch.Tensor | None = None
+        cached = isinstance(split.tokens, ArrayTokens)
+        size = (split.tokens.array.nbytes + split.labels.nbytes) if cached else 0
+        if device.type == "cuda" and cached and tokens_fit(size, budget_bytes):
+            self.tokens_on_device = _upload(split.tokens.array, device)
+            self.labels_on_device = _upload(split.labels, device)
+        self.pin = device.type == "cuda"
+
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, h, w, C) float32 and labels (B, H, W) int64 of the items `idx`, on the device."""
+        if self.tokens_on_device is not None:
+            i = torch.as_tensor(idx, device=self.device)
+            return self.tokens_on_device[i].float(), self.labels_on_device[i].long()
+        x = self.split.tokens.get(idx)
+        y = torch.from_numpy(self.split.labels[idx])
+        if self.pin:  # page-locked: the copies below really run asynchronously
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+
+
+def _upload(array: np.ndarray, device: torch.device, chunk: int = 64) -> torch.Tensor:
+    """A (possibly read-only, memory-mapped) array copied to the device in chunks, keeping its dtype."""
+    out = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+    for lo in range(0, len(array), chunk):
+        out[lo:lo + chunk].copy_(torch.from_numpy(np.array(array[lo:lo + chunk])))
+    return out
+
+
 @torch.inference_mode()
-def evaluate(head: nn.Module, split: SplitData, *, batches: Sequence[np.ndarray], criterion: nn.Module,
-             device: torch.device, num_classes: int, amp: bool = False,
-             want_loss: bool = True, want_metrics: bool = True) -> tuple[float, Phase1Meter]:
-    """One eval-mode pass: mean batch loss and phase-1 metrics (per batch, plus the confusion matrix)."""
+def evaluate(head: nn.Module, batches: Batches, order: Sequence[np.ndarray], *, criterion: nn.Module,
+             num_classes: int, amp: bool = False, want_loss: bool = True,
+             want_metrics: bool = True) -> tuple[float, Phase1Meter]:
+    """One eval-mode pass: mean batch loss and phase-1 metrics (per batch, plus the confusion matrix).
+
+    Losses and confusion matrices stay on the device; the host waits once, at the end.
+    """
     was_training = head.training
     head.eval()
-    size = split.labels.shape[1:]
-    losses, meter = [], Phase1Meter(num_classes)
-    for idx in batches:
-        x = split.tokens.get(idx).to(device, non_blocking=True)
-        y = torch.from_numpy(split.labels[idx]).to(device, non_blocking=True).long()
-        with _autocast(device, amp):
-            out = _logits(head, x, size)
+    device = batches.device
+    size = batches.split.labels.shape[1:]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    meter = Phase1Meter(num_classes)
+    for idx in order:
+        x, y = batches.get(idx)
+        with autocast(device, amp):
+            out = logits(head, x, size)
         out = out.float()
         if want_loss:
-            losses.append(criterion(out, y).item())
+            loss_sum += criterion(out, y)
         if want_metrics:
             meter.add(confusion_matrix(out.argmax(1), y, num_classes))
     head.train(was_training)
-    return (float(np.mean(losses)) if losses else math.nan), meter
+    mean_loss = float(loss_sum / len(order)) if (want_loss and order) else math.nan
+    return mean_loss, meter
 
 
 def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = None,
@@ -161,13 +209,25 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
 
     `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
     training continues after its last epoch with the same weights, optimiser and shuffles.
+    On CUDA the run's allocator is capped at `config.gpu_share` of the GPU, and running out
+    of it raises `GpuOutOfMemoryError` naming the share.
     """
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    cap = cap_memory(device, config.gpu_share)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        # cuDNN's benchmark tries workspace-hungry kernels: only worth it with the whole GPU to oneself
+        torch.backends.cudnn.benchmark = config.gpu_share >= 1
+    try:
+        return _train(config, data, device=device, budget=cap, on_epoch=on_epoch, resume=resume, started=started)
+    except torch.cuda.OutOfMemoryError:
+        raise GpuOutOfMemoryError(oom_message(config.gpu_share, cap, "training")) from None
+
+
+def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget: int | None,
+           on_epoch: EpochCallback | None, resume: dict[str, Any] | None, started: float) -> TrainResult:
     expected = (len(data.train.labels), config.image_height, config.image_width)
     if data.train.labels.shape != expected or data.val.labels.shape[1:] != expected[1:]:
         raise SweeperError(f"labels are {data.train.labels.shape[1:]} but the config asks for "
@@ -184,8 +244,7 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     if resume is not None:
         run.load_state_dict(resume)
     optimizer = run.optimizer
-    fp16_scaler = torch.amp.GradScaler("cuda") if (config.amp and device.type == "cuda"
-                                                   and not torch.cuda.is_bf16_supported()) else None
+    scaler = grad_scaler(device, config.amp)
 
     n_train = len(data.train.labels)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -194,60 +253,81 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     # Cached tokens: the val loss and val metrics come from the same logits, so one pass gives both.
     # Backbone in the loop: keep phase 1's separate passes (and their cost).
     fused_val = isinstance(data.val.tokens, ArrayTokens)
-    val_batches = batch_order(len(data.val.labels), config.eval_batch_size, None)
+    train_batches = Batches(data.train, device, budget)
+    val_batches = Batches(data.val, device, None if budget is None else budget - _staged_bytes(train_batches))
+    val_order = batch_order(len(data.val.labels), config.eval_batch_size, None)
     size = (config.image_height, config.image_width)
+
+    def lr_at(step: int) -> float:
+        return config.lr * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
+                                     schedule=config.schedule, min_ratio=config.min_lr_ratio)
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
         head.train()
-        losses = []
+        # Accumulated on the device, read once per epoch: no host sync per step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        bad_step = torch.full((), -1, dtype=torch.int64, device=device)  # first step with a non-finite loss
+        bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+        first_step = run.step
         for idx in batch_order(n_train, config.batch_size, run.shuffle):
-            lr = config.lr * lr_factor(run.step, total_steps=total_steps, warmup_steps=warmup_steps,
-                                       schedule=config.schedule, min_ratio=config.min_lr_ratio)
+            lr = lr_at(run.step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = data.train.tokens.get(idx).to(device, non_blocking=True)
-            y = torch.from_numpy(data.train.labels[idx]).to(device, non_blocking=True).long()
-            with _autocast(device, config.amp):
-                out = _logits(head, x, size)
+            x, y = train_batches.get(idx)
+            with autocast(device, config.amp):
+                out = logits(head, x, size)
             loss = criterion(out.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch}, step {run.step + 1} "
-                                       f"(lr {lr:.3g}, optimizer {config.optimizer.value}): lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
-            if fp16_scaler is not None:
-                fp16_scaler.scale(loss).backward()
-                fp16_scaler.step(optimizer)
-                fp16_scaler.update()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             else:
                 loss.backward()
                 optimizer.step()
-            losses.append(loss.item())
+            with torch.no_grad():
+                first_bad = (bad_step < 0) & ~torch.isfinite(loss)
+                bad_step = torch.where(first_bad, run.step, bad_step)
+                bad_loss = torch.where(first_bad, loss.detach(), bad_loss)
+                loss_sum += loss.detach()
             run.step += 1
+        if int(bad_step) >= 0:
+            step = int(bad_step)
+            raise TrainingDiverged(f"training loss became {float(bad_loss)} at epoch {epoch}, step {step + 1} "
+                                   f"(lr {lr_at(step):.3g}, optimizer {config.optimizer.value}): "
+                                   f"lower the learning rate")
 
-        common = dict(criterion=criterion, device=device, num_classes=data.num_classes, amp=config.amp)
-        val_loss, val_meter = evaluate(head, data.val, batches=val_batches, want_metrics=fused_val, **common)
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
+        common = dict(criterion=criterion, num_classes=data.num_classes, amp=config.amp)
+        val_loss, val_meter = evaluate(head, val_batches, val_order, want_metrics=fused_val, **common)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": float(loss_sum) / (run.step - first_step),
+                                  "val_loss": val_loss}
         if config.train_metrics:
-            train_batches = batch_order(n_train, config.eval_batch_size, run.metrics_shuffle)  # phase 1: shuffled too
-            _, train_meter = evaluate(head, data.train, batches=train_batches, want_loss=False, **common)
+            train_order = batch_order(n_train, config.eval_batch_size, run.metrics_shuffle)  # phase 1: shuffled too
+            _, train_meter = evaluate(head, train_batches, train_order, want_loss=False, **common)
             record.update(train_meter.summary("train"))
         else:
             record.update({"train_iou": None, "train_dice": None, "train_acc": None, "train_miou": None,
                            "train_class_iou": None})
         if not fused_val:
-            _, val_meter = evaluate(head, data.val, batches=val_batches, want_loss=False, **common)
+            _, val_meter = evaluate(head, val_batches, val_order, want_loss=False, **common)
         record.update(val_meter.summary("val"))
         record["lr"] = lr
+        record["device"] = str(device)
         record["epoch_seconds"] = time.perf_counter() - epoch_start
         record["elapsed_seconds"] = time.perf_counter() - started
         run.history.append(record)
         log.debug("epoch %d/%d  train loss %.4f  val loss %.4f  val IoU %.4f  val mIoU %.4f  (%.1f s)",
-                 epoch, config.epochs, record["train_loss"], val_loss, record["val_iou"], record["val_miou"],
-                 record["epoch_seconds"])
+                  epoch, config.epochs, record["train_loss"], val_loss, record["val_iou"], record["val_miou"],
+                  record["epoch_seconds"])
         if on_epoch is not None:
             on_epoch(record, run)
 
-    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    return TrainResult(config=config, history=tuple(run.history), head_state=state,
+    return TrainResult(config=config, history=tuple(run.history), head_state=to_cpu(head.state_dict()),
                        class_weights=tuple(float(w) for w in weights), seconds=time.perf_counter() - started)
+
+
+def _staged_bytes(batches: Batches) -> int:
+    """GPU bytes a split's staged tokens and labels take (0 when they stayed on the host)."""
+    return sum(t.numel() * t.element_size() for t in (batches.tokens_on_device, batches.labels_on_device)
+               if t is not None)

@@ -1,0 +1,257 @@
+"""The CUDA path's logic, tested on the CPU: device choice, memory share, AMP dtype, checkpoints, release.
+
+What needs a real GPU (the cap enforced, tokens resident on the device, a GPU checkpoint loaded on a
+CPU) is in tests/test_gpu.py, which runs where CUDA exists (scripts/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sweeper import device as dev
+from sweeper.config import LabelMode, TrainConfig
+from sweeper.features import TrainData
+from sweeper.train import RunState, load_checkpoint, train
+
+from conftest import make_dataset
+from test_train import SMALL, learnable_data
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_trial_device_follows_the_gpus_ray_granted(cuda_present):
+    assert dev.trial_device("auto", [0]) == "cuda"
+    assert dev.trial_device("auto", ["3"]) == "cuda"
+    assert dev.trial_device("auto", []) == "cpu"  # a CPU trial even though this node has a GPU
+    assert dev.trial_device("cpu", [0]) == "cpu"
+    with pytest.raises(dev.SweeperError, match="granted it no GPU"):
+        dev.trial_device("cuda", [])
+
+
+def test_trial_device_with_a_granted_gpu_but_no_cuda_trains_on_the_cpu(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dev.trial_device("auto", [1]) == "cpu"
+    assert "sees no CUDA device" in caplog.text
+
+
+def test_amp_dtype_from_compute_capability():
+    assert dev.amp_dtype((8, 0)) == torch.bfloat16  # A100
+    assert dev.amp_dtype((9, 0)) == torch.bfloat16  # H100
+    assert dev.amp_dtype((8, 6)) == torch.bfloat16  # RTX 30xx laptop
+    assert dev.amp_dtype((7, 5)) == torch.float16  # T4, RTX 20xx: no native bfloat16
+    assert dev.amp_dtype((6, 1)) == torch.float16
+
+
+def test_memory_fraction_is_the_share():
+    assert dev.memory_fraction(0.25) == 0.25
+    assert dev.memory_fraction(0.5) == 0.5
+    assert dev.memory_fraction(1.0) is None  # a whole GPU: no cap
+    assert dev.memory_fraction(2.0) is None
+    assert dev.memory_fraction(0.0) is None
+
+
+def test_cap_memory_sets_the_per_process_fraction(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: argparse.Namespace(total_memory=8 * 2**30))
+    cuda = torch.device("cuda")
+    assert dev.cap_memory(cuda, 0.25) == 2 * 2**30
+    assert calls == [(0.25, cuda)]
+    assert dev.cap_memory(cuda, 1.0) == 8 * 2**30 and len(calls) == 1  # whole GPU: budget, no cap
+    assert dev.cap_memory(torch.device("cpu"), 0.25) is None and len(calls) == 1
+
+
+def test_tokens_go_to_the_gpu_only_when_half_the_budget_holds_them():
+    gib = 2**30
+    assert dev.tokens_fit(3 * gib, 20 * gib)  # 80 GB card, quarter share, float32 full-size cache
+    assert not dev.tokens_fit(3 * gib, int(1.5 * gib))  # 6 GB card, quarter share
+    assert not dev.tokens_fit(1, None)  # the CPU
+
+
+def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
+    import sweeper.train as tr
+
+    def boom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tr, "_train", boom)
+    cfg = TrainConfig(**SMALL, epochs=1, gpu_share=0.25)
+    with pytest.raises(dev.GpuOutOfMemoryError) as e:
+        train(cfg, learnable_data(n_train=2, n_val=2))
+    msg = str(e.value)
+    assert msg.startswith(dev.OOM_MARK) and "0.25 GPU share" in msg and "--gpus-per-trial" in msg
+    assert "\n" not in msg
+
+
+def test_progress_counts_out_of_memory_failures_apart(tmp_path):
+    from sweeper.space import load_space
+    from sweeper.tune import ProgressPrinter
+
+    class FakeTrial:
+        def __init__(self, i, status, error=None):
+            self.trial_id, self.status, self.config, self.last_result = f"t{i}", status, {"epochs": 2}, {}
+            self.experiment_tag = f"{i + 1}_x"
+            self.path = str(tmp_path / f"t{i}")
+            Path(self.path).mkdir()
+            if error:
+                (Path(self.path) / "error.txt").write_text(f"Traceback...\n{error}\n")
+
+    oom = FakeTrial(1, "ERROR", f"sweeper.device.GpuOutOfMemoryError: {dev.OOM_MARK} during training with a "
+                                f"0.25 GPU share")
+    other = FakeTrial(2, "ERROR", "sweeper.train.TrainingDiverged: training loss became nan")
+    trials = [FakeTrial(0, "RUNNING"), oom, other]
+    lines = []
+    printer = ProgressPrinter(load_space(Path("search_spaces/smoke.yaml")),
+                              stream=argparse.Namespace(write=lines.append, flush=lambda: None))
+    printer.on_end(trials, oom, "FAILED")
+    printer.on_end(trials, other, "FAILED")
+    assert "failed 2 (1 out of GPU memory)" in lines[-1]
+    assert dev.OOM_MARK in lines[0] and "nan" in lines[1]
+
+
+def test_checkpoint_tensors_are_cpu_copies():
+    data = learnable_data(n_train=4, n_val=2)
+    states = []
+    train(TrainConfig(**SMALL, epochs=2, optimizer="adamw", lr=1e-3), data,
+          on_epoch=lambda rec, run: states.append((run, run.state_dict())))
+    run, state = states[-1]
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from tensors(v)
+
+    found = list(tensors(state["optimizer"])) + list(tensors(state["head"]))
+    assert len(found) > 10 and all(t.device.type == "cpu" for t in found)
+    live = next(iter(run.optimizer.state.values()))["exp_avg"]
+    saved = state["optimizer"]["state"][0]["exp_avg"]
+    assert saved.data_ptr() != live.data_ptr()  # a copy: later steps do not change the checkpoint
+
+
+def test_checkpoints_load_with_map_location(tmp_path, monkeypatch):
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    torch.save({"w": torch.ones(2)}, tmp_path / "s.pt")
+    assert load_checkpoint(tmp_path / "s.pt")["w"].tolist() == [1.0, 1.0]
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
+
+
+def test_no_torch_load_in_the_package_without_map_location():
+    # A checkpoint written on a GPU must load on a CPU-only machine: every load maps to the CPU.
+    for path in Path("sweeper").glob("*.py"):
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", path.read_text()):
+            assert "map_location" in m.group(1), f"{path}: torch.load({m.group(1)}) without map_location"
+
+
+def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
+    import sweeper.tune as tn
+
+    released = []
+    monkeypatch.setattr(tn, "release_memory", lambda: released.append(True))
+
+    class Stopped(Exception):
+        pass
+
+    def report(metrics, state):
+        if metrics["epoch"] == 2:
+            raise Stopped  # what Ray's tune.report does to a trial ASHA stops
+
+    with pytest.raises(Stopped):
+        tn.run_trial(TrainConfig(**SMALL, epochs=4), learnable_data(n_train=2, n_val=2), report=report)
+    assert released == [True]
+    tn.run_trial(TrainConfig(**SMALL, epochs=1), learnable_data(n_train=2, n_val=2), report=lambda m, s: None)
+    assert released == [True, True]
+
+
+def test_class_counts_are_computed_once_in_the_driver(monkeypatch):
+    import sweeper.features as ft
+    from sweeper.data import class_pixel_counts
+    from sweeper.tune import trial_arrays
+
+    data = learnable_data(n_train=4, n_val=2).with_counts()
+    arrays = trial_arrays(data)
+    assert arrays["train_counts"].tolist() == class_pixel_counts(data.train.labels).tolist()
+
+    def no_counting(*a, **k):
+        raise AssertionError("class pixels counted again inside a trial")
+
+    monkeypatch.setattr(ft, "class_pixel_counts", no_counting)
+    trial_data = TrainData.from_arrays(**arrays)
+    result = train(TrainConfig(**SMALL, epochs=1, class_weights="inverse"), trial_data)
+    assert len(result.class_weights) == 10
+
+
+def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
+    calls = {"n": 0}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            calls["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def syncs(n_train):
+        calls["n"] = 0
+        train(TrainConfig(**SMALL, epochs=2, batch_size=1, train_metrics=False), learnable_data(n_train, 2))
+        return calls["n"]
+
+    assert syncs(2) == syncs(10)  # 4 steps or 20: the same handful of reads per epoch
+
+
+def test_object_store_is_sized_from_the_cache():
+    from sweeper.tune import object_store_bytes
+
+    gb = 10**9
+    full = object_store_bytes(int(3.15 * gb), memory_bytes=16 * 2**30)  # full-size float32 cache, 16 GB laptop
+    assert full >= 3.15 * gb * 1.2
+    assert object_store_bytes(int(0.1 * gb), memory_bytes=16 * 2**30) == int(0.3 * 16 * 2**30)  # Ray's default
+    assert object_store_bytes(20 * gb, memory_bytes=16 * 2**30) == int(0.6 * 16 * 2**30)  # never past 60%
+
+
+def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
+    from sweeper.features import drop_resident_pages
+
+    np.save(tmp_path / "t.npy", np.ones((8, 256, 1024), np.float32))
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    assert float(np.asarray(mapped).sum()) == 8 * 256 * 1024
+    assert drop_resident_pages(np.asarray(mapped)) is True
+    assert float(mapped[7].sum()) == 256 * 1024  # still readable: pages come back from the file
+    assert drop_resident_pages(np.ones(3)) is False
+
+
+def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, monkeypatch):
+    from sweeper.backbone import FrozenBackbone
+    from sweeper.cli import prepare
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    moves = []
+
+    def to(self, device, *a, **k):  # record the move; the weights stay on the CPU (there is no GPU here)
+        moves.append((torch.device(device).type, self.forward_count))
+        return self
+
+    monkeypatch.setattr(FrozenBackbone, "to", to)
+    args = argparse.Namespace(data=make_dataset(tmp_path / "d", train=2, val=1, size=(112, 56)),
+                              backbone="random_vits14", weights=None, device="auto", cache_dir=tmp_path / "c",
+                              cache_dtype="float32", allow_unknown_ids=False, quiet=True)
+    p = prepare(args, height=56, width=112, label_mode=LabelMode.PHASE1)
+    assert moves == [("cuda", 0), ("cpu", 3)]  # onto the GPU before any forward, back after all 3 images
+    assert p.data.train_counts is not None  # counted once, here

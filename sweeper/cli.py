@@ -203,16 +203,24 @@ class Prepared:
 
 
 def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, use_cache: bool = True) -> Prepared:
-    """Resolve --data and --backbone and load train/val (building the feature cache if needed)."""
+    """Resolve --data and --backbone and load train/val, building the feature cache on --device if needed.
+
+    With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
+    """
+    from sweeper.device import release_memory, resolve_device
     from sweeper.features import default_cache_root, load_train_data
 
     source = resolve_data(args)
-    backbone = resolve_backbone(args, source)
+    device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads
+    backbone = resolve_backbone(args, source).to(device)
     cache_root = args.cache_dir or default_cache_root()
     data = load_train_data(source.root, backbone, height=height, width=width, label_mode=label_mode,
                            cache_root=cache_root, use_cache=use_cache, dtype=args.cache_dtype,
                            allow_unknown=args.allow_unknown_ids, show_progress=not args.quiet)
-    return Prepared(source, backbone, data, cache_root)
+    if use_cache:
+        backbone.to("cpu")
+        release_memory()
+    return Prepared(source, backbone, data.with_counts(), cache_root)
 
 
 def describe_inputs(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
@@ -257,9 +265,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
                 use_cache=not args.no_cache)
     data_src, backbone, data = p.source, p.backbone, p.data
-    if args.no_cache:
-        from sweeper.train import resolve_device
-        backbone.to(resolve_device(config.device))
     runs.write_json(out / runs.CONFIG_FILE, {
         "command": "baseline", "config": config.to_dict(), **describe_inputs(p, args),
         "feature_cache_used": not args.no_cache, "versions": runs.versions(),

@@ -45,7 +45,8 @@ from sweeper.head import create_head
 from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, pixel_accuracy
 from sweeper.progress import progress_bar
 from sweeper.report import new_figure, save_figure
-from sweeper.train import _autocast, _logits, batch_order, resolve_device
+from sweeper.device import autocast, resolve_device
+from sweeper.train import batch_order, logits
 from sweeper.tune import EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIALS_CSV
 
 log = logging.getLogger(__name__)
@@ -265,9 +266,9 @@ def predict(head: nn.Module, tokens: np.ndarray, *, size: tuple[int, int], devic
     with progress_bar(total=len(tokens), desc="predicting test masks", enabled=show_progress) as bar:
         for idx in batch_order(len(tokens), batch_size, None):
             x = torch.from_numpy(np.ascontiguousarray(tokens[idx], dtype=np.float32)).to(device)
-            with _autocast(device, amp):
-                logits = _logits(head, x, size)
-            out[idx] = logits.float().argmax(1).to(torch.uint8).cpu().numpy()
+            with autocast(device, amp):
+                scores = logits(head, x, size)
+            out[idx] = scores.float().argmax(1).to(torch.uint8).cpu().numpy()
             bar.update(len(idx))
     return out
 

@@ -15,7 +15,6 @@ Run folder (`results/<name>/`):
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -35,10 +34,11 @@ import torch
 
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.features import TrainData
+from sweeper.features import TrainData, drop_resident_pages
 from sweeper.runs import read_jsonl
 from sweeper.space import SearchSpace
-from sweeper.train import train
+from sweeper.device import OOM_MARK, release_memory, trial_device
+from sweeper.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +106,45 @@ def epoch_metrics(record: dict[str, Any], class_names: tuple[str, ...]) -> dict[
 
 
 def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Ray Tune function trainable: one call of the shared `train` with per-epoch reports."""
+    """Ray Tune function trainable: one call of the shared `train` with per-epoch reports.
+
+    The device comes from what Ray granted this trial (its GPU ids and GPU share), not from the driver.
+    """
     import ray
     from ray import tune
 
-    gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPU(s) Ray granted this trial a share of
-    node_id = ray.get_runtime_context().get_node_id()  # which machine of a cluster ran it
+    context = ray.get_runtime_context()
+    gpu_ids = ray.get_gpu_ids()  # the GPU(s) Ray granted this trial a share of
+    share = float(context.get_assigned_resources().get("GPU", 0.0))
+    node_id = context.get_node_id()  # which machine of a cluster ran it
     data = TrainData.from_arrays(**arrays)  # zero-copy views of the object store's shared memory
     if isinstance(config.get("run"), dict):  # a confirm run: one grid point per (config, seed)
         config = config["run"]
     config = {k: v for k, v in config.items() if k != CONFIRM_KEY}  # confirm runs tag their source trial
     cfg = TrainConfig.from_dict(config, source="trial config")
+    cfg = cfg.replace(device=trial_device(cfg.device, gpu_ids), gpu_share=min(1.0, share) if share > 0 else 1.0)
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+            resume = load_checkpoint(Path(d) / STATE_FILE)
+    extra = {"gpu_ids": ",".join(str(i) for i in gpu_ids), "gpu_share": share, "node_id": node_id}
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_trial(cfg, data, report=report, resume=resume)
+
+
+def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, Any], dict[str, Any]], None],
+              resume: dict[str, Any] | None = None) -> None:
+    """Train one trial, handing `report` each epoch's metrics and checkpoint state.
+
+    ASHA stops a trial by raising inside `report` (Ray's `tune.report`): the trial's memory is
+    released however it ends.
+    """
     peak = {"private_mb": 0.0, "shared_mb": 0.0}
 
     def on_epoch(record: dict[str, Any], run) -> None:
@@ -130,23 +153,14 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
             peak[k] = max(peak[k], mem.get(k, 0.0))
         metrics = epoch_metrics(record, data.class_names)
         metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
-                        "peak_shared_mb": peak["shared_mb"], "gpu_ids": gpu_ids,
-                        "node_id": node_id,
+                        "peak_shared_mb": peak["shared_mb"],
                         "best_val_iou": max(r["val_iou"] for r in run.history)})
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(run.state_dict(), Path(d) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        report(metrics, run.state_dict())
 
-    train(cfg, data, on_epoch=on_epoch, resume=resume)
-    release_freed_memory()
-
-
-def release_freed_memory() -> None:
-    """Give freed heap back to the OS (glibc): a reused trial actor otherwise keeps its largest trial's peak."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        train(cfg, data, on_epoch=on_epoch, resume=resume)
+    finally:
+        release_memory()
 
 
 # --------------------------------------------------------------------------- driver side
@@ -213,6 +227,7 @@ class ProgressPrinter:
         self.baseline = space.baseline_point()
         self.best: tuple[float, int] | None = None
         self.baseline_score: float | None = None
+        self.oom: set[str] = set()  # trial ids that failed for lack of GPU memory: counted apart
         self.started = time.perf_counter()
 
     def callback(self):
@@ -238,7 +253,8 @@ class ProgressPrinter:
         status = [("TERMINATED" if t is ending else t.status) for t in trials]
         stopped = sum(1 for t, s in zip(trials, status) if s == "TERMINATED" and self._stopped_early(t))
         return (f"running {status.count('RUNNING')} | done {status.count('TERMINATED') - stopped} | "
-                f"stopped early {stopped} | failed {status.count('ERROR')} | of {self.space.trials}")
+                f"stopped early {stopped} | failed {status.count('ERROR')}"
+                f"{f' ({len(self.oom)} out of GPU memory)' if self.oom else ''} | of {self.space.trials}")
 
     @staticmethod
     def _stopped_early(trial) -> bool:
@@ -270,10 +286,15 @@ class ProgressPrinter:
 
     def on_end(self, trials, trial, what: str) -> None:
         idx = trial_index(trial)
+        if what == "FAILED":
+            error = _trial_error(trial)
+            if error.startswith(OOM_MARK) or f": {OOM_MARK}" in error:
+                self.oom.add(trial.trial_id)
+            what = f"FAILED: {error}"
         if what == "done" and self._stopped_early(trial):
             what = f"stopped early by ASHA at epoch {(trial.last_result or {}).get('epoch')}"
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} {what} | "
-                          f"{self._counts(trials, ending=trial if what != 'FAILED' else None)}\n")
+                          f"{self._counts(trials, ending=trial if not what.startswith('FAILED') else None)}\n")
         self.stream.flush()
 
 
@@ -286,8 +307,16 @@ def ray_environment() -> None:
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)
 
 
-def start_ray(opts: SearchOptions) -> None:
-    """Join --address, or start a local Ray on loopback only (dashboard off unless asked for)."""
+def object_store_bytes(data_bytes: int, *, memory_bytes: int) -> int:
+    """A local Ray's object store size: the sweep's cached arrays plus headroom, at least Ray's default
+    (30% of memory), at most 60% of memory (beyond that the arrays spill to disk; see --cache-dtype float16)."""
+    want = int(data_bytes * 1.2) + 256 * 2**20
+    return min(max(want, int(0.3 * memory_bytes)), int(0.6 * memory_bytes))
+
+
+def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
+    """Join --address, or start a local Ray on loopback only (dashboard off unless asked for), its object
+    store sized to hold `data_bytes` of cached arrays."""
     ray_environment()
     import ray
 
@@ -297,19 +326,36 @@ def start_ray(opts: SearchOptions) -> None:
         ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
         return
     num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    store = object_store_bytes(data_bytes, memory_bytes=memory)
+    if data_bytes * 1.2 > store:
+        log.warning("the cached arrays (%.2f GB) exceed the object store Ray can have here (%.2f GB): they will "
+                    "spill to disk; --cache-dtype float16 halves them", data_bytes / 1e9, store / 1e9)
     # address="local": always a fresh private instance, never a cluster someone else left running here
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
-             logging_level=logging.WARNING, log_to_driver=False)
+             object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def trial_arrays(data: TrainData) -> dict[str, np.ndarray]:
+    """What every trial receives through the object store: cached tokens and labels, and the class
+    pixel counts computed once here (not in every trial: that pass peaks at 8 bytes per label byte)."""
+    return {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
+            "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels,
+            "train_counts": np.asarray(data.train_pixel_counts())}
 
 
 def make_trainable(data: TrainData, opts: SearchOptions):
-    """`trial_main` with the cached arrays put into the object store once, and the trial's resources."""
+    """`trial_main` with the cached arrays put into the object store once, and the trial's resources.
+
+    The driver then lets go of its own mapped copy of the tokens: the object store holds the one copy.
+    """
     from ray import tune
 
-    arrays = {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
-              "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels}
-    return tune.with_resources(tune.with_parameters(trial_main, arrays=arrays),
-                               {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    arrays = trial_arrays(data)
+    trainable = tune.with_parameters(trial_main, arrays=arrays)
+    for name in ("train_tokens", "val_tokens"):
+        drop_resident_pages(arrays[name])
+    return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
 def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
@@ -322,7 +368,7 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     run_dir = opts.run_dir.resolve()
     exp_dir = run_dir / EXPERIMENT_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(opts)
+    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
     trainable = make_trainable(data, opts)
     printer = ProgressPrinter(space)
     run_config = tune.RunConfig(
@@ -335,9 +381,8 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, param_space=None)
     else:
-        constants = {"threads": max(1, int(opts.cpus_per_trial)),
-                     "device": "cuda" if opts.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu",
-                     **(trial_overrides or {})}
+        # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
+        constants = {"threads": max(1, int(opts.cpus_per_trial)), **(trial_overrides or {})}
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
@@ -397,7 +442,9 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
                "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
                "node_id": epochs[-1].get("node_id") if epochs else None,
-               "error": err}
+               "device": epochs[-1].get("device") if epochs else None,
+               "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
+               "error": err, "out_of_memory": bool(err and OOM_MARK in err)}
         trials.append(row)
         for r in epochs:
             h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": resolved["optimizer"],
@@ -504,7 +551,7 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
     picks = pick_for_confirm(pd.read_csv(trials_path), space, top)
     configs = trial_configs(run_dir)
     grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
-    start_ray(opts)
+    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
     trainable = make_trainable(data, opts)
     shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
     tuner = tune.Tuner(

@@ -7,12 +7,13 @@ one line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sweeper.errors import SweeperError
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="reproduce the phase-1 run (SGD 1e-4, 10 epochs, batch 2, unweighted CE)")
     add_data_options(p, cache_switch=True)
     p.add_argument("--out", type=Path, help="output folder (default: results/baseline-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: phase 1's 10)")
     p.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling seed")
     p.set_defaults(func=cmd_baseline)
@@ -248,11 +250,23 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_baseline(args: argparse.Namespace) -> int:
+def in_run_folder(run_dir: Path, command: str, body: Callable[[], int]) -> int:
+    """Run `body` owning `run_dir` (sweeper.runs.run_lock); a folder this call created and left empty goes."""
     from sweeper import runs
+
+    fresh = not run_dir.exists()
+    runs.ensure_writable_dir(run_dir)
+    try:
+        with runs.run_lock(run_dir, command):
+            return body()
+    finally:
+        if fresh:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # a start that failed before writing anything leaves no empty folder
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
     from sweeper.config import TrainConfig
-    from sweeper.report import phase1_plots, write_report
-    from sweeper.train import train
 
     overrides: dict[str, Any] = {"device": args.device, "seed": args.seed}
     if args.epochs is not None:
@@ -260,8 +274,20 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.label_mode is not None:
         overrides["label_mode"] = args.label_mode
     config = TrainConfig().replace(**overrides)
-    out = runs.ensure_writable_dir(args.out or Path("results") / time.strftime("baseline-%Y%m%d-%H%M%S"))
+    out = args.out or Path("results") / time.strftime("baseline-%Y%m%d-%H%M%S")
+    return in_run_folder(out, f"sweeper baseline --out {out}", lambda: _baseline_in(args, config, out))
 
+
+def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
+    """cmd_baseline's work, with `out` owned by this process."""
+    from sweeper import runs
+    from sweeper.report import phase1_plots, write_report
+    from sweeper.train import train
+
+    kept = [f for f in (runs.CONFIG_FILE, runs.METRICS_FILE, runs.HEAD_FILE) if (out / f).exists()]
+    if kept and not args.overwrite:
+        raise SweeperError(f"{out}: holds a run already ({', '.join(kept)}); pass --overwrite to replace it, "
+                           f"or choose another --out")
     p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
                 use_cache=not args.no_cache)
     data_src, backbone, data = p.source, p.backbone, p.data
@@ -297,6 +323,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.resume and not args.name:
+        raise SweeperError("--resume needs --name NAME of the sweep to continue")
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if name in (".", "..") or not all(c.isalnum() or c in "-_." for c in name):
+        raise SweeperError(f"--name '{name}' must be a folder name of letters, digits, '-', '_' and '.' "
+                           f"(not '.' or '..')")
+    run_dir = args.out / name
+    return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir))
+
+
+def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
+    """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
     import torch
@@ -305,12 +343,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from sweeper.space import load_space
     from sweeper.tune import SPACE_COPY, SWEEP_FILE, SearchOptions, run_search, summary_table
 
-    if args.resume and not args.name:
-        raise SweeperError("--resume needs --name NAME of the sweep to continue")
-    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise SweeperError(f"--name '{name}' may only use letters, digits, '-', '_' and '.'")
-    run_dir = args.out / name
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
         if not sweep_file.is_file():
@@ -321,7 +353,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         args.backbone = saved["backbone"]["name"] if args.backbone == "auto" else args.backbone
         trials = saved["options"]["trials"]
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if any(p.name != runs.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
         space = load_space(args.space or default_space_path())
         trials = args.trials or space.trials
@@ -396,6 +428,12 @@ def _sweep_inputs(run_dir: Path, saved: dict[str, Any]) -> argparse.Namespace:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
+    _load_sweep(args.run)  # a sweep folder, before taking its lock
+    return in_run_folder(args.run, f"sweeper confirm {args.run}", lambda: _confirm_in(args))
+
+
+def _confirm_in(args: argparse.Namespace) -> int:
+    """cmd_confirm's work, with the run folder owned by this process."""
     from sweeper.space import load_space
     from sweeper.tune import SPACE_COPY, SearchOptions, run_confirm
 

@@ -5,18 +5,23 @@
     OUT/evaluation_metrics.txt   phase 1's text layout
     OUT/segmentation_head.pth    the final head's state dict (phase 1's name)
     OUT/*.png                    the four phase-1 plots (drawn by sweeper.report)
+    OUT/.lock                    while a command writes the folder: its pid and host (see `run_lock`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import platform
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +33,9 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 TEXT_FILE = "evaluation_metrics.txt"
 HEAD_FILE = "segmentation_head.pth"
+LOCK_FILE = ".lock"  # JSON {pid, host, command, since}; present while one process owns the folder
+
+log = logging.getLogger(__name__)
 
 
 def ensure_writable_dir(path: Path) -> Path:
@@ -40,6 +48,90 @@ def ensure_writable_dir(path: Path) -> Path:
     except OSError as e:
         raise SweeperError(f"{path}: output folder is not writable ({e.strerror or e})") from None
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's owner record, or None when it is empty or not JSON (its owner died while writing it)."""
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
+    """Own `run_dir` for the duration: one process writes a run folder at a time.
+
+    The lock file is created with O_EXCL (atomic, also on NFS v3+), holds the owner's pid and host, and is
+    removed on exit. A second owner gets a one-line SweeperError naming the first; a lock whose process is
+    gone from this host (a kill -9) is taken over with a warning. A lock from another host is never taken
+    over: its owner may still be running there.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_FILE
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "command": command, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    for _ in range(5):  # a few rounds: another process may take over the same stale lock at the same time
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(path)
+            if owner is None:
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < 10:  # its owner is writing it right now
+                    raise SweeperError(f"{run_dir}: in use by another process that is starting ({path})") from None
+                log.warning("%s: taking over an unreadable lock file left %.0f s ago", run_dir, age)
+            elif owner.get("host") == host and not _pid_alive(owner["pid"]):
+                log.warning("%s: taking over the lock of %s (pid %d on %s), which is no longer running",
+                            run_dir, owner.get("command", "a run"), owner["pid"], host)
+            else:
+                raise SweeperError(
+                    f"{run_dir}: in use by {owner.get('command', 'another run')} (pid {owner['pid']} on "
+                    f"{owner.get('host', '?')}, since {owner.get('since', '?')}); wait for it to end, or delete "
+                    f"{path} if that process is gone") from None
+            # Move the stale lock aside under a name of our own, and check that what moved is the stale
+            # record: another process taking it over at the same time may already have put its own there.
+            aside = path.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved != owner:
+                with contextlib.suppress(OSError):
+                    os.link(aside, path)  # put the live lock back (fails only if yet another one is there)
+                aside.unlink()
+                continue
+            aside.unlink()
+            continue
+        except OSError as e:
+            raise SweeperError(f"{path}: cannot create the run folder's lock file ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me) + "\n")
+        break
+    else:
+        raise SweeperError(f"{path}: could not take the lock (other processes keep taking it)")
+    try:
+        yield path
+    finally:
+        owner = _read_lock(path)
+        if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == host:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -220,7 +220,7 @@ def _fmt_best(values: Sequence[float | None], *, lowest: bool = False) -> tuple[
 
 
 def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:
-    """Phase 1's evaluation_metrics.txt: final metrics, best results with epoch, per-epoch table."""
+    """Phase 1's evaluation_metrics.txt byte for byte: final metrics, best results with epoch, per-epoch table."""
     h = list(history)
     col = lambda k: [r.get(k) for r in h]  # noqa: E731
     num = lambda v: float("nan") if v is None else v  # noqa: E731
@@ -238,9 +238,10 @@ def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:
     lines += ["=" * 50, "", "Per-Epoch History:", "-" * 100]
     headers = ["Epoch", "Train Loss", "Val Loss", "Train IoU", "Val IoU", "Train Dice", "Val Dice", "Train Acc",
                "Val Acc"]
-    lines.append(" ".join(f"{x:<12}" if i else f"{x:<8}" for i, x in enumerate(headers)).rstrip())
+    # Every column padded to its width, the last one too: the organisers' rows end in spaces, and so do ours.
+    lines.append(" ".join(f"{x:<12}" if i else f"{x:<8}" for i, x in enumerate(headers)))
     lines.append("-" * 100)
     keys = ["train_loss", "val_loss", "train_iou", "val_iou", "train_dice", "val_dice", "train_acc", "val_acc"]
     for r in h:
-        lines.append((f"{r['epoch']:<8} " + " ".join(f"{num(r.get(k)):<12.4f}" for k in keys)).rstrip())
+        lines.append(f"{r['epoch']:<8} " + " ".join(f"{num(r.get(k)):<12.4f}" for k in keys))
     return "\n".join(lines) + "\n"

@@ -50,6 +50,11 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _Default(str):
+    """A string option's default, told apart from the same value given on the command line (a resume
+    refuses options that differ from the sweep's, and must know which ones were given)."""
+
+
 def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) -> None:
     """Options shared by every command that reads a dataset and runs the backbone."""
     g = p.add_argument_group("data and backbone")
@@ -62,7 +67,7 @@ def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) 
                    help="mask resizing: phase1 (bilinear quirk, default) or nearest (exact ids)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--cache-dir", type=Path, help="feature and data cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
-    g.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32",
+    g.add_argument("--cache-dtype", choices=["float32", "float16"], default=_Default("float32"),
                    help="storage type of cached tokens (float16 halves disk and memory)")
     g.add_argument("--allow-unknown-ids", action="store_true",
                    help="map unknown raw mask ids to class 0 as phase 1 does, instead of failing")
@@ -110,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster (e.g. HEAD_IP:6379) instead of starting one")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local cluster")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
-    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed (default 0)")
+    p.add_argument("--seed", type=int, help="TPE sampler seed (default 0)")
     p.add_argument("--amp", action="store_true", help="mixed precision for the head on CUDA (no effect on CPU)")
     p.set_defaults(func=cmd_search)
 
@@ -132,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="test folder (Color_Images/, Segmentation/) or a root with test/ "
                                              "(default: the test/ split of the data the run trained on)")
     p.add_argument("--trial", default="best", help="sweep trial number, or 'best' (default)")
+    p.add_argument("--epoch", choices=("best", "last"), default="best",
+                   help="a sweep trial's head from its best epoch (default: the epoch its score is from) "
+                        "or its last")
     p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/evaluation/<trial>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--cache-dir", type=Path, help="feature cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
@@ -340,6 +348,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     import torch
 
     from sweeper import runs
+    from sweeper.config import LabelMode
+    from sweeper.data import dataset_fingerprint
     from sweeper.space import load_space
     from sweeper.tune import SPACE_COPY, SWEEP_FILE, SearchOptions, run_search, summary_table
 
@@ -348,23 +358,33 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         if not sweep_file.is_file():
             raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
         saved = runs.read_json(sweep_file)
+        recorded = _started_with(saved)
         space = load_space(run_dir / SPACE_COPY)
-        args.data = Path(saved["data"]["root"]) if args.data is None else args.data
-        args.backbone = saved["backbone"]["name"] if args.backbone == "auto" else args.backbone
-        trials = saved["options"]["trials"]
+        runs.check_resume(run_dir, recorded, {"space": runs.file_sha256(run_dir / SPACE_COPY)})
+        runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
+        args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
+        if args.weights is None and saved["backbone"].get("weights_path"):
+            args.weights = Path(saved["backbone"]["weights_path"])
+        args.cache_dtype = recorded.get("cache_dtype", args.cache_dtype)
+        args.allow_unknown_ids = recorded.get("allow_unknown_ids", args.allow_unknown_ids)
+        if "data_fingerprint" in recorded:  # the same folder, but are its files still the same?
+            runs.check_resume(run_dir, recorded, {"data_fingerprint": dataset_fingerprint(args.data)})
+        trials, seed = recorded["trials"], recorded["seed"]
+        overrides: dict[str, Any] = dict(saved.get("trial_overrides") or {})
     else:
         if any(p.name != runs.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
         space = load_space(args.space or default_space_path())
         trials = args.trials or space.trials
+        seed = args.seed if args.seed is not None else 0
+        overrides = {}  # trial settings from the command line, on top of the space
+        if args.label_mode:
+            overrides["label_mode"] = args.label_mode
+        if args.amp:
+            overrides["amp"] = True
     if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
         raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
                            f"set them under 'fixed', not 'params'")
-    overrides: dict[str, Any] = {}  # trial settings from the command line, on top of the space
-    if args.label_mode and not args.resume:
-        overrides["label_mode"] = args.label_mode
-    if args.amp and not args.resume:
-        overrides["amp"] = True
     base = space.to_config(space.baseline_point()).replace(**overrides)
     has_gpu = torch.cuda.is_available() and args.device != "cpu"
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
@@ -373,18 +393,29 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     concurrent = args.max_concurrent or (max(1, int(torch.cuda.device_count() / gpus)) if gpus > 0
                                          else space.max_concurrent)
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
-                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=args.seed,
+                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
     runs.ensure_writable_dir(run_dir)
 
     started = time.perf_counter()
     p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
-    if not args.resume:
+    inputs = {"data_root": str(p.source.root.resolve()), "backbone": p.backbone.name,
+              "weights_digest": p.backbone.weights_digest, "label_mode": LabelMode(base.label_mode).value,
+              "image_size": [base.image_height, base.image_width], "cache_dtype": str(args.cache_dtype),
+              "allow_unknown_ids": bool(args.allow_unknown_ids), "amp": bool(base.amp)}
+    if args.resume:
+        runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
+    else:
         import shutil
+
+        recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
+                    "space": runs.file_sha256(space.source), "trials": trials, "seed": seed,
+                    "max_concurrent": concurrent}
         shutil.copyfile(space.source, run_dir / SPACE_COPY)
     info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
                                              for k, v in opts.__dict__.items()},
             "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
+            "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
             **describe_inputs(p, args), "versions": runs.versions()}
     runs.write_json(sweep_file, info)
     print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
@@ -404,6 +435,40 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
     print(f"report: {report}")
     return 0
+
+
+def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep was started with (sweep.json's `started_with`; older sweeps: what their sweep.json says)."""
+    try:
+        legacy = {"data_root": saved["data"]["root"], "backbone": saved["backbone"]["name"],
+                  "weights_digest": saved["backbone"]["weights_digest"], "trials": saved["options"]["trials"],
+                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"]}
+    except (KeyError, TypeError) as e:
+        raise SweeperError(f"sweep.json: field {e} is missing; this folder cannot be resumed") from None
+    return {**legacy, **(saved.get("started_with") or {})}
+
+
+def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on a resume's command line that decide results: each must equal the sweep's."""
+    from sweeper import runs
+
+    given: dict[str, Any] = {}
+    if args.data is not None:
+        given["data_root"] = str(Path(args.data).resolve())
+    if args.backbone != "auto":
+        given["backbone"] = args.backbone
+    if args.space is not None:
+        given["space"] = runs.file_sha256(args.space)
+    for field in ("trials", "seed", "max_concurrent", "label_mode"):
+        if getattr(args, field) is not None:
+            given[field] = getattr(args, field)
+    if args.amp:
+        given["amp"] = True
+    if args.allow_unknown_ids:
+        given["allow_unknown_ids"] = True
+    if not isinstance(args.cache_dtype, _Default):
+        given["cache_dtype"] = args.cache_dtype
+    return given
 
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:
@@ -480,7 +545,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = Path(info["data"]["root"])
     out = evaluate_run(args.run, data=data, trial=args.trial, out=args.out, device=args.device,
                        cache_root=args.cache_dir, show_progress=not args.quiet,
-                       allow_unknown=args.allow_unknown_ids, comparisons=args.samples)
+                       allow_unknown=args.allow_unknown_ids, comparisons=args.samples, epoch=args.epoch)
     for line in summary_lines(read_json(out / "test_metrics.json")):
         print(line)
     print(f"outputs in {out}")

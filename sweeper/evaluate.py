@@ -14,9 +14,11 @@ writes (default folder RUN_DIR/evaluation/<baseline | trial-N>/):
     comparisons/<name>.png   image / ground truth / prediction / errors for the first few images
     per_class_iou.png        per-class IoU on test next to validation: the domain shift, class by class
 
-A sweep keeps only the latest checkpoint of each trial, so the weights scored
-are those of the trial's last epoch; the validation bars come from that same
-epoch (not the trial's best one) so that both bar sets describe the same head.
+A sweep's checkpoint of each trial keeps its latest state (for resume) and the
+head of its best epoch (the epoch its trials.csv score comes from); that best
+head is scored by default (`epoch="last"` scores the latest). The validation
+bars come from the scored head's own epoch, so both bar sets describe the same
+head, and test_metrics.json says which epoch that is.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from sweeper.progress import progress_bar
 from sweeper.report import new_figure, save_figure
 from sweeper.device import autocast, resolve_device
 from sweeper.train import batch_order, logits
-from sweeper.tune import EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIALS_CSV
+from sweeper.tune import BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIALS_CSV
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ COMPARISONS = 5  # default number of side-by-side figures, for the first images 
 PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
 PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
 BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
+EPOCH_CHOICES = ("best", "last")  # which of a sweep trial's kept heads to score: its best epoch's or its latest
 
 # One RGB colour per class, fixed so masks from different runs can be compared by eye.
 PALETTE = np.array([
@@ -172,7 +175,7 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
     return _validation(record, HISTORY_CSV)
 
 
-def _sweep_head(run_dir: Path, trial: str | int) -> RunHead:
+def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead:
     sweep = runs.read_json(run_dir / SWEEP_FILE)
     try:
         table = pd.read_csv(run_dir / TRIALS_CSV)
@@ -213,29 +216,47 @@ def _sweep_head(run_dir: Path, trial: str | int) -> RunHead:
     if not isinstance(state, dict) or "head" not in state:
         raise SweeperError(f"{state_file}: no 'head' state dict in this checkpoint")
     history = state.get("history") or []
-    validation = (_validation(history[-1], f"{state_file.parent.name}/{STATE_FILE}") if history
-                  else _history_validation(run_dir, number, None))
+    last_epoch = history[-1].get("epoch") if history else None
+    best = state.get(BEST_KEY)
+    use_best = epoch == "best" and isinstance(best, dict) and "head" in best
+    if epoch == "best" and not use_best:
+        log.info("trial %d: its checkpoint keeps no best-epoch head (written before best heads were kept): "
+                 "scoring its latest epoch", number)
+    head_state, head_epoch = (best["head"], int(best["epoch"])) if use_best else (state["head"], last_epoch)
+    source = f"{state_file.parent.name}/{STATE_FILE}"
+    record = next((r for r in history if r.get("epoch") == head_epoch), None)
+    # the validation figures are those of the scored head's own epoch
+    validation = (_validation(record, source) if record is not None
+                  else _history_validation(run_dir, number, head_epoch))
     best_epoch = row.get("best_epoch")
     selection = {"by": "best_val_iou" if str(trial) == "best" else "trial number",
                  BEST_METRIC: row.get(BEST_METRIC),
                  "best_epoch": None if best_epoch is None or pd.isna(best_epoch) else int(best_epoch),
-                 "checkpoint_epoch": validation["epoch"] if validation else None,
+                 "weights": "best epoch" if use_best else "latest epoch",
+                 "epoch": head_epoch if head_epoch is not None else (validation or {}).get("epoch"),
+                 "checkpoint_epoch": last_epoch if last_epoch is not None else (validation or {}).get("epoch"),
                  "status": row.get("status"), "baseline": bool(row.get("baseline", False))}
-    if selection["best_epoch"] is not None and selection["checkpoint_epoch"] not in (None, selection["best_epoch"]):
-        log.info("trial %d: the kept checkpoint is epoch %s (its last); its best val IoU was at epoch %s",
-                 number, selection["checkpoint_epoch"], selection["best_epoch"])
+    if selection["best_epoch"] is not None and selection["epoch"] not in (None, selection["best_epoch"]):
+        log.info("trial %d: scoring epoch %s (%s); its best val IoU was at epoch %s",
+                 number, selection["epoch"], selection["weights"], selection["best_epoch"])
     return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
                    trial_id=str(row["trial_id"]), weights_file=state_file,
                    config=_config(runs.read_json(tdir / "params.json"), str(tdir / "params.json")),
                    inputs={k: sweep.get(k) or {} for k in ("backbone", "data", "cache")},
-                   validation=validation, selection=selection, state=state["head"])
+                   validation=validation, selection=selection, state=head_state)
 
 
-def load_run_head(run_dir: Path, *, trial: str | int = "best") -> RunHead:
-    """The head of a baseline run folder, or of a sweep's trial ('best' = highest best_val_iou with a checkpoint)."""
+def load_run_head(run_dir: Path, *, trial: str | int = "best", epoch: str = "best") -> RunHead:
+    """The head of a baseline run folder, or of a sweep's trial ('best' = highest best_val_iou with a checkpoint).
+
+    For a sweep trial, `epoch` picks its best epoch's head ('best', the epoch its trials.csv score is from)
+    or its latest ('last'). A baseline run keeps only its final head, as phase 1 does.
+    """
+    if epoch not in EPOCH_CHOICES:
+        raise SweeperError(f"epoch: expected one of {', '.join(EPOCH_CHOICES)}, got {epoch!r}")
     run_dir = Path(run_dir)
     if (run_dir / SWEEP_FILE).is_file() and (run_dir / TRIALS_CSV).is_file():
-        return _sweep_head(run_dir, trial)
+        return _sweep_head(run_dir, trial, epoch)
     if (run_dir / runs.CONFIG_FILE).is_file():
         return _baseline_head(run_dir, trial)
     raise SweeperError(f"{run_dir}: not a run folder (expected {runs.CONFIG_FILE} + {runs.HEAD_FILE} from "
@@ -410,10 +431,12 @@ def _rebuild_backbone(run: RunHead, device: torch.device):
 
 def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: Path | None = None,
                  device: str = "auto", cache_root: Path | None = None, show_progress: bool = True,
-                 allow_unknown: bool = False, comparisons: int = COMPARISONS) -> Path:
-    """Score a run's head on a test folder; write metrics, masks and figures; return the output folder."""
+                 allow_unknown: bool = False, comparisons: int = COMPARISONS, epoch: str = "best") -> Path:
+    """Score a run's head on a test folder; write metrics, masks and figures; return the output folder.
+
+    `epoch`: a sweep trial's best-epoch head ('best') or its latest ('last'); see `load_run_head`."""
     started = time.perf_counter()
-    run = load_run_head(Path(run_dir), trial=trial)
+    run = load_run_head(Path(run_dir), trial=trial, epoch=epoch)
     cfg = run.config
     out = runs.ensure_writable_dir(Path(out) if out is not None else run.run_dir / EVALUATION_DIR / run.label)
     split: Split = find_split(data, "test")

@@ -11,6 +11,7 @@ Every score here is computed from a confusion matrix `cm[target, pred]`.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -125,3 +126,14 @@ class Phase1Meter:
             f"{prefix}_miou": mean_iou(cm),
             f"{prefix}_class_iou": [None if math.isnan(v) else float(v) for v in class_iou(cm)],
         }
+
+
+def best_index(values: Sequence[float | None], *, mode: str = "max") -> int | None:
+    """Index of the best value ('max' or 'min'), NaN and None skipped, the earliest on ties; None if none is a number.
+
+    Python's max() is not this: with a NaN first it returns the NaN, so a best epoch would depend on order.
+    """
+    arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
+    if np.isnan(arr).all():  # also true for no values at all
+        return None
+    return int(np.nanargmax(arr) if mode == "max" else np.nanargmin(arr))

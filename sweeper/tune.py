@@ -34,6 +34,7 @@ import torch
 
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
+from sweeper.metrics import best_index
 from sweeper.features import TrainData, drop_resident_pages
 from sweeper.runs import read_jsonl
 from sweeper.space import SearchSpace
@@ -48,7 +49,8 @@ SWEEP_FILE = "sweep.json"
 SPACE_COPY = "space.yaml"
 TRIALS_CSV = "trials.csv"
 HISTORY_CSV = "history.csv"
-STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict()
+STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict() plus BEST_KEY
+BEST_KEY = "best"  # in STATE_FILE: {"epoch", "val_iou", "head"} of the trial's best epoch so far
 CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
 CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
 CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
@@ -113,6 +115,9 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     import ray
     from ray import tune
 
+    # Read by Ray in this process when it reuses it for the next trial: a trial ASHA stopped still releases
+    # its memory (run_trial's finally), and Ray's default 2 s wait fails the reuse on a loaded machine.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     context = ray.get_runtime_context()
     gpu_ids = ray.get_gpu_ids()  # the GPU(s) Ray granted this trial a share of
     share = float(context.get_assigned_resources().get("GPU", 0.0))
@@ -146,16 +151,25 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
     released however it ends.
     """
     peak = {"private_mb": 0.0, "shared_mb": 0.0}
+    # The best epoch's head rides in every checkpoint beside the latest state (that one is for resume):
+    # the report ranks a trial by its best epoch, so `evaluate` scores that epoch's head.
+    best: dict[str, Any] | None = (resume or {}).get(BEST_KEY)
 
     def on_epoch(record: dict[str, Any], run) -> None:
+        nonlocal best
         mem = memory_mb()
         for k in peak:
             peak[k] = max(peak[k], mem.get(k, 0.0))
         metrics = epoch_metrics(record, data.class_names)
+        state = run.state_dict()
+        i = best_index([r["val_iou"] for r in run.history])
+        if i == len(run.history) - 1 and (best is None or best["epoch"] != record["epoch"]):  # a new best
+            best = {"epoch": int(record["epoch"]), "val_iou": float(record["val_iou"]), "head": state["head"]}
         metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
                         "peak_shared_mb": peak["shared_mb"],
-                        "best_val_iou": max(r["val_iou"] for r in run.history)})
-        report(metrics, run.state_dict())
+                        "best_val_iou": run.history[i]["val_iou"] if i is not None else math.nan,
+                        "best_epoch": run.history[i]["epoch"] if i is not None else None})
+        report(metrics, {**state, BEST_KEY: best} if best is not None else state)
 
     try:
         train(cfg, data, on_epoch=on_epoch, resume=resume)
@@ -201,7 +215,14 @@ def make_scheduler(space: SearchSpace):
 
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int):
-    """OptunaSearch (seeded TPE) over the space, trial 0 the phase-1 point, study in SQLite."""
+    """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
+
+    Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
+    with that partial score. Here every epoch is an intermediate value (step = epoch, the stopping epoch
+    included), a trial that ran all its epochs is COMPLETE with `best_<metric>` (its best epoch: the
+    number trials.csv and the report rank by), and a trial stopped early is PRUNED, as TPE and
+    optuna-dashboard expect (Optuna then gives it its last intermediate value).
+    """
     import warnings
 
     import optuna
@@ -209,14 +230,72 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what happens
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate/group
+    objective = f"best_{space.metric}"
+
+    class BestEpochOptunaSearch(OptunaSearch):
+        """OptunaSearch telling the study each trial's best epoch, its learning curve, and ASHA's stops."""
+
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+            self._ot_study.set_metric_names([objective])  # optuna-dashboard: not "Objective 0"
+            self._planned: dict[str, int] = {}  # trial id -> epochs it was configured for
+            self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} told to the study
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):
+                self._planned[trial_id] = space.to_config(config).epochs
+            return config
+
+        def _record(self, trial_id: str, result: dict[str, Any]) -> None:
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            value = result.get(space.metric)
+            seen = self._values.setdefault(trial_id, {})
+            if value is None or step in seen:  # an epoch re-run after a resume is already in the study
+                return
+            seen[step] = float(value)
+            self._ot_trials[trial_id].report(float(value), step)
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if trial_id in self._completed_trials:
+                return
+            self._record(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            state, value = optuna.trial.TrialState.FAIL, None
+            if result and not error:
+                self._record(trial_id, result)  # ASHA's stopping epoch reaches only this call
+                planned = self._planned.get(trial_id)
+                if planned is not None and int(result.get("epoch", 0)) < planned:
+                    state = optuna.trial.TrialState.PRUNED
+                else:
+                    # the trial's own best over its whole history (resumes included); else the epochs seen here
+                    seen = self._values.get(trial_id, {})
+                    best = best_index(list(seen.values()), mode=space.mode)
+                    value = result.get(objective, None if best is None else list(seen.values())[best])
+                    if value is not None:
+                        state, value = optuna.trial.TrialState.COMPLETE, float(value)
+            elif not error:  # removed before it ran (a sweep ended with it pending)
+                state = optuna.trial.TrialState.PRUNED
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+            except (ValueError, RuntimeError) as e:  # e.g. a NaN best value: Optuna fails the trial itself
+                log.warning("study: trial %s: %s", trial_id, e)
+            self._completed_trials.add(trial_id)
+            self._values.pop(trial_id, None)
+
     sampler = optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
         multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
     )
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
-    return OptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
-                        points_to_evaluate=[space.baseline_point()], study_name=study_name, storage=storage)
+    return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
+                                 points_to_evaluate=[space.baseline_point()], study_name=study_name,
+                                 storage=storage)
 
 
 class ProgressPrinter:
@@ -424,7 +503,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
         cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__})
         resolved = cfg.to_dict()
         vals = [r.get(space.metric) for r in epochs]
-        best_i = int(np.nanargmax(vals)) if vals and space.mode == "max" else (int(np.nanargmin(vals)) if vals else None)
+        best_i = best_index(vals, mode=space.mode)  # NaN epochs skipped; None when no epoch has a number
         err = None
         if t.status == "ERROR":
             err = _trial_error(t)
@@ -436,7 +515,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                f"best_{space.metric}": vals[best_i] if best_i is not None else None,
                "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
                f"last_{space.metric}": vals[-1] if vals else None,
-               "best_val_miou": max((r.get("val_miou", math.nan) for r in epochs), default=None),
+               "best_val_miou": _best_value([r.get("val_miou") for r in epochs]),
                "last_val_miou": epochs[-1].get("val_miou") if epochs else None,
                "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
@@ -460,6 +539,12 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
         trials_df["delta_vs_published"] = trials_df[best_col] - PUBLISHED_BASELINE_IOU
         trials_df["delta_vs_baseline_trial"] = trials_df[best_col] - (base.iloc[0] if len(base) else math.nan)
     return trials_df, pd.DataFrame(history)
+
+
+def _best_value(values: list[Any], *, mode: str = "max") -> float:
+    """The best of an epoch series, NaN and missing values skipped (NaN when none is a number)."""
+    i = best_index(values, mode=mode)
+    return math.nan if i is None else float(values[i])
 
 
 def _trial_error(trial) -> str:
@@ -568,8 +653,8 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
         hist = _read_result_json(Path(r.path))
         vals = [h[space.metric] for h in hist if h.get(space.metric) is not None]
         rows.append({"trial": cfg[CONFIRM_KEY], "seed": cfg["seed"], "status": "ERROR" if r.error else "TERMINATED",
-                     "epochs_run": len(hist), "best_val_iou": max(vals) if vals else math.nan,
-                     "best_val_miou": max((h.get("val_miou", math.nan) for h in hist), default=math.nan),
+                     "epochs_run": len(hist), "best_val_iou": _best_value(vals, mode=space.mode),
+                     "best_val_miou": _best_value([h.get("val_miou") for h in hist]),
                      "error": str(r.error).splitlines()[0] if r.error else None})
     runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
     runs.to_csv(run_dir / CONFIRM_CSV, index=False)

@@ -297,3 +297,22 @@ def test_sweep_bad_trial_lists_the_valid_ids(tmp_path, dataset, trial, why):
         ev.evaluate_run(sweep, data=dataset, trial=trial)
     assert "trials with a checkpoint: 0, 1 (or 'best')" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_sweep_scores_the_best_epochs_head_by_default_and_says_which_epoch(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    (ckpt,) = (sweep / "ray").glob("*_bbbb1111_*/checkpoint_000001/state.pt")
+    history = [{**val_record(1, [0.3] * 10), "val_iou": 0.5}, {**val_record(2, [0.1] * 10), "val_iou": 0.4}]
+    torch.save({"head": constant_head(3), "step": 8, "history": history,
+                "best": {"epoch": 1, "val_iou": 0.5, "head": constant_head(7)}}, ckpt)
+    best = ev.load_run_head(sweep, trial=1)
+    assert torch.equal(best.state["classifier.bias"], constant_head(7)["classifier.bias"])
+    assert best.selection["epoch"] == 1 and best.selection["weights"] == "best epoch"
+    assert best.selection["checkpoint_epoch"] == 2
+    assert best.validation["epoch"] == 1 and best.validation["class_iou"]["Trees"] == 0.3
+    last = ev.load_run_head(sweep, trial=1, epoch="last")
+    assert torch.equal(last.state["classifier.bias"], constant_head(3)["classifier.bias"])
+    assert last.selection["epoch"] == 2 and last.validation["epoch"] == 2
+    assert last.validation["class_iou"]["Trees"] == 0.1
+    with pytest.raises(SweeperError, match="epoch: expected one of best, last"):
+        ev.load_run_head(sweep, trial=1, epoch="first")

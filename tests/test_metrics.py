@@ -51,3 +51,17 @@ def test_per_batch_mean_differs_from_dataset_miou():
     assert s["val_class_iou"] == pytest.approx([2 / 3, 1 / 2])
     assert s["val_acc"] == pytest.approx((1.0 + 0.5) / 2)
     assert mean_iou(meter.cm) == s["val_miou"]
+
+
+@pytest.mark.parametrize("values, mode, expected", [
+    ([0.2, math.nan, 0.5, 0.4], "max", 2),   # a NaN epoch in the middle is skipped
+    ([math.nan, 0.3, 0.1], "max", 1),        # a NaN first must not win (max() keeps a leading NaN)
+    ([0.3, 0.3, 0.1], "max", 0),             # ties: the earliest epoch
+    ([0.2, None, 0.1, math.nan], "min", 2),  # None (a missing value) counts as NaN
+    ([math.nan, None], "max", None),         # nothing to rank: no best epoch
+    ([], "max", None),
+])
+def test_best_index_skips_nan_and_prefers_the_earliest_tie(values, mode, expected):
+    from sweeper.metrics import best_index
+
+    assert best_index(values, mode=mode) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -54,6 +55,70 @@ def options(tmp_path: Path, name: str, **kw) -> SearchOptions:
     return SearchOptions(**base)
 
 
+def _result(epoch: int, values: list[float]) -> dict:
+    """A trial's flattened Tune result after `epoch` epochs whose val IoUs were `values`."""
+    return {"epoch": epoch, "training_iteration": epoch, "val_iou": values[epoch - 1],
+            "best_val_iou": max(values[:epoch])}
+
+
+def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
+    # Ray's calls as a sweep makes them: on_trial_result for every epoch except the one where ASHA
+    # stops a trial (that result reaches only on_trial_complete), on_trial_complete(error=True) for a crash.
+    import optuna
+    from sweeper.tune import make_searcher
+
+    space = load_space(write_space(tmp_path / "s.yaml", trials=4, epochs=3, params="""
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""))
+    searcher = make_searcher(space, study_path=tmp_path / "study.db", study_name="s", seed=0)
+    for tid in ("done", "stopped", "crashed"):
+        assert searcher.suggest(tid)["epochs"] == 3
+    done = [0.20, 0.50, 0.40]  # best epoch 2, last epoch lower: the study must hold 0.50, not 0.40
+    for e in (1, 2):
+        searcher.on_trial_result("done", _result(e, done))
+    searcher.on_trial_complete("done", result=_result(3, done))
+    stopped = [0.10, 0.15, 0.30]
+    searcher.on_trial_result("stopped", _result(1, stopped))
+    searcher.on_trial_complete("stopped", result=_result(2, stopped))  # ASHA's STOP at epoch 2 of 3
+    searcher.on_trial_complete("crashed", error=True)
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert study.metric_names == ["best_val_iou"]
+    t = {tr.number: tr for tr in study.get_trials()}
+    assert t[0].state == optuna.trial.TrialState.COMPLETE and t[0].value == 0.50
+    assert t[0].intermediate_values == {1: 0.20, 2: 0.50, 3: 0.40}
+    assert t[1].state == optuna.trial.TrialState.PRUNED
+    assert t[1].intermediate_values == {1: 0.10, 2: 0.15}  # the stopping epoch is recorded too
+    assert t[2].state == optuna.trial.TrialState.FAIL and t[2].intermediate_values == {}
+
+
+def test_trial_checkpoints_carry_the_best_epochs_head_across_a_resume():
+    import torch
+    from sweeper.config import TrainConfig
+    from sweeper.tune import run_trial
+
+    data = learnable_data()
+    # adamw at a high lr overshoots on this task: its val IoU goes up and down, so best != last somewhere
+    cfg = TrainConfig(optimizer="adamw", lr=0.3, epochs=5, batch_size=4, device="cpu", threads=1, **SMALL)
+    reported: list[tuple[dict, dict]] = []
+    run_trial(cfg, data, report=lambda m, s: reported.append((m, s)))
+    ious = [m["val_iou"] for m, _ in reported]
+    for k, (m, state) in enumerate(reported):
+        best_k = int(np.argmax(ious[:k + 1]))  # earliest on ties, as np.argmax
+        assert m["best_val_iou"] == ious[best_k] and m["best_epoch"] == best_k + 1
+        assert state["best"]["epoch"] == best_k + 1 and state["best"]["val_iou"] == ious[best_k]
+        best_head = reported[best_k][1]["head"]  # the latest head as it was at the best epoch
+        assert all(torch.equal(state["best"]["head"][n], best_head[n]) for n in best_head)
+    assert reported[-1][1]["best"]["epoch"] != len(ious), f"no epoch after the best one: {ious}"
+    # resuming from epoch 2 keeps the best head found before the interruption
+    again: list[tuple[dict, dict]] = []
+    run_trial(cfg, data, report=lambda m, s: again.append((m, s)), resume=reported[1][1])
+    assert [m["epoch"] for m, _ in again] == [3, 4, 5]
+    assert again[-1][1]["best"]["epoch"] == reported[-1][1]["best"]["epoch"]
+    assert all(torch.equal(again[-1][1]["best"]["head"][n], reported[-1][1]["best"]["head"][n])
+               for n in again[-1][1]["best"]["head"])
+
+
 def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     trials = run_search(space, learnable_data(), options(tmp_path, "smoke"), trial_overrides=SMALL, progress=False)
@@ -70,11 +135,73 @@ def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
     assert not history.duplicated(["trial", "epoch"]).any()
     assert (table.delta_vs_published == table.best_val_iou - 0.2971).all()
     assert table.delta_vs_baseline_trial.iloc[0] == 0.0
-    # the study lives in the run folder and knows every trial
-    with sqlite3.connect(run / "study.db") as db:
-        states = [r[0] for r in db.execute("select state from trials")]
-    assert len(states) == 3 and set(states) == {"COMPLETE"}
-    assert trials.equals(table) or len(trials) == len(table)
+    # the table returned is the table written (through the same CSV round trip: None and NaN alike)
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(trials.to_csv(index=False))), table)
+    assert_study_matches_tables(run, table, history)
+
+
+def assert_study_matches_tables(run: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
+    """The Optuna study holds what trials.csv ranks by: each finished trial's best epoch, every epoch
+    as an intermediate value, ASHA's stops as PRUNED; the objective is named."""
+    import optuna
+
+    study = optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
+    assert study.metric_names == ["best_val_iou"]
+    by_number = {t.number: t for t in study.get_trials()}
+    assert sorted(by_number) == table.trial.tolist()
+    for row in table.itertuples():
+        st = by_number[row.trial]
+        assert st.params["lr"] == pytest.approx(row.lr, rel=1e-12)  # the same trial on both sides
+        curve = history[history.trial == row.trial].set_index("epoch").val_iou.to_dict()
+        assert st.intermediate_values == pytest.approx(curve, abs=1e-12)
+        if row.stopped_early:
+            assert st.state == optuna.trial.TrialState.PRUNED and len(curve) == row.epochs_run
+        else:
+            assert st.state == optuna.trial.TrialState.COMPLETE
+            assert st.value == pytest.approx(row.best_val_iou, abs=1e-12)
+
+
+def test_asha_stopped_trial_is_pruned_and_best_heads_are_kept(tmp_path):
+    # Trial 0 (adam at lr 1e-4) scores IoU 0 at epoch 1 and above 0 at epoch 2. Trial 1 is TPE's random
+    # start-up draw (sampler seed 0: lr 1e-9), which still scores 0 at epoch 2: below trial 0's result
+    # at the epoch-2 rung, so ASHA stops it there, one epoch short of its 3.
+    (tmp_path / "stop.yaml").write_text("""
+metric: val_iou
+mode: max
+trials: 2
+max_concurrent: 1
+asha: {max_epochs: 3, grace_period: 1, reduction_factor: 2}
+fixed: {epochs: 3, train_metrics: false, optimizer: adam}
+params:
+  lr: {type: categorical, choices: [1.0e-4, 1.0e-9, 1.0e-8, 1.0e-7]}
+""")
+    space = load_space(tmp_path / "stop.yaml")
+    table = run_search(space, learnable_data(n_train=64), options(tmp_path, "stop", trials=2, max_concurrent=1, seed=0),
+                       trial_overrides=SMALL, progress=False)
+    history = pd.read_csv(tmp_path / "stop" / "history.csv")
+    assert table.lr.tolist() == [1e-4, 1e-9]
+    assert table.stopped_early.tolist() == [False, True] and table.epochs_run.tolist() == [3, 2]
+    assert_study_matches_tables(tmp_path / "stop", table, history)
+    # every trial's checkpoint holds its best epoch's head beside the latest state
+    from sweeper import runs
+    runs.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
+    import torch
+    from sweeper.evaluate import load_run_head
+    from sweeper.tune import BEST_KEY, STATE_FILE
+
+    for row in table.itertuples():
+        (ckpt,) = (tmp_path / "stop" / "ray").glob(f"*_{row.trial_id}_*/checkpoint_*/{STATE_FILE}")
+        state = torch.load(ckpt, weights_only=True)
+        assert state[BEST_KEY]["epoch"] == row.best_epoch and state[BEST_KEY]["val_iou"] == row.best_val_iou
+        assert state["history"][-1]["epoch"] == row.epochs_run
+        # evaluate scores that head by default, and says which epoch its validation figures are from
+        best, last = load_run_head(tmp_path / "stop", trial=row.trial), load_run_head(
+            tmp_path / "stop", trial=row.trial, epoch="last")
+        assert best.validation["epoch"] == row.best_epoch and best.selection["epoch"] == row.best_epoch
+        assert best.validation["val_iou"] == pytest.approx(row.best_val_iou, abs=1e-12)
+        assert all(torch.equal(best.state[k], state[BEST_KEY]["head"][k]) for k in best.state)
+        assert last.validation["epoch"] == row.epochs_run and last.selection["epoch"] == row.epochs_run
+        assert all(torch.equal(last.state[k], state["head"][k]) for k in last.state)
 
 
 def test_trial0_metrics_equal_a_direct_train_call(tmp_path):

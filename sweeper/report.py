@@ -60,14 +60,33 @@ PUBLISHED_LABEL = "published phase-1 figure on the real data"
 SYNTHETIC_BANNER = ("SYNTHETIC data and an UNTRAINED random backbone: numbers show the machinery works, "
                     "they say nothing about the real task")
 
-# (file name, [(metric, y-axis label)]) for phase 1's four figures, in its names.
-PHASE1_FIGURES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("training_curves.png", (("loss", "Loss"),)),
-    ("iou_curves.png", (("iou", "IoU (phase-1 per-batch)"),)),
-    ("dice_curves.png", (("dice", "Dice (phase-1 per-batch)"),)),
-    ("all_metrics_curves.png", (("loss", "Loss"), ("iou", "IoU (phase-1 per-batch)"),
-                                ("dice", "Dice (phase-1 per-batch)"), ("acc", "Pixel accuracy"))),
-)
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a phase-1 training figure."""
+
+    title: str  # the organisers' panel title
+    ylabel: str  # their y-axis label
+    series: tuple[tuple[str, str], ...]  # (metrics.jsonl key, legend label), drawn in this order
+
+
+def _train_val(key: str) -> tuple[tuple[str, str], ...]:
+    return ((f"train_{key}", "train"), (f"val_{key}", "val"))
+
+
+# Phase 1's four figures by file name, panels in reading order (two side by side, or a 2x2 grid). Titles and
+# labels are the organisers' own, as public copies of their train_segmentation.py have them (results/README.md).
+PHASE1_FIGURES: dict[str, tuple[Panel, ...]] = {
+    "training_curves.png": (Panel("Loss", "Loss", _train_val("loss")),
+                            Panel("Pixel Accuracy", "Accuracy", _train_val("acc"))),
+    "iou_curves.png": (Panel("Train IoU vs Epoch", "IoU", (("train_iou", "Train IoU"),)),
+                       Panel("Validation IoU vs Epoch", "IoU", (("val_iou", "Val IoU"),))),
+    "dice_curves.png": (Panel("Train Dice vs Epoch", "Dice Score", (("train_dice", "Train Dice"),)),
+                        Panel("Validation Dice vs Epoch", "Dice Score", (("val_dice", "Val Dice"),))),
+    "all_metrics_curves.png": (Panel("Loss vs Epoch", "Loss", _train_val("loss")),
+                               Panel("IoU vs Epoch", "IoU", _train_val("iou")),
+                               Panel("Dice Score vs Epoch", "Dice Score", _train_val("dice")),
+                               Panel("Pixel Accuracy vs Epoch", "Pixel Accuracy", _train_val("acc"))),
+}
 
 # One look for the two references everywhere; `gid` lets tests find the lines on the axes.
 REFERENCE_STYLE: dict[str, dict[str, Any]] = {
@@ -136,37 +155,26 @@ def message_figure(title: str, message: str):
     return fig
 
 
-def curves_panel(ax, data: pd.DataFrame, *, y: str, hue: str, title: str, ylabel: str,
-                 references: Sequence[tuple[float, str]] = ()) -> None:
-    """Per-epoch lines of `y`, one per `hue` value, with optional horizontal published-style references."""
-    sns.lineplot(data=data, x="epoch", y=y, hue=hue, marker="o", ax=ax)
-    for value, label in references:
-        reference_line(ax, value, kind="published", label=label)
-    ax.set_title(title)
+def curves_panel(ax, history: Sequence[dict], panel: Panel) -> None:
+    """One panel's per-epoch lines (one per series, in order), title and labels: every phase-1 panel is drawn so."""
+    for key, label in panel.series:
+        points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]  # a missing value: no point
+        ax.plot([e for e, _ in points], [v for _, v in points], marker="o", markersize=4, label=label)
+    ax.set_title(panel.title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("Epoch")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(panel.ylabel)
     ax.legend(loc="best", fontsize="small")
 
 
-def history_long(history: Sequence[dict]) -> pd.DataFrame:
-    """Epoch records -> rows of (epoch, split, metric, value) for the phase-1 metrics."""
-    rows = []
-    for r in history:
-        for split in ("train", "val"):
-            for metric in ("loss", "iou", "dice", "acc"):
-                v = r.get(f"{split}_{metric}")
-                if v is not None:
-                    rows.append({"epoch": r["epoch"], "split": split.capitalize(), "metric": metric, "value": v})
-    return pd.DataFrame(rows, columns=["epoch", "split", "metric", "value"])
-
-
-def phase1_figure(df: pd.DataFrame, panels: Sequence[tuple[str, str]]):
-    """One of phase 1's figures: a panel of train/val curves per (metric, label), from `history_long` rows."""
-    fig, axes = new_figure(len(panels))
-    for ax, (metric, label) in zip(axes, panels):
-        curves_panel(ax, df[df.metric == metric], y="value", hue="split",
-                     title=f"{label.split(' (')[0]} vs epoch", ylabel=label)
+def phase1_figure(history: Sequence[dict], name: str):
+    """One of phase 1's four figures (a PHASE1_FIGURES name) from epoch records, returned open."""
+    if name not in PHASE1_FIGURES:
+        raise SweeperError(f"{name}: not one of phase 1's figures ({', '.join(PHASE1_FIGURES)})")
+    panels = PHASE1_FIGURES[name]
+    fig, axes = new_figure(len(panels), width=6.0, height=5.0)  # the organisers' 12x5 (two) and 12x10 (four)
+    for ax, panel in zip(axes, panels):
+        curves_panel(ax, history, panel)
     return fig
 
 
@@ -176,8 +184,8 @@ def phase1_plots(run_dir: Path) -> list[Path]:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise SweeperError(f"{path}: no per-epoch metrics in this run folder")
-    df = history_long(read_jsonl(path))
-    return [save_figure(phase1_figure(df, panels), run_dir / name) for name, panels in PHASE1_FIGURES]
+    history = read_jsonl(path)
+    return [save_figure(phase1_figure(history, name), run_dir / name) for name in PHASE1_FIGURES]
 
 
 # --------------------------------------------------------------------------- reading a run folder
@@ -1119,7 +1127,7 @@ def plot_baseline_curves(run: BaselineRun):
     """Phase 1's combined 2x2 figure (loss, IoU, Dice, accuracy; train and val)."""
     if not run.history:
         raise NoData(f"no epoch in {METRICS_FILE}")
-    return phase1_figure(history_long(run.history), PHASE1_FIGURES[-1][1])
+    return phase1_figure(run.history, "all_metrics_curves.png")
 
 
 BASELINE_FIGURES: tuple[FigureSpec, ...] = (

@@ -368,3 +368,58 @@ def test_confirm_summary_appears_in_page_and_markdown(tmp_path):
     assert 'id="confirm"' in page and "real: gain &gt; 2x seed spread" in page and "+0.1000" in page
     md = (run / "report" / "summary.md").read_text()
     assert "Is the winner real?" in md and "| 0 (phase 1) | 3 | 0.2000 |" in md
+
+
+# --------------------------------------------------------------------------- phase 1's four training figures
+
+# Two epochs with a different value for every series, so a panel drawing the wrong one shows.
+TWO_EPOCHS = [
+    {"epoch": 1, "train_loss": 1.25, "val_loss": 1.5, "train_iou": 0.2, "val_iou": 0.25, "train_dice": 0.3,
+     "val_dice": 0.35, "train_acc": 0.6, "val_acc": 0.65},
+    {"epoch": 2, "train_loss": 0.75, "val_loss": 1.0, "train_iou": 0.4, "val_iou": 0.3, "train_dice": 0.5,
+     "val_dice": 0.45, "train_acc": 0.7, "val_acc": 0.62},
+]
+
+
+# The organisers' layout: (grid rows, cols), and per panel in reading order its title and the series it draws.
+@pytest.mark.parametrize("name, grid, panels", [
+    ("training_curves.png", (1, 2), [("Loss", [[1.25, 0.75], [1.5, 1.0]]),
+                                     ("Pixel Accuracy", [[0.6, 0.7], [0.65, 0.62]])]),
+    ("iou_curves.png", (1, 2), [("Train IoU vs Epoch", [[0.2, 0.4]]),
+                                ("Validation IoU vs Epoch", [[0.25, 0.3]])]),
+    ("dice_curves.png", (1, 2), [("Train Dice vs Epoch", [[0.3, 0.5]]),
+                                 ("Validation Dice vs Epoch", [[0.35, 0.45]])]),
+    ("all_metrics_curves.png", (2, 2), [("Loss vs Epoch", [[1.25, 0.75], [1.5, 1.0]]),
+                                        ("IoU vs Epoch", [[0.2, 0.4], [0.25, 0.3]]),
+                                        ("Dice Score vs Epoch", [[0.3, 0.5], [0.35, 0.45]]),
+                                        ("Pixel Accuracy vs Epoch", [[0.6, 0.7], [0.65, 0.62]])]),
+])
+def test_phase1_figures_have_the_organisers_panels(name, grid, panels):
+    fig = report.phase1_figure(TWO_EPOCHS, name)
+    try:
+        axes = fig.axes
+        assert [ax.get_title() for ax in axes] == [title for title, _ in panels]
+        # reading order on the grid: left to right, then top to bottom
+        cells = [(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in axes]
+        assert cells == [(r, c) for r in range(grid[0]) for c in range(grid[1])]
+        assert all(ax.get_subplotspec().get_gridspec().get_geometry() == grid for ax in axes)
+        for ax, (_, series) in zip(axes, panels):
+            assert [list(line.get_ydata()) for line in ax.get_lines()] == series
+            assert all(list(line.get_xdata()) == [1, 2] for line in ax.get_lines())
+            assert ax.get_xlabel() == "Epoch"
+    finally:
+        plt.close(fig)
+
+
+def test_phase1_plots_writes_the_four_figures(tmp_path):
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in TWO_EPOCHS)
+    paths = report.phase1_plots(tmp_path)
+    assert [p.name for p in paths] == ["training_curves.png", "iou_curves.png", "dice_curves.png",
+                                       "all_metrics_curves.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_phase1_figure_unknown_name_is_a_one_line_error():
+    with pytest.raises(SweeperError, match="loss_curves.png.*training_curves.png"):
+        report.phase1_figure(TWO_EPOCHS, "loss_curves.png")

@@ -197,14 +197,20 @@ def make_scheduler(space: SearchSpace):
 
     baseline = space.baseline_point()
 
+    def planned_epochs(config: dict[str, Any]) -> int:
+        return space.to_config({k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}).epochs
+
     class BaselineKeepingASHA(AsyncHyperBandScheduler):
         """ASHA that still records the baseline's results at each rung but never stops it:
         the sweep's own phase-1 reference must be complete to compare against."""
 
         def on_trial_result(self, tune_controller, trial, result):
+            # Ray (2.60) has no public way to exempt a trial: let ASHA record the result at its rung (so the
+            # others are still compared with the baseline), then overrule a stop before the baseline's last
+            # epoch and take it back out of ASHA's stop count (which only its debug_string reports).
             action = super().on_trial_result(tune_controller, trial, result)
             if action == TrialScheduler.STOP and is_baseline(trial.config, baseline):
-                if result.get("epoch", 0) < trial.config.get("epochs", space.asha.max_epochs):
+                if result.get("epoch", 0) < planned_epochs(trial.config):
                     self._num_stopped -= 1
                     return TrialScheduler.CONTINUE
             return action

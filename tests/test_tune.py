@@ -119,6 +119,37 @@ def test_trial_checkpoints_carry_the_best_epochs_head_across_a_resume():
                for n in again[-1][1]["best"]["head"])
 
 
+def test_asha_never_stops_the_baseline_but_still_stops_the_others(tmp_path):
+    # Crafted results straight into the scheduler, as Ray's controller hands them over.
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from sweeper.tune import make_scheduler
+
+    space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=4, params="""
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""))  # rungs at epochs 1, 2 and 4 (= max_epochs, the end)
+    sched = make_scheduler(space)
+    other = Trial("t", config={"lr": 1e-3, "epochs": 4}, trial_id="other", stub=True)
+    base = Trial("t", config={"lr": 1e-4, "epochs": 4}, trial_id="base", stub=True)  # the phase-1 point
+    mid = Trial("t", config={"lr": 1e-5, "epochs": 4}, trial_id="mid", stub=True)
+    low = Trial("t", config={"lr": 2e-5, "epochs": 4}, trial_id="low", stub=True)
+    for t in (other, base, mid, low):
+        sched.on_trial_add(None, t)
+
+    def step(trial, epoch, iou):
+        return sched.on_trial_result(None, trial, {"epoch": epoch, "val_iou": iou})
+
+    assert step(other, 1, 0.50) == TrialScheduler.CONTINUE  # first at the rung
+    # the baseline is below the rung's cutoff at every rung, and still runs to its last epoch
+    assert [step(base, e, 0.10) for e in (1, 2, 3)] == [TrialScheduler.CONTINUE] * 3
+    assert step(base, 4, 0.10) == TrialScheduler.STOP  # its natural end (max_epochs), not an early stop
+    # its results still count at the rungs: the epoch-1 cutoff is now the median of 0.50 and 0.10
+    assert step(mid, 1, 0.40) == TrialScheduler.CONTINUE  # 0.40 >= 0.30
+    assert step(low, 1, 0.20) == TrialScheduler.STOP  # 0.20 < median(0.50, 0.10, 0.40) = 0.40
+    # stopped: `low` early and the baseline at its end; the baseline's overruled stop is not counted
+    assert "num_stopped=2" in sched.debug_string()
+
+
 def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     trials = run_search(space, learnable_data(), options(tmp_path, "smoke"), trial_overrides=SMALL, progress=False)

@@ -30,9 +30,10 @@ def write_pair(folder: Path, name: str, *, size=(96, 54), seed=0, raw=None) -> N
 
 def make_dataset(root: Path, *, train: int = 3, val: int = 2, size=(96, 54)) -> Path:
     """A tiny dataset root with train/ and val/ splits."""
-    for split, n in (("train", train), ("val", val)):
+    for k, (split, n) in enumerate((("train", train), ("val", val))):
         for i in range(n):
-            write_pair(root / split, f"{i:04d}.png", size=size, seed=hash((split, i)) % 1000)
+            # a fixed seed per image (hash() of a str is randomised per process: data changed every run)
+            write_pair(root / split, f"{i:04d}.png", size=size, seed=1000 * k + i)
     return root
 
 

@@ -89,6 +89,7 @@ params:
     return path
 
 
+@pytest.mark.slow
 def test_a_sweep_spreads_over_both_nodes_with_tokens_from_the_driver(cluster, tmp_path):
     nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2

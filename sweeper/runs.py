@@ -134,6 +134,28 @@ def run_lock(run_dir: Path, command: str) -> Iterator[Path]:
                 path.unlink()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (a space file's identity for a resume)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def check_resume(run_dir: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a resume whose inputs differ from what the sweep was started with, naming the first field.
+
+    `recorded` is sweep.json's `started_with`; a field it lacks (a sweep from an older version) is not checked.
+    """
+    for field, value in json.loads(dumps(current)).items():  # tuples and paths as JSON has them
+        if field in recorded and recorded[field] != value:
+            raise SweeperError(f"{run_dir}: cannot resume with {field} = {value!r}: the sweep was started with "
+                               f"{recorded[field]!r}, and its trials would be mixed with others (start a new "
+                               f"sweep with another --name instead)")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a file under a temporary name and rename it, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -190,13 +212,21 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    """Records of a JSON-lines file; a torn last line (a killed writer) is skipped, and only that one:
+    a bad line before it means the file is damaged, a SweeperError naming the file and line."""
+    lines = Path(path).read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     out = []
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as e:
+            if i == last:
+                log.info("%s: line %d is torn (an interrupted write): skipped", path, i + 1)
+                continue
+            raise SweeperError(f"{path}: line {i + 1}: not valid JSON ({e.msg}, column {e.colno})") from None
     return out
 
 

@@ -200,3 +200,13 @@ def files_digest(paths: Iterable[Path], *, extra: Sequence[str] = ()) -> str:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """A content key of a dataset's train and val splits: every image's and mask's name and bytes.
+
+    A resumed sweep compares it with the one recorded at the start, so trials are never scored on two sets.
+    """
+    splits = [find_split(root, name) for name in ("train", "val")]
+    return files_digest([p for s in splits for p in (*s.image_paths, *s.mask_paths)],
+                        extra=[f"{s.name}={len(s)}" for s in splits])

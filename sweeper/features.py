@@ -12,11 +12,13 @@ cache, `BackboneTokens` runs the backbone in the loop as phase 1 did.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old entries are then never reused
 DTYPES = {"float32": np.float32, "float16": np.float16}
+CHECKSUM_CHUNK = 64 << 20  # bytes read at a time when checksumming an entry (memory stays flat at any size)
 
 
 class TokenSource(Protocol):
@@ -149,19 +152,77 @@ def default_cache_root() -> Path:
     return base / "sweeper"
 
 
+def file_crc32(path: Path) -> int:
+    """CRC-32 of a file's bytes, read in 64 MiB chunks (about 1 s per GB here; see README, Reliability)."""
+    crc, buf = 0, bytearray(CHECKSUM_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".crc32")  # {"crc32": int, "bytes": int} of the .npy as written
+
+
+def _cannot_write(path: Path, e: OSError) -> SweeperError:
+    return SweeperError(f"{path.parent}: cannot write the feature cache entry {path.name} ({e.strerror or e}); "
+                        f"free some space or point --cache-dir (or SWEEPER_CACHE) at another folder")
+
+
 def _write_atomically(path: Path, fill, shape: tuple[int, ...], dtype) -> None:
-    """Create an .npy at a temporary name, fill it, then rename: a killed run never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create an .npy at a temporary name, fill it, record its checksum, then rename: a killed run never
+    leaves a half file, and a file damaged later is caught when it is opened (`_verified`)."""
     tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
         fill(arr)
-        arr.flush()
-        del arr
-        os.replace(tmp, path)
+        try:
+            arr.flush()
+            del arr
+            record = json.dumps({"crc32": file_crc32(tmp), "bytes": tmp.stat().st_size})
+            check_tmp = _checksum_path(tmp)
+            check_tmp.write_text(record)
+            os.replace(check_tmp, _checksum_path(path))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, _checksum_path(tmp)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _verified(path: Path) -> bool:
+    """Whether a cache entry is intact: its size and checksum are those recorded when it was written and
+    it opens as an .npy. A damaged entry is deleted with a warning, so that the caller rebuilds it."""
+    reason = None
+    try:
+        recorded = json.loads(_checksum_path(path).read_text())
+        size = path.stat().st_size
+    except (OSError, ValueError):
+        reason = "no checksum was recorded for it (written by an older version or interrupted)"
+    else:
+        if not isinstance(recorded, dict) or recorded.get("bytes") != size:
+            reason = f"it is {size} bytes, not the {recorded.get('bytes') if isinstance(recorded, dict) else '?'} written"
+        elif recorded.get("crc32") != file_crc32(path):
+            reason = "its checksum differs from the one recorded when it was written"
+    if reason is None:
+        try:
+            np.load(path, mmap_mode="r")
+            return True
+        except (OSError, ValueError, EOFError) as e:
+            reason = f"not a readable .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    log.warning("feature cache entry %s is damaged (%s): rebuilding it", path, reason)
+    for p in (path, _checksum_path(path)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return False
 
 
 def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: str) -> str:
@@ -182,7 +243,7 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype)
     path = Path(cache_root) / "tokens" / f"{split.name}-{backbone.name}-{key}.npy"
-    if path.exists():
+    if path.exists() and _verified(path):
         log.info("feature cache hit: %s", path)
         return np.load(path, mmap_mode="r"), True
     p = backbone.patch_size
@@ -214,7 +275,7 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
     key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
                                                 f"size={height}x{width}", f"unknown={allow_unknown}"))
     path = Path(cache_root) / "labels" / f"{split.name}-{mode.value}-{key}.npy"
-    if path.exists():
+    if path.exists() and _verified(path):
         return np.load(path)
     labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown)
 

@@ -33,6 +33,14 @@ params:
 """
 
 
+@pytest.fixture(autouse=True)
+def sweeper_logs_reach_caplog(monkeypatch):
+    """The CLI stops the 'sweeper' logger propagating to the root (where caplog listens); undo that here."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("sweeper"), "propagate", True)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -174,3 +182,208 @@ def test_baseline_refuses_to_overwrite_an_existing_run_unless_asked(tmp_path, ca
     code, _, err = run_cli(capsys, *args, "--overwrite")
     assert code == 0, err
     assert not (out / ".lock").exists()
+
+
+# --------------------------------------------------------------------------- a resume uses what the sweep started with
+
+
+def search_args(data: Path, space: Path, out: Path, cache: Path, name: str = "sw") -> list[str]:
+    return [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--name", name, "--out", str(out), "--cache-dir", str(cache)]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A finished two-trial sweep (one epoch each, 28x56 px): (its command line, data, space, run folder)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = make_dataset(tmp / "data", train=2, val=1)
+    space = tmp / "space.yaml"
+    space.write_text(SPACE)
+    args = search_args(data, space, tmp / "results", tmp / "cache")
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return args, data, space, tmp / "results" / "sw"
+
+
+def copy_run(finished_sweep, tmp_path) -> tuple[list[str], Path]:
+    """The finished sweep's folder copied under tmp_path, and a resume command line for the copy."""
+    import shutil
+
+    args, *_, run_dir = finished_sweep
+    copy = tmp_path / "results" / "sw"
+    shutil.copytree(run_dir, copy)
+    args = list(args)
+    args[args.index("--out") + 1] = str(tmp_path / "results")
+    return args + ["--resume"], copy
+
+
+def resume_refused(args: list[str], run_dir: Path) -> str:
+    """Run a resume that must be refused; return its error line after checking nothing was touched."""
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before  # sweep.json still names the original data; no lock, no trial, nothing new
+    return error_line(proc.stderr)
+
+
+@pytest.mark.parametrize("option, field", [
+    (["--trials", "5"], "trials = 5"), (["--seed", "3"], "seed = 3"), (["--max-concurrent", "2"], "max_concurrent"),
+    (["--label-mode", "nearest"], "label_mode = 'nearest'"), (["--amp"], "amp = True"),
+    (["--cache-dtype", "float16"], "cache_dtype = 'float16'"), (["--allow-unknown-ids"], "allow_unknown_ids"),
+    (["--backbone", "dinov2_vits14"], "backbone = 'dinov2_vits14'"),
+])
+def test_resume_refuses_an_option_it_cannot_honour(finished_sweep, tmp_path, option, field):
+    args, run_dir = copy_run(finished_sweep, tmp_path)
+    line = resume_refused(args + option, run_dir)
+    assert f"cannot resume with {field}" in line and "the sweep was started with" in line
+
+
+def test_resume_with_other_data_is_refused(finished_sweep, tmp_path):
+    args, run_dir = copy_run(finished_sweep, tmp_path)
+    other = make_dataset(tmp_path / "other", train=2, val=1)
+    args[args.index("--data") + 1] = str(other)
+    assert f"cannot resume with data_root = '{other.resolve()}'" in resume_refused(args, run_dir)
+
+
+def test_resume_after_the_data_changed_in_place_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "data", train=2, val=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("trials: 2", "trials: 1"))
+    args = search_args(data, space, tmp_path / "results", tmp_path / "cache")
+    assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    from conftest import write_pair
+
+    write_pair(data / "val", "0000.png", size=(96, 54), seed=999)  # another val image, same name
+    assert "cannot resume with data_fingerprint" in resume_refused(args + ["--resume"], tmp_path / "results" / "sw")
+
+
+def test_resume_with_another_space_is_refused(finished_sweep, tmp_path):
+    args, run_dir = copy_run(finished_sweep, tmp_path)
+    other = tmp_path / "space.yaml"
+    other.write_text(SPACE.replace("high: 1.0e-2", "high: 1.0e-1"))
+    args[args.index("--space") + 1] = str(other)
+    assert "cannot resume with space = " in resume_refused(args, run_dir)
+
+
+def test_resume_with_an_edited_space_copy_or_other_weights_is_refused(finished_sweep, tmp_path):
+    args, run_dir = copy_run(finished_sweep, tmp_path)
+    copy = run_dir / "space.yaml"
+    original = copy.read_text()
+    copy.write_text(original.replace("image_height: 28", "image_height: 42"))
+    assert "cannot resume with space = " in resume_refused(args, run_dir)
+    copy.write_text(original)
+    info = json.loads((run_dir / "sweep.json").read_text())
+    info["started_with"]["weights_digest"] = "0" * 16  # as if the weights file changed under the same path
+    (run_dir / "sweep.json").write_text(json.dumps(info))
+    assert "cannot resume with weights_digest = " in resume_refused(args, run_dir)
+
+
+def test_resume_with_the_same_options_still_works(finished_sweep):
+    import pandas as pd
+
+    args, *_, run_dir = finished_sweep
+    before = json.loads((run_dir / "sweep.json").read_text())["started_with"]
+    proc = subprocess.run(args + ["--resume", "--trials", "2", "--seed", "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "sweep.json").read_text())["started_with"] == before
+    assert len(pd.read_csv(run_dir / "trials.csv")) == 2
+
+
+# --------------------------------------------------------------------------- a corrupt feature cache is rebuilt
+
+
+def build_cache(tmp_path: Path):
+    """The token and label cache entries of a tiny train split, built once; (split, backbone, paths)."""
+    from sweeper.backbone import create_backbone
+    from sweeper.config import LabelMode
+    from sweeper.data import find_split
+    from sweeper.features import cached_labels, cached_tokens
+
+    split = find_split(make_dataset(tmp_path / "data", train=2, val=1), "train")
+    backbone = create_backbone("random_vits14")
+    cache = tmp_path / "cache"
+    tokens, hit = cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
+    labels = cached_labels(split, cache_root=cache, height=28, width=56, mode=LabelMode.PHASE1)
+    assert not hit
+    token_file = next((cache / "tokens").glob("*.npy"))
+    label_file = next((cache / "labels").glob("*.npy"))
+    return split, backbone, cache, np_copy(tokens), np_copy(labels), token_file, label_file
+
+
+def np_copy(a):
+    import numpy as np
+
+    return np.array(a)
+
+
+def corrupt(path: Path, how: str) -> None:
+    import numpy as np
+
+    raw = path.read_bytes()
+    if how == "zeros":  # same size, header intact: loads fine, trains on garbage
+        header = len(raw) - np.load(path, mmap_mode="r").nbytes
+        path.write_bytes(raw[:header] + bytes(len(raw) - header))
+    elif how == "flip":  # one byte in the middle
+        i = len(raw) // 2
+        path.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:])
+    elif how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "garbage":  # not an .npy at all
+        path.write_bytes(os.urandom(len(raw)))
+    elif how == "header":
+        path.write_bytes(raw[:20])
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["zeros", "flip", "truncated", "garbage", "header"])
+def test_a_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, how):
+    import numpy as np
+
+    from sweeper.config import LabelMode
+    from sweeper.features import cached_labels, cached_tokens
+
+    split, backbone, cache, tokens, labels, token_file, label_file = build_cache(tmp_path)
+    for path in (token_file, label_file):
+        corrupt(path, how)
+    with caplog.at_level("WARNING", logger="sweeper"):
+        again, hit = cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
+        again_labels = cached_labels(split, cache_root=cache, height=28, width=56, mode=LabelMode.PHASE1)
+    assert not hit  # rebuilt, not read
+    np.testing.assert_array_equal(np.asarray(again), tokens)
+    np.testing.assert_array_equal(again_labels, labels)
+    assert caplog.text.count("rebuilding it") == 2 and str(token_file) in caplog.text
+    caplog.clear()
+    _, hit = cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
+    assert hit and "rebuilding" not in caplog.text  # the rebuilt entry verifies
+
+
+def test_an_intact_cache_entry_is_a_hit_without_warnings(tmp_path, caplog):
+    from sweeper.features import cached_tokens
+
+    split, backbone, cache, tokens, *_ = build_cache(tmp_path)
+    caplog.clear()  # the untrained backbone's warning
+    with caplog.at_level("WARNING", logger="sweeper"):
+        again, hit = cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
+    assert hit and not caplog.text
+
+
+def test_a_corrupt_entry_that_cannot_be_rebuilt_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from sweeper.features import cached_tokens
+
+    split, backbone, cache, tokens, labels, token_file, label_file = build_cache(tmp_path)
+    corrupt(token_file, "zeros")
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full_disk)
+    with pytest.raises(SweeperError, match=f"{token_file.parent}.*cannot write.*No space left on device"):
+        cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
+    assert not list((cache / "tokens").glob("*.partial-*"))

@@ -366,7 +366,7 @@ class ProgressPrinter:
                 self.baseline_score = max(score, self.baseline_score or -math.inf)
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} epoch "
                           f"{result.get('epoch')}/{trial.config.get('epochs')}: {self.space.metric} "
-                          f"{score:.4f}  | {self._best()} | {self._counts(trials)}\n")
+                          f"{'-' if score is None else f'{score:.4f}'}  | {self._best()} | {self._counts(trials)}\n")
         self.stream.flush()
 
     def on_end(self, trials, trial, what: str) -> None:
@@ -419,6 +419,70 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     # address="local": always a fresh private instance, never a cluster someone else left running here
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
              object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}{'' if n == 1 else 's'}"
+
+
+def missing_resources(cpus: float, gpus: float, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node of a cluster can run a trial of `cpus` CPUs and `gpus` GPUs (Ray would wait forever);
+    None when one can. `nodes` are Ray resource dicts ({"CPU": 8.0, "GPU": 1.0, ...}), one per live node."""
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return None
+    total_cpu, total_gpu = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    asked = (f"--cpus-per-trial {cpus:g}" if cpus > largest.get("CPU", 0) or not gpus else
+             f"--gpus-per-trial {gpus:g}")
+    if gpus > largest.get("GPU", 0) and cpus <= max((n.get("CPU", 0) for n in nodes), default=0):
+        asked = f"--gpus-per-trial {gpus:g}"
+    has = (f"{_count(total_cpu, 'CPU')} and {'no GPU' if not total_gpu else _count(total_gpu, 'GPU')} in all"
+           + (f", largest node: {_count(largest.get('CPU', 0), 'CPU')}, {_count(largest.get('GPU', 0), 'GPU')}"
+              if len(nodes) > 1 else ""))
+    return (f"{asked}: no node of the Ray cluster has {_count(cpus, 'CPU')} and {_count(gpus, 'GPU')} for one "
+            f"trial (it has {has}); ask for less")
+
+
+def check_resources(opts: SearchOptions, nodes: list[dict[str, float]] | None = None) -> None:
+    """Refuse a per-trial request that no node can grant, in one line, before any trial starts.
+
+    `nodes` defaults to the live nodes of the Ray cluster this process joined.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = missing_resources(opts.cpus_per_trial, opts.gpus_per_trial, nodes)
+    if problem:
+        raise SweeperError(problem)
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """The resources a local Ray started by `start_ray` will have: this machine's CPUs and GPUs."""
+    return [{"CPU": float(os.cpu_count() or 1),
+             "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}]
+
+
+def check_address(address: str, timeout: float = 15.0) -> None:
+    """Fail in one line when nothing answers at --address; ray.init would retry for ever.
+
+    'auto' (Ray finds a cluster started on this machine) is left to Ray.
+    """
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweeperError(f"--address '{address}': expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise SweeperError(f"--address {address}: no Ray cluster answers there ({reason} within {timeout:g} s); "
+                           f"start one with `ray start --head` or check the address") from None
 
 
 def trial_arrays(data: TrainData) -> dict[str, np.ndarray]:

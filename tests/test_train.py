@@ -102,3 +102,28 @@ def test_train_metrics_do_not_change_the_training_run():
     without = train(TrainConfig(**SMALL, epochs=3, lr=1e-2, train_metrics=False), data)
     assert [r["val_iou"] for r in with_tm.history] == [r["val_iou"] for r in without.history]
     assert [r["train_loss"] for r in with_tm.history] == [r["train_loss"] for r in without.history]
+
+
+@pytest.mark.parametrize("schedule, extra, expected", [
+    # 8 images, batches of 4, 2 epochs: optimiser steps 0-3 of 4, peak lr 0.1
+    ("constant", {}, [0.1, 0.1, 0.1, 0.1]),
+    # cosine over 4 steps: 0.1 * (1 + cos(pi * s / 4)) / 2
+    ("cosine", {}, [0.1, 0.08535534, 0.05, 0.01464466]),
+    ("cosine", {"min_lr_ratio": 0.1}, [0.1, 0.08681981, 0.055, 0.02318019]),  # floor 0.01 + 0.09 * (...)
+    # warm-up over epoch 1 (steps 1/2 and 2/2 of the peak), then cosine over the last 2 steps
+    ("warmup", {"warmup_epochs": 1}, [0.05, 0.1, 0.1, 0.05]),
+])
+def test_the_scheduled_lr_reaches_the_optimizer_at_every_step(schedule, extra, expected):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen: list[list[float]] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [g["lr"] for g in opt.param_groups]))
+    try:
+        result = train(TrainConfig(**SMALL, epochs=2, batch_size=4, lr=0.1, schedule=schedule,
+                                   train_metrics=False, **extra), learnable_data(n_train=8))
+    finally:
+        handle.remove()
+    assert len(seen) == 4 and all(len(set(groups)) == 1 for groups in seen)  # every param group alike
+    assert [groups[0] for groups in seen] == pytest.approx(expected, abs=1e-8)
+    assert [r["lr"] for r in result.history] == pytest.approx([expected[1], expected[3]], abs=1e-8)  # last step's

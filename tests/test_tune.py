@@ -348,3 +348,55 @@ def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
     trials = pd.read_csv(tmp_path / "conf" / "trials.csv")
     again = runs[(runs.trial == 0) & (runs.seed == 0)].best_val_iou.iloc[0]
     assert again == pytest.approx(trials.loc[trials.trial == 0, "best_val_iou"].iloc[0], abs=1e-6)
+
+
+def test_progress_lines_count_trials_and_track_the_best(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from sweeper.tune import ProgressPrinter
+
+    space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=2, params="""
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""))
+    out = io.StringIO()
+    printer = ProgressPrinter(space, stream=out)
+
+    def trial(n, lr):
+        return SimpleNamespace(experiment_tag=f"{n + 1}_lr={lr}", config={"lr": lr, "epochs": 2}, status="RUNNING",
+                               last_result=None, trial_id=f"t{n}", path=None, error_msg=None)
+
+    t0, t1, t2 = trial(0, 1e-4), trial(1, 1e-3), trial(2, 1e-5)
+    trials = [t0, t1, t2]
+    t2.status = "PENDING"
+
+    def result(t, epoch, iou):
+        r = {"epoch": epoch, "val_iou": iou}
+        printer.on_result(trials, t, r)
+        t.last_result = r
+
+    result(t0, 1, 0.20)
+    result(t1, 1, 0.30)
+    result(t0, 2, 0.25)
+    printer.on_end(trials, t0, "done")
+    t0.status = "TERMINATED"
+    printer.on_end(trials, t1, "done")  # ASHA stopped it after epoch 1 of 2
+    t1.status = "TERMINATED"
+    t2.status = "RUNNING"
+    result(t2, 1, float("nan"))  # a NaN score is shown, never taken as the best
+    result(t2, 2, None)  # a result without the metric (it happens on a trial's last, duplicate report)
+    lines = [ln.split("] ", 1)[1] for ln in out.getvalue().splitlines()]
+    assert lines == [
+        "trial   0 epoch 1/2: val_iou 0.2000  | best 0.2000 (trial 0), baseline trial 0.2000, published 0.2971"
+        " | running 2 | done 0 | stopped early 0 | failed 0 | of 3",
+        "trial   1 epoch 1/2: val_iou 0.3000  | best 0.3000 (trial 1), baseline trial 0.2000, published 0.2971"
+        " | running 2 | done 0 | stopped early 0 | failed 0 | of 3",
+        "trial   0 epoch 2/2: val_iou 0.2500  | best 0.3000 (trial 1), baseline trial 0.2500, published 0.2971"
+        " | running 2 | done 0 | stopped early 0 | failed 0 | of 3",
+        "trial   0 done | running 1 | done 1 | stopped early 0 | failed 0 | of 3",
+        "trial   1 stopped early by ASHA at epoch 1 | running 0 | done 1 | stopped early 1 | failed 0 | of 3",
+        "trial   2 epoch 1/2: val_iou nan  | best 0.3000 (trial 1), baseline trial 0.2500, published 0.2971"
+        " | running 1 | done 1 | stopped early 1 | failed 0 | of 3",
+        "trial   2 epoch 2/2: val_iou -  | best 0.3000 (trial 1), baseline trial 0.2500, published 0.2971"
+        " | running 1 | done 1 | stopped early 1 | failed 0 | of 3",
+    ]

@@ -5,14 +5,21 @@ its head (a sweep's best trial or a named one), rebuilds the run's backbone,
 runs the head over the test folder at the run's image size and label mode, and
 writes (default folder RUN_DIR/evaluation/<baseline | trial-N>/):
 
-    test_metrics.json        phase-1 per-batch IoU/Dice/accuracy (batches of 2), dataset-level
-                             mIoU, per-class IoU by name, confusion matrix, class pixel counts,
-                             the run's validation scores of the same weights, which head and config,
-                             the data root and whether it is synthetic
-    masks/<name>.png         predicted class ids 0-9, 8-bit, at the evaluation size (phase 1: 476x266)
-    masks_color/<name>.png   the same in the fixed 10-colour PALETTE
-    comparisons/<name>.png   image / ground truth / prediction / errors for the first few images
-    per_class_iou.png        per-class IoU on test next to validation: the domain shift, class by class
+    test_metrics.json                   phase-1 per-batch IoU/Dice/accuracy (batches of 2) and per-class
+                                        IoU per batch, dataset-level mIoU and per-class IoU, by name;
+                                        confusion matrix, class pixel counts, the run's validation scores
+                                        of the same weights, which head and config, the data root and
+                                        whether it is synthetic
+    evaluation_metrics.txt              the organisers' test-script text file: phase-1 mean IoU and
+                                        per-batch per-class IoU, in their layout
+    masks/<name>_pred.png               predicted class ids 0-9, 8-bit, at the evaluation size (476x266)
+    masks_color/<name>_pred_color.png   the same in the organisers' 10-colour PALETTE
+    comparisons/sample_<k>_comparison.png   image / ground truth / prediction / errors, first k images
+    per_class_metrics.png               per-class IoU on test (both flavours) next to validation: the
+                                        domain shift, class by class
+
+The file names are those of the organisers' test script, so tools written for
+its output read ours.
 
 A sweep's checkpoint of each trial keeps its latest state (for resume) and the
 head of its best epoch (the epoch its trials.csv score comes from); that best
@@ -44,7 +51,7 @@ from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
 from sweeper.features import cached_labels, cached_tokens, default_cache_root
 from sweeper.head import create_head
-from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, pixel_accuracy
+from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
 from sweeper.progress import progress_bar
 from sweeper.report import new_figure, save_figure
 from sweeper.device import autocast, resolve_device
@@ -55,25 +62,30 @@ log = logging.getLogger(__name__)
 
 EVALUATION_DIR = "evaluation"  # RUN_DIR/evaluation/<label>/ unless `out` is given
 METRICS_JSON = "test_metrics.json"
+TEXT_FILE = "evaluation_metrics.txt"  # the organisers' test-script summary, in their layout
 MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
-BAR_CHART = "per_class_iou.png"
+MASK_NAME, COLOR_NAME = "{}_pred.png", "{}_pred_color.png"  # of an image's stem, as the organisers name them
+COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order
+BAR_CHART = "per_class_metrics.png"
 COMPARISONS = 5  # default number of side-by-side figures, for the first images (sorted by name)
 PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
 PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
 BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
 EPOCH_CHOICES = ("best", "last")  # which of a sweep trial's kept heads to score: its best epoch's or its latest
 
-# One RGB colour per class, fixed so masks from different runs can be compared by eye.
+# The organisers' test-script palette (RGB), so our colour masks match theirs pixel for pixel. Not in the
+# reference files here: taken from public copies of their test_segmentation.py, which agree on it. Their
+# class 0 is "Background" (black); in practice it holds Flowers (the class table drops id 600).
 PALETTE = np.array([
-    (255, 0, 255),    # 0 Flowers/bg: magenta
-    (0, 100, 0),      # 1 Trees: dark green
-    (50, 205, 50),    # 2 Lush Bushes: lime green
-    (218, 165, 32),   # 3 Dry Grass: goldenrod
-    (139, 69, 19),    # 4 Dry Bushes: saddle brown
+    (0, 0, 0),        # 0 Flowers/bg: black
+    (34, 139, 34),    # 1 Trees: forest green
+    (0, 255, 0),      # 2 Lush Bushes: lime
+    (210, 180, 140),  # 3 Dry Grass: tan
+    (139, 90, 43),    # 4 Dry Bushes: brown
     (128, 128, 0),    # 5 Ground Clutter: olive
-    (220, 20, 60),    # 6 Logs: crimson
-    (112, 128, 144),  # 7 Rocks: slate grey
-    (245, 222, 179),  # 8 Landscape: wheat
+    (139, 69, 19),    # 6 Logs: saddle brown
+    (128, 128, 128),  # 7 Rocks: grey
+    (160, 82, 45),    # 8 Landscape: sienna
     (135, 206, 235),  # 9 Sky: sky blue
 ], dtype=np.uint8)
 assert len(PALETTE) == NUM_CLASSES
@@ -296,17 +308,23 @@ def predict(head: nn.Module, tokens: np.ndarray, *, size: tuple[int, int], devic
 
 def score(pred: np.ndarray, labels: np.ndarray, *, num_classes: int = NUM_CLASSES,
           batch_size: int = PHASE1_BATCH) -> dict[str, Any]:
-    """Phase-1 per-batch IoU/Dice/accuracy (file order, batches of `batch_size`) and dataset-level scores."""
+    """Phase-1 per-batch IoU/Dice/accuracy and per-class IoU (file order, batches of `batch_size`), as the
+    organisers' test script computes them, and the dataset-level scores."""
     if pred.shape != labels.shape:
         raise ValueError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
     meter = Phase1Meter(num_classes)
+    batch_cms = []
     for idx in batch_order(len(pred), batch_size, None):
-        meter.add(confusion_matrix(torch.from_numpy(pred[idx]), torch.from_numpy(labels[idx]), num_classes))
+        batch_cms.append(confusion_matrix(torch.from_numpy(pred[idx]), torch.from_numpy(labels[idx]),
+                                          num_classes).numpy())
+        meter.add(batch_cms[-1])
     cm = meter.cm if meter.cm is not None else np.zeros((num_classes, num_classes), np.int64)
     names = CLASS_NAMES[:num_classes]
     s = meter.summary("test")
+    per_batch = phase1_class_iou(batch_cms, num_classes)
     return {
         "phase1": {"iou": s["test_iou"], "dice": s["test_dice"], "acc": s["test_acc"],
+                   "class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, per_batch)},
                    "batch_size": batch_size, "batches": len(meter.ious)},
         "dataset": {"miou": mean_iou(cm), "acc": pixel_accuracy(cm),
                     "class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, class_iou(cm))}},
@@ -314,6 +332,14 @@ def score(pred: np.ndarray, labels: np.ndarray, *, num_classes: int = NUM_CLASSE
                          "predicted": dict(zip(names, cm.sum(0).tolist()))},
         "confusion_matrix": cm.tolist(),  # rows: target class, columns: predicted class
     }
+
+
+def evaluation_text(mean_iou: float, class_iou: dict[str, float | None]) -> str:
+    """The organisers' test-script evaluation_metrics.txt: mean IoU, then per-class IoU ('N/A' where absent)."""
+    lines = ["EVALUATION RESULTS", "=" * 50, f"Mean IoU:          {mean_iou:.4f}", "=" * 50, "",
+             "Per-Class IoU:", "-" * 40]
+    lines += [f"  {name:<20}: {'N/A' if v is None or math.isnan(v) else f'{v:.4f}'}" for name, v in class_iou.items()]
+    return "\n".join(lines) + "\n"
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -359,38 +385,47 @@ def comparison_figure(image: np.ndarray, target: np.ndarray, pred: np.ndarray, *
 
 
 def per_class_figure(metrics: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of per-class IoU, test next to validation, from a test_metrics.json dict."""
+    """Grouped bars of per-class IoU: test in both flavours next to validation, from a test_metrics.json dict."""
     names = list(metrics["dataset"]["class_iou"])
     test = [metrics["dataset"]["class_iou"][n] for n in names]
     val_rec = metrics.get("validation")
     in_test = metrics["class_pixels"]["target"]
-    fig, (ax,) = new_figure(1, width=11.0, height=5.4)
+    fig, (ax,) = new_figure(1, width=12.0, height=5.6)
     x = np.arange(len(names))
-    width = 0.4 if val_rec else 0.6
-    series = [(f"test (mIoU {_fmt(metrics['dataset']['miou'])})", test, "#dd8452", True)]
+    series = [(f"test, dataset-level (mIoU {_fmt(metrics['dataset']['miou'])})", test, "#dd8452", True)]
+    per_batch = metrics["phase1"].get("class_iou") or {}
+    if per_batch:  # absent from a test_metrics.json written before both flavours were kept
+        series.append((f"test, phase-1 per-batch (mean IoU {_fmt(metrics['phase1']['iou'])})",
+                       [per_batch.get(n) for n in names], "#c44e52", True))
+    width = 0.8 / (len(series) + bool(val_rec))
     if val_rec:
-        series.insert(0, (f"validation, epoch {val_rec.get('epoch')} (mIoU {_fmt(val_rec.get('val_miou'))})",
+        series.insert(0, (f"validation, dataset-level, epoch {val_rec.get('epoch')} "
+                          f"(mIoU {_fmt(val_rec.get('val_miou'))})",
                           [val_rec["class_iou"].get(n) for n in names], "#4c72b0", False))
+    first_test = next(k for k, s in enumerate(series) if s[3])
     for k, (label, values, color, is_test) in enumerate(series):
         pos = x + (k - (len(series) - 1) / 2) * width
         heights = np.array([0.0 if v is None else v for v in values], dtype=float)
         ax.bar(pos, heights, width, label=label, color=color)
         for i, (p, v) in enumerate(zip(pos, values)):
             # Zero bars are invisible and NaN ones (class neither present nor predicted) have no bar:
-            # say which is which. A class with no test pixels has no meaningful test IoU at all.
-            text = ("absent\nin test" if is_test and not in_test.get(names[i])
+            # say which is which. A class with no test pixels has no meaningful test IoU at all (said once).
+            absent = is_test and not in_test.get(names[i])
+            text = (("absent\nin test" if k == first_test else "") if absent
                     else "n/a" if v is None else f"{v:.2f}")
+            if not text:
+                continue
             ax.annotate(text, (p, heights[i]), ha="center", va="bottom", fontsize="x-small",
                         color="0.35" if text[0].isalpha() else "0.1", xytext=(0, 1), textcoords="offset points")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylim(0, 1.18)  # headroom for the legend above the tallest possible bar
     ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("IoU (dataset-level, per class)")
+    ax.set_ylabel("IoU per class")
     ax.set_title(f"Per-class IoU, validation vs test: {metrics['run']['label']}"
                  f"{_synthetic_tag(metrics['data']['synthetic'])}")
     ax.grid(axis="x", visible=False)  # vertical lines would cut through the bar pairs
-    ax.legend(loc="upper center", ncol=2, fontsize="small")
+    ax.legend(loc="upper center", ncol=len(series), fontsize="x-small")
     return save_figure(fig, path)
 
 
@@ -466,8 +501,8 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
     for sub in (MASKS_DIR, COLOR_DIR, COMPARISONS_DIR):
         _clear_pngs(out / sub)
     for name, mask in zip(names, pred):
-        Image.fromarray(mask).save(out / MASKS_DIR / f"{name}.png")
-        Image.fromarray(colorize(mask)).save(out / COLOR_DIR / f"{name}.png")
+        Image.fromarray(mask).save(out / MASKS_DIR / MASK_NAME.format(name))
+        Image.fromarray(colorize(mask)).save(out / COLOR_DIR / COLOR_NAME.format(name))
     log.info("wrote %d predicted masks to %s and %s", len(pred), out / MASKS_DIR, out / COLOR_DIR)
 
     metrics = {
@@ -488,17 +523,18 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
         "versions": runs.versions(),
     }
     runs.write_json(out / METRICS_JSON, metrics)
+    runs.write_text_atomic(out / TEXT_FILE, evaluation_text(scores["phase1"]["iou"], scores["phase1"]["class_iou"]))
 
     tag = _synthetic_tag(synthetic)
     for i in range(min(comparisons, len(split))):
         image = _display_image(split.image_paths[i], height=height, width=width)
-        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / f"{names[i]}.png",
+        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i),
                           title=f"{run.label}: test image {names[i]}{tag}")
     per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART)
     log.info("test %s: phase-1 IoU %.4f, Dice %.4f, accuracy %.4f; dataset mIoU %.4f%s", run.label,
              metrics["phase1"]["iou"], metrics["phase1"]["dice"], metrics["phase1"]["acc"],
              metrics["dataset"]["miou"], tag)
-    log.info("wrote %s, %s, %s/", out / METRICS_JSON, out / BAR_CHART, out / COMPARISONS_DIR)
+    log.info("wrote %s, %s, %s, %s/", out / METRICS_JSON, out / TEXT_FILE, out / BAR_CHART, out / COMPARISONS_DIR)
     return out
 
 
@@ -512,7 +548,10 @@ def summary_lines(metrics: dict[str, Any]) -> Sequence[str]:
         lines.append(f"validation (epoch {v.get('epoch')}): IoU {_fmt(v.get('val_iou'))}, "
                      f"mIoU {_fmt(v.get('val_miou'))}")
     width = max(len(n) for n in d["class_iou"])
+    per_batch = p.get("class_iou") or {}
+    lines.append(f"  {'per-class IoU':<{width}}  {'test, phase-1 per-batch':>23}  {'test, dataset':>13}  "
+                 f"{'val, dataset':>12}")
     for n, t in d["class_iou"].items():
         val = _fmt(v["class_iou"].get(n)) if v else "n/a"
-        lines.append(f"  {n:<{width}}  test {_fmt(t):>5}  val {val:>5}")
+        lines.append(f"  {n:<{width}}  {_fmt(per_batch.get(n)):>23}  {_fmt(t):>13}  {val:>12}")
     return lines

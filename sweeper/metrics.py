@@ -64,6 +64,20 @@ def mean_iou(cm: np.ndarray) -> float:
     return float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else math.nan
 
 
+def phase1_class_iou(batch_cms: Sequence[np.ndarray], num_classes: int | None = None) -> np.ndarray:
+    """Phase-1 test script's per-class IoU: each class's batch IoU averaged over the batches where it is not absent.
+
+    "Absent" is what `phase1_iou` skips: an empty union (neither in the batch's target nor predicted there), so a
+    class predicted in a batch without it scores 0 there. NaN for a class absent from every batch.
+    """
+    if len(batch_cms) == 0:
+        return np.full(num_classes or 0, np.nan)
+    rows = np.stack([class_iou(cm) for cm in batch_cms])
+    seen = ~np.isnan(rows)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for a class absent everywhere: NaN, as wanted
+        return np.where(seen, rows, 0.0).sum(0) / seen.sum(0)
+
+
 class Phase1Meter:
     """Accumulates phase-1 per-batch scores and the split's confusion matrix.
 

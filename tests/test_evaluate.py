@@ -143,14 +143,38 @@ def test_score_on_a_hand_made_mask():
     assert s["phase1"]["iou"] == pytest.approx(((0.5 + 2 / 3) / 2 + 1.0) / 2)
     assert s["phase1"]["acc"] == pytest.approx((0.75 + 1.0) / 2) and s["phase1"]["batches"] == 2
     assert s["confusion_matrix"] == [[1, 1, 0], [0, 6, 0], [0, 0, 0]]
+    # phase-1 per-batch per-class (the organisers' test script): each class's IoU averaged over the batches
+    # where it is not absent. Class 0 only appears in image 0 (1/2); class 1 is 2/3 then 1; class 2 nowhere.
+    assert s["phase1"]["class_iou"]["Flowers/bg"] == pytest.approx(0.5)
+    assert s["phase1"]["class_iou"]["Trees"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert s["phase1"]["class_iou"]["Lush Bushes"] is None
 
 
-def test_colorize_uses_the_fixed_palette():
+# The organisers' test-script palette, class by class (public copies of their test_segmentation.py agree).
+ORGANISERS_PALETTE = [(0, 0, 0), (34, 139, 34), (0, 255, 0), (210, 180, 140), (139, 90, 43), (128, 128, 0),
+                      (139, 69, 19), (128, 128, 128), (160, 82, 45), (135, 206, 235)]
+
+
+def test_colorize_uses_the_organisers_palette():
     mask = np.arange(10, dtype=np.uint8).reshape(2, 5)
     rgb = ev.colorize(mask)
     assert rgb.shape == (2, 5, 3) and rgb.dtype == np.uint8
-    assert (rgb.reshape(10, 3) == ev.PALETTE).all()
-    assert len({tuple(c) for c in ev.PALETTE}) == NUM_CLASSES  # every class its own colour
+    assert [tuple(c) for c in rgb.reshape(10, 3).tolist()] == ORGANISERS_PALETTE
+
+
+def test_evaluation_text_is_the_organisers_layout():
+    names = ["Flowers/bg", "Trees", "Ground Clutter"]
+    text = ev.evaluation_text(0.41234, dict(zip(names, [0.5, None, 0.123456])))
+    assert text == ("EVALUATION RESULTS\n"
+                    "==================================================\n"
+                    "Mean IoU:          0.4123\n"
+                    "==================================================\n"
+                    "\n"
+                    "Per-Class IoU:\n"
+                    "----------------------------------------\n"
+                    "  Flowers/bg          : 0.5000\n"
+                    "  Trees               : N/A\n"
+                    "  Ground Clutter      : 0.1235\n")
 
 
 # --------------------------------------------------------------------------- baseline runs
@@ -164,13 +188,17 @@ def test_constant_head_scores_the_class_share(tmp_path, dataset, cache, test_lab
 
     assert out == run / "evaluation" / "baseline"
     names = ["000000", "000001", "000002"]
-    for name in names:
-        mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+    for name in names:  # the organisers' names: masks/<name>_pred.png, masks_color/<name>_pred_color.png
+        mask = np.asarray(Image.open(out / "masks" / f"{name}_pred.png"))
         assert mask.shape == (56, 112) and mask.dtype == np.uint8 and (mask == k).all()
-        color = np.asarray(Image.open(out / "masks_color" / f"{name}.png"))
-        assert (color == ev.PALETTE[k]).all()
-    assert sorted(p.stem for p in (out / "comparisons").glob("*.png")) == names  # fewer than 5 test images
-    assert (out / "per_class_iou.png").stat().st_size > 10_000
+        color = np.asarray(Image.open(out / "masks_color" / f"{name}_pred_color.png"))
+        assert (color == (160, 82, 45)).all()  # Landscape in the organisers' palette: sienna
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{n}_pred.png" for n in names]
+    assert sorted(p.name for p in (out / "comparisons").iterdir()) == [  # fewer than 5 test images
+        "sample_0_comparison.png", "sample_1_comparison.png", "sample_2_comparison.png"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "evaluation_metrics.txt", "per_class_metrics.png", "test_metrics.json"]
+    assert (out / "per_class_metrics.png").stat().st_size > 10_000
 
     m = json.loads((out / "test_metrics.json").read_text())
     assert {"run", "config", "backbone", "data", "evaluation", "phase1", "dataset", "validation", "class_pixels",
@@ -188,6 +216,15 @@ def test_constant_head_scores_the_class_share(tmp_path, dataset, cache, test_lab
     batch_acc = [np.mean(test_labels[:2] == k), np.mean(test_labels[2:] == k)]  # batches of 2: [0, 1], [2]
     assert m["phase1"]["acc"] == pytest.approx(np.mean(batch_acc))
     assert m["phase1"]["batch_size"] == 2 and m["phase1"]["batches"] == 2
+    # per-batch per-class: class k scores its pixel share in each batch, averaged; a class present in some
+    # batch is missed there (0); a class in no batch and never predicted is absent (None)
+    assert m["phase1"]["class_iou"][CLASS_NAMES[k]] == pytest.approx(np.mean(batch_acc))
+    for c, name in enumerate(CLASS_NAMES):
+        if c != k:
+            assert m["phase1"]["class_iou"][name] == (0.0 if c in present else None)
+    text = (out / "evaluation_metrics.txt").read_text()
+    assert text.startswith(f"EVALUATION RESULTS\n{'=' * 50}\nMean IoU:          {m['phase1']['iou']:.4f}\n")
+    assert f"  Landscape           : {np.mean(batch_acc):.4f}\n" in text and "  Sky                 : " in text
     assert m["class_pixels"]["predicted"]["Landscape"] == test_labels.size
     assert m["data"] == {"root": str(dataset.resolve()), "test_folder": str((dataset / "test").resolve()),
                          "images": 3, "synthetic": True, "trained_on": "/somewhere/train-set",
@@ -206,7 +243,7 @@ def test_rerun_replaces_outputs_and_out_is_honoured(tmp_path, dataset, cache):
     (out / "masks" / "stale.png").write_bytes(b"old")
     assert ev.evaluate_run(run, data=dataset / "test", out=out, cache_root=cache, device="cpu",
                            show_progress=False, comparisons=1) == out
-    assert [p.name for p in (out / "comparisons").iterdir()] == ["000000.png"]
+    assert [p.name for p in (out / "comparisons").iterdir()] == ["sample_0_comparison.png"]
     assert not (out / "masks" / "stale.png").exists()
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["validation"] is None and m["data"]["synthetic"] is True  # a test folder inside a synthetic set
@@ -267,7 +304,7 @@ def test_sweep_best_is_the_highest_score_with_a_checkpoint(tmp_path, dataset, ca
     out = ev.evaluate_run(sweep, data=dataset, cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
     assert out == sweep / "evaluation" / "trial-1"  # trial 2 scores higher but kept no checkpoint
-    assert (np.asarray(Image.open(out / "masks" / "000000.png")) == 3).all()
+    assert (np.asarray(Image.open(out / "masks" / "000000_pred.png")) == 3).all()
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["run"]["trial"] == 1 and m["run"]["trial_id"] == "bbbb1111" and m["run"]["by"] == "best_val_iou"
     assert m["run"]["best_val_iou"] == 0.5 and m["config"]["lr"] == 5e-5 and m["config"]["image_width"] == 112
@@ -283,7 +320,7 @@ def test_sweep_trial_by_number_uses_its_checkpoint_history(tmp_path, dataset, ca
     out = ev.evaluate_run(sweep, data=dataset, trial="0", cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
     assert out.name == "trial-0"
-    assert (np.asarray(Image.open(out / "masks" / "000002.png")) == 8).all()
+    assert (np.asarray(Image.open(out / "masks" / "000002_pred.png")) == 8).all()
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["validation"]["source"] == "checkpoint_000001/state.pt" and m["validation"]["epoch"] == 1
     assert m["run"]["baseline"] is True and m["run"]["by"] == "trial number"
@@ -316,3 +353,14 @@ def test_sweep_scores_the_best_epochs_head_by_default_and_says_which_epoch(tmp_p
     assert last.validation["class_iou"]["Trees"] == 0.1
     with pytest.raises(SweeperError, match="epoch: expected one of best, last"):
         ev.load_run_head(sweep, trial=1, epoch="first")
+
+
+def test_summary_lines_label_both_per_class_flavours():
+    m = {"run": {"label": "baseline"}, "data": {"images": 4, "synthetic": False},
+         "phase1": {"iou": 0.3, "dice": 0.4, "acc": 0.5, "class_iou": {"Trees": 0.25, "Sky": None}},
+         "dataset": {"miou": 0.35, "class_iou": {"Trees": 0.2, "Sky": 0.9}}, "validation": None}
+    lines = ev.summary_lines(m)
+    assert lines[1].split() == ["per-class", "IoU", "test,", "phase-1", "per-batch", "test,", "dataset", "val,",
+                                "dataset"]
+    assert lines[2].split() == ["Trees", "0.250", "0.200", "n/a"]
+    assert lines[3].split() == ["Sky", "n/a", "0.900", "n/a"]

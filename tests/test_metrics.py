@@ -65,3 +65,26 @@ def test_best_index_skips_nan_and_prefers_the_earliest_tie(values, mode, expecte
     from sweeper.metrics import best_index
 
     assert best_index(values, mode=mode) == expected
+
+
+def test_phase1_class_iou_averages_each_class_over_the_batches_it_appears_in():
+    # Two batches of one 2x2 image, 4 classes; worked out by hand:
+    # batch A  target [[0,0],[1,1]]  pred [[0,1],[1,1]]: class 0 I/U = 1/2, class 1 = 2/3, classes 2, 3 absent
+    # batch B  target [[1,1],[2,2]]  pred [[1,1],[2,0]]: class 0 predicted, not present = 0/1, class 1 = 2/2,
+    #                                                    class 2 = 1/2, class 3 absent
+    from sweeper.metrics import phase1_class_iou
+
+    a = confusion_matrix(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 0], [1, 1]]), 4).numpy()
+    b = confusion_matrix(torch.tensor([[1, 1], [2, 0]]), torch.tensor([[1, 1], [2, 2]]), 4).numpy()
+    per_batch = phase1_class_iou([a, b])
+    # a class absent from a batch (empty union, as phase1_iou decides) is skipped there; absent everywhere: NaN
+    assert per_batch[:3] == pytest.approx([(0.5 + 0.0) / 2, (2 / 3 + 1.0) / 2, 0.5])
+    assert math.isnan(per_batch[3])
+    # the dataset-level figures from the summed matrix differ: class 0 I=1 U=3, class 1 I=4 U=5, class 2 I=1 U=2
+    assert class_iou(a + b)[:3] == pytest.approx([1 / 3, 4 / 5, 1 / 2])
+
+
+def test_phase1_class_iou_of_no_batches_is_all_nan():
+    from sweeper.metrics import phase1_class_iou
+
+    assert np.isnan(phase1_class_iou([], num_classes=3)).all() and len(phase1_class_iou([], num_classes=3)) == 3

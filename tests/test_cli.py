@@ -157,3 +157,47 @@ def test_logging_follows_sys_stderr_after_the_old_one_is_closed(capsys, monkeypa
     monkeypatch.undo()
     handler.emit(logging.LogRecord("sweeper", logging.WARNING, __file__, 1, "still works", None, None))
     assert "still works" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_search_report_confirm_evaluate_end_to_end(tmp_path, synth_set, capsys, monkeypatch):
+    import pandas as pd
+
+    pytest.importorskip("ray")
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "results" / "e2e"
+    try:
+        code, _, err = run_cli(capsys, "-q", "search", "--data", str(synth_set), "--space",
+                               str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--name", "e2e",
+                               "--out", str(tmp_path / "results"), "--max-concurrent", "1")
+        assert code == 0, err
+        trials = pd.read_csv(run / "trials.csv")
+        assert trials.trial.tolist() == [0, 1] and bool(trials.baseline[0]) and (trials.epochs_run == 2).all()
+
+        code, out, err = run_cli(capsys, "-q", "report", str(run))
+        assert code == 0, err
+        summary = (run / "report" / "summary.md").read_text()
+        assert out.strip() == f"report: {run / 'report' / 'index.html'}"
+        assert f"{trials.best_val_iou.max():.4f}" in summary  # the winner's score is what the report shows
+
+        code, out, err = run_cli(capsys, "-q", "confirm", str(run), "--top", "1", "--seeds", "2")
+        assert code == 0, err
+        confirm = pd.read_csv(run / "confirm.csv")
+        assert sorted(zip(confirm.trial, confirm.seed)) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        # seed 0 of each config is the sweep's own trial again, to the last digit
+        for t in (0, 1):
+            again = confirm[(confirm.trial == t) & (confirm.seed == 0)].best_val_iou.iloc[0]
+            assert again == pytest.approx(trials.best_val_iou[t], abs=1e-6)
+        assert "gain counts as real" in out
+
+        code, out, err = run_cli(capsys, "-q", "evaluate", str(run), "--samples", "0")
+        assert code == 0, err
+        best = trials.sort_values(["best_val_iou", "trial"], ascending=[False, True]).iloc[0]
+        m = json.loads((run / "evaluation" / f"trial-{best.trial}" / "test_metrics.json").read_text())
+        assert m["run"]["trial"] == best.trial and m["run"]["epoch"] == best.best_epoch
+        assert m["validation"]["epoch"] == best.best_epoch  # the scored head's own epoch
+        assert m["validation"]["val_iou"] == pytest.approx(best.best_val_iou, abs=1e-9)
+        assert 0.0 <= m["dataset"]["miou"] <= 1.0
+    finally:
+        import ray
+        ray.shutdown()

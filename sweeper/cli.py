@@ -55,6 +55,16 @@ class _Default(str):
     refuses options that differ from the sweep's, and must know which ones were given)."""
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
 def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) -> None:
     """Options shared by every command that reads a dataset and runs the backbone."""
     g = p.add_argument_group("data and backbone")
@@ -87,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic desert dataset in the Duality layout")
     p.add_argument("out", type=Path, metavar="OUT_DIR")
-    p.add_argument("--train", type=int, default=64)
-    p.add_argument("--val", type=int, default=16)
+    p.add_argument("--train", type=_positive_int, default=64, help="train scenes (default 64)")
+    p.add_argument("--val", type=_positive_int, default=16, help="val scenes (default 16)")
     p.add_argument("--test", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=(960, 540), help="WIDTHxHEIGHT (default 960x540)")
@@ -104,12 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
     add_data_options(p)
-    p.add_argument("--space", type=Path, help="search space YAML (default: search_spaces/phase2.yaml)")
+    p.add_argument("--space", type=Path, help="search space YAML, or the name of a shipped one: phase2 (default), "
+                                              "smoke")
     p.add_argument("--trials", type=_positive_int, help="total trials incl. the baseline trial 0 (default: the space's)")
     p.add_argument("--name", help="run name: results go to OUT/NAME (default: sweep-<time>)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: 0.25 with a GPU, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
     p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the space's on CPU, "
                                                                    "1/gpus-per-trial per GPU)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. HEAD_IP:6379) instead of starting one")
@@ -150,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_space_path() -> Path:
-    """search_spaces/phase2.yaml next to the package (a source checkout), else in the working folder."""
-    here = Path(__file__).resolve().parent.parent / "search_spaces" / "phase2.yaml"
-    return here if here.is_file() else Path("search_spaces") / "phase2.yaml"
+    """The phase-2 space shipped inside the package (found from any folder, installed or not)."""
+    from sweeper.space import SPACES_DIR
+
+    return SPACES_DIR / "phase2.yaml"
 
 
 def resolve_data(args: argparse.Namespace) -> DataSource:
@@ -350,8 +362,9 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     from sweeper import runs
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
-    from sweeper.space import load_space
-    from sweeper.tune import SPACE_COPY, SWEEP_FILE, SearchOptions, run_search, summary_table
+    from sweeper.space import find_space, load_space
+    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_resources, local_nodes,
+                              run_search, start_ray, summary_table, trial_arrays)
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
@@ -374,7 +387,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     else:
         if any(p.name != runs.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
-        space = load_space(args.space or default_space_path())
+        space = load_space(find_space(args.space) if args.space else default_space_path())
         trials = args.trials or space.trials
         seed = args.seed if args.seed is not None else 0
         overrides = {}  # trial settings from the command line, on top of the space
@@ -396,6 +409,10 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
                          gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
     runs.ensure_writable_dir(run_dir)
+    if args.address:
+        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
+    else:
+        check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
 
     started = time.perf_counter()
     p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
@@ -406,11 +423,14 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     if args.resume:
         runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
     else:
-        import shutil
-
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": runs.file_sha256(space.source), "trials": trials, "seed": seed,
                     "max_concurrent": concurrent}
+    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(p.data).values()))
+    check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
+    if not args.resume:
+        import shutil
+
         shutil.copyfile(space.source, run_dir / SPACE_COPY)
     info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
                                              for k, v in opts.__dict__.items()},
@@ -423,7 +443,17 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
           f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
-    table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
+    resume = f"sweeper search --resume --name {name} --out {args.out}"
+    try:
+        table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray's own handler
+        table = None
+    # Ray Tune ends the sweep early on Ctrl-C (its state saved) and returns as if it had finished.
+    ended = None if table is None else int(table.status.isin(["TERMINATED", "ERROR"]).sum()) if len(table) else 0
+    if ended is None or ended < trials:
+        print(f"interrupted: {'?' if ended is None else ended} of {trials} trials ended; continue with: {resume}",
+              file=sys.stderr)
+        return 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     runs.write_json(sweep_file, info)
@@ -500,8 +530,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def _confirm_in(args: argparse.Namespace) -> int:
     """cmd_confirm's work, with the run folder owned by this process."""
     from sweeper.space import load_space
-    from sweeper.tune import SPACE_COPY, SearchOptions, run_confirm
+    from sweeper.tune import SPACE_COPY, SearchOptions, check_address, run_confirm
 
+    if args.address:
+        check_address(args.address)
     saved = _load_sweep(args.run)
     space = load_space(args.run / SPACE_COPY)
     inputs = _sweep_inputs(args.run, saved)

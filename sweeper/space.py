@@ -1,4 +1,5 @@
-"""Search spaces: YAML files in `search_spaces/`, validated on load into a frozen `SearchSpace`.
+"""Search spaces: YAML files shipped in `sweeper/search_spaces/` (linked as `search_spaces/` at the top of
+a checkout), or any file of your own, validated on load into a frozen `SearchSpace`.
 
 File format (every key is checked; an unknown one is an error):
 
@@ -152,6 +153,19 @@ class SearchSpace:
     def param_names(self) -> tuple[str, ...]:
         """Names of the searched fields, in sampling order."""
         return tuple(p.name for p in self.params)
+
+
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # the spaces shipped with the package
+
+
+def find_space(name_or_path: str | Path) -> Path:
+    """A space file: the path as given when it exists, else a shipped space by name ('smoke', 'phase2.yaml')."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = SPACES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    # a bare name only: 'some/dir/smoke.yaml' that does not exist stays a missing file, not a shipped one
+    return shipped if len(path.parts) == 1 and shipped.is_file() else path
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -285,3 +285,14 @@ def test_suggest_returns_fixed_and_sampled_only(tmp_path: Path) -> None:
     trial = optuna.trial.FixedTrial({"lr": 1e-3, "epochs": 5, "optimizer": "adam"})
     assert space.suggest(trial) == {"lr": 1e-3, "epochs": 5, "optimizer": "adam", "train_metrics": False}
     assert isinstance(space, SearchSpace)
+
+
+def test_find_space_takes_an_existing_path_else_a_shipped_name(tmp_path, monkeypatch):
+    from sweeper.space import SPACES_DIR, find_space
+
+    monkeypatch.chdir(tmp_path)
+    assert find_space("smoke") == SPACES_DIR / "smoke.yaml" and find_space("phase2.yaml") == SPACES_DIR / "phase2.yaml"
+    (tmp_path / "smoke.yaml").write_text("metric: val_iou\n")  # a file of the user's own wins over the shipped one
+    assert find_space("smoke.yaml") == Path("smoke.yaml")
+    assert find_space("elsewhere/smoke.yaml") == Path("elsewhere/smoke.yaml")  # a missing path stays missing
+    assert find_space("nosuch") == Path("nosuch")

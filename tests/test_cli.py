@@ -51,6 +51,11 @@ def test_synth_then_baseline_writes_every_phase1_file(tmp_path, synth_set, capsy
     assert "Per-Epoch History:" in text and text.count("\n2        ") == 1
     head = torch.load(out / "segmentation_head.pth", weights_only=True)
     assert head["classifier.weight"].shape == (10, 128, 1, 1)
+    assert head["classifier.weight"].abs().sum() > 0 and torch.isfinite(head["classifier.weight"]).all()
+    for name in ("training_curves.png", "iou_curves.png", "dice_curves.png", "all_metrics_curves.png"):
+        with Image.open(out / name) as im:
+            pixels = np.asarray(im.convert("L"))
+        assert pixels.min() < 128 < pixels.max(), name  # curves and labels drawn, not an empty canvas
     assert "SYNTHETIC" in err and "best val IoU" in stdout
 
 

@@ -236,14 +236,24 @@ def test_summary_md_shows_at_most_ten(tmp_path):
     assert len(tbody_rows(report.trials_table_html(run))) == 12
 
 
-def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path):
+def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
     run = load_sweep(make_sweep(tmp_path, study_trials=2))
     with pytest.raises(NoData, match="too few completed trials"):
         report.plot_param_importance(run)
     (tmp_path / "out").mkdir()
     spec = next(s for s in SWEEP_FIGURES if s.file == "param_importance.png")
-    [(_, png)] = report.render_figures([spec], run, tmp_path / "out")
-    assert png.read_bytes().startswith(b"\x89PNG")
+    with caplog.at_level(logging.INFO, logger="sweeper.report"):
+        [(_, png)] = report.render_figures([spec], run, tmp_path / "out")
+    assert any("param_importance.png: too few completed trials" in r.getMessage() for r in caplog.records)
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        pixels = np.asarray(im.convert("L"))
+    assert pixels.min() < 128 < pixels.max()  # dark text on a light page, not an empty image
 
 
 def test_importance_ranks_the_param_that_drives_the_objective(tmp_path):

@@ -29,7 +29,7 @@ from sweeper.errors import SweeperError
 from sweeper.features import ArrayTokens, SplitData, TrainData
 from sweeper.head import create_head
 from sweeper.losses import config_class_weights, lr_factor
-from sweeper.metrics import Phase1Meter, confusion_matrix
+from sweeper.metrics import Phase1Meter, best_index, confusion_matrix
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ class TrainResult:
 
     @property
     def best(self) -> dict[str, Any]:
-        """The epoch record with the highest phase-1 val IoU (the first, on ties)."""
-        return max(self.history, key=lambda r: (r["val_iou"], -r["epoch"]))
+        """The epoch record with the highest phase-1 val IoU (the first, on ties; NaN epochs skipped)."""
+        i = best_index([r["val_iou"] for r in self.history])
+        return self.history[i if i is not None else -1]
 
     @property
     def final(self) -> dict[str, Any]:
@@ -163,7 +164,8 @@ class Batches:
         x = self.split.tokens.get(idx)
         y = torch.from_numpy(self.split.labels[idx])
         if self.pin:  # page-locked: the copies below really run asynchronously
-            x, y = x.pin_memory(), y.pin_memory()
+            x = x.pin_memory() if x.device.type == "cpu" else x  # live backbone tokens are already there
+            y = y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
 
 

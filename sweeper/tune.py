@@ -307,8 +307,9 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
 class ProgressPrinter:
     """Live progress on stderr: one line per finished epoch and per trial end, with counts and best."""
 
-    def __init__(self, space: SearchSpace, stream=sys.stderr) -> None:
+    def __init__(self, space: SearchSpace, stream=sys.stderr, *, total: int | None = None) -> None:
         self.space, self.stream = space, stream
+        self.total = total or space.trials  # the sweep's budget (--trials overrides the space's)
         self.baseline = space.baseline_point()
         self.best: tuple[float, int] | None = None
         self.baseline_score: float | None = None
@@ -339,7 +340,7 @@ class ProgressPrinter:
         stopped = sum(1 for t, s in zip(trials, status) if s == "TERMINATED" and self._stopped_early(t))
         return (f"running {status.count('RUNNING')} | done {status.count('TERMINATED') - stopped} | "
                 f"stopped early {stopped} | failed {status.count('ERROR')}"
-                f"{f' ({len(self.oom)} out of GPU memory)' if self.oom else ''} | of {self.space.trials}")
+                f"{f' ({len(self.oom)} out of GPU memory)' if self.oom else ''} | of {self.total}")
 
     @staticmethod
     def _stopped_early(trial) -> bool:
@@ -432,15 +433,15 @@ def missing_resources(cpus: float, gpus: float, nodes: list[dict[str, float]]) -
         return None
     total_cpu, total_gpu = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
     largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-    asked = (f"--cpus-per-trial {cpus:g}" if cpus > largest.get("CPU", 0) or not gpus else
-             f"--gpus-per-trial {gpus:g}")
-    if gpus > largest.get("GPU", 0) and cpus <= max((n.get("CPU", 0) for n in nodes), default=0):
-        asked = f"--gpus-per-trial {gpus:g}"
+    enough_gpu = any(n.get("GPU", 0) >= gpus for n in nodes)
+    enough_cpu = any(n.get("CPU", 0) >= cpus for n in nodes)
+    asked = (f"--gpus-per-trial {gpus:g}" if not enough_gpu else f"--cpus-per-trial {cpus:g}" if not enough_cpu
+             else f"--cpus-per-trial {cpus:g} with --gpus-per-trial {gpus:g}")
     has = (f"{_count(total_cpu, 'CPU')} and {'no GPU' if not total_gpu else _count(total_gpu, 'GPU')} in all"
            + (f", largest node: {_count(largest.get('CPU', 0), 'CPU')}, {_count(largest.get('GPU', 0), 'GPU')}"
               if len(nodes) > 1 else ""))
-    return (f"{asked}: no node of the Ray cluster has {_count(cpus, 'CPU')} and {_count(gpus, 'GPU')} for one "
-            f"trial (it has {has}); ask for less")
+    want = _count(cpus, "CPU") + (f" and {_count(gpus, 'GPU')}" if gpus else "")
+    return f"{asked}: no node of the Ray cluster has {want} for one trial (it has {has}); ask for less"
 
 
 def check_resources(opts: SearchOptions, nodes: list[dict[str, float]] | None = None) -> None:
@@ -519,7 +520,7 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
     trainable = make_trainable(data, opts)
-    printer = ProgressPrinter(space)
+    printer = ProgressPrinter(space, total=opts.trials)
     run_config = tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
         callbacks=[printer.callback()] if progress else [],
@@ -648,7 +649,7 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> st
     if not df.baseline.any():  # the phase-1 reference row is always shown, last if it ranks below the top
         df = pd.concat([df, ranked[ranked.baseline].head(1)])
     cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
-            best_col, "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
+            best_col, "best_epoch", "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
     cols = [c for c in cols if c in df.columns]
     shown = df[cols].copy()
     shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]

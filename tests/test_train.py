@@ -127,3 +127,16 @@ def test_the_scheduled_lr_reaches_the_optimizer_at_every_step(schedule, extra, e
     assert len(seen) == 4 and all(len(set(groups)) == 1 for groups in seen)  # every param group alike
     assert [groups[0] for groups in seen] == pytest.approx(expected, abs=1e-8)
     assert [r["lr"] for r in result.history] == pytest.approx([expected[1], expected[3]], abs=1e-8)  # last step's
+
+
+def test_best_epoch_skips_nan_epochs():
+    from sweeper.train import TrainResult
+
+    def result(ious):
+        return TrainResult(config=TrainConfig(**SMALL), history=tuple({"epoch": e + 1, "val_iou": v}
+                                                                      for e, v in enumerate(ious)),
+                           head_state={}, class_weights=(), seconds=0.0)
+
+    assert result([float("nan"), 0.3, 0.5, 0.5]).best["epoch"] == 3  # a NaN first epoch is not the best
+    assert result([0.2, float("nan"), 0.1]).best["epoch"] == 1
+    assert result([float("nan")]).best["epoch"] == 1  # nothing better to offer: the run's only epoch

@@ -400,3 +400,18 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
         "trial   2 epoch 2/2: val_iou -  | best 0.3000 (trial 1), baseline trial 0.2500, published 0.2971"
         " | running 1 | done 1 | stopped early 1 | failed 0 | of 3",
     ]
+
+
+def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
+    from sweeper.tune import summary_table
+
+    space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
+    t = pd.DataFrame({"trial": [0, 1], "status": ["TERMINATED"] * 2, "baseline": [True, False],
+                      "optimizer": ["sgd", "adam"], "lr": [1e-4, 1e-3], "epochs_run": [2, 2],
+                      "best_val_iou": [0.1, 0.3], "best_epoch": [2, 1], "best_val_miou": [0.1, 0.2],
+                      "delta_vs_baseline_trial": [0.0, 0.2], "delta_vs_published": [-0.1971, 0.0029]})
+    header, first, second = summary_table(t, space).splitlines()
+    cols = header.split()
+    assert cols.index("best_epoch") == cols.index("best_val_iou") + 1
+    assert first.split()[:1] == ["1"] and first.split()[cols.index("best_epoch")] == "1"
+    assert second.startswith("0 (phase 1)") and second.split()[cols.index("best_epoch") + 2] == "2"

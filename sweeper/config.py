@@ -58,6 +58,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # epochs of linear warm-up, schedule 'warmup' only
     min_lr_ratio: float = 0.0  # final lr / peak lr for the cosine schedules
     epochs: int = 10
+    # epochs the lr schedule spans; 0 = this run's own `epochs`. A sweep can fix it at asha.max_epochs so
+    # that every trial follows the same schedule and `epochs` only truncates it (ASHA then compares trials
+    # at the same point of the same schedule). A run longer than its schedule keeps the schedule's last lr
+    schedule_epochs: int = 0
     batch_size: int = 2  # training batch
     eval_batch_size: int = 2  # phase-1 metrics are means over batches of this size: keep 2 to compare
     class_weights: ClassWeighting = ClassWeighting.NONE
@@ -77,6 +81,7 @@ class TrainConfig:
         checks = [
             (self.lr > 0, "lr", "must be > 0"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.schedule_epochs >= 0, "schedule_epochs", "must be >= 0 (0 = the run's own epochs)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),

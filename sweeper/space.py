@@ -440,12 +440,21 @@ def _check_epochs(space: SearchSpace, base: TrainConfig) -> None:
             key = "choices" if p.type is ParamType.CATEGORICAL else "high"
             if most > max_t:
                 raise SweeperError(f"{src}: params.epochs.{key}: {most} is above asha.max_epochs {max_t}")
+            _check_schedule_span(space, base, most)
             return
+    _check_schedule_span(space, base, base.epochs)
     if base.epochs > max_t:
         where = "fixed.epochs" if "epochs" in space.fixed else "asha.max_epochs"
         raise SweeperError(f"{src}: {where}: trials run {base.epochs} epochs "
                            f"({'fixed' if 'epochs' in space.fixed else 'the default'}) but asha.max_epochs is {max_t}; "
                            f"set fixed.epochs or params.epochs within it")
+
+
+def _check_schedule_span(space: SearchSpace, base: TrainConfig, most: int) -> None:
+    """A schedule shared by all trials (fixed.schedule_epochs) must cover the longest of them."""
+    if 0 < base.schedule_epochs < most:
+        raise SweeperError(f"{space.source}: fixed.schedule_epochs: {base.schedule_epochs} is below the most epochs "
+                           f"a trial may run ({most}); set it to asha.max_epochs ({space.asha.max_epochs})")
 
 
 def _check_baseline(space: SearchSpace) -> None:

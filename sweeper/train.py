@@ -250,7 +250,7 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
 
     n_train = len(data.train.labels)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = steps_per_epoch * (config.schedule_epochs or config.epochs)  # the schedule's span
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     # Cached tokens: the val loss and val metrics come from the same logits, so one pass gives both.
     # Backbone in the loop: keep phase 1's separate passes (and their cost).

@@ -54,8 +54,9 @@ BEST_KEY = "best"  # in STATE_FILE: {"epoch", "val_iou", "head"} of the trial's 
 CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
 CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
 CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
-CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs", "batch_size",
-                  "class_weights", "class_weight_power", "class_weight_max", "label_mode")  # always in trials.csv
+CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs",
+                  "schedule_epochs", "batch_size", "class_weights", "class_weight_power", "class_weight_max",
+                  "label_mode")  # always in trials.csv
 CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
 
 

@@ -150,6 +150,8 @@ BAD_CASES = {
                                         "asha.max_epochs: trials run 10 epochs (the default)"),
     "fixed epochs above max_epochs": (GOOD.replace("  epochs: {type: int, low: 4, high: 10}\n", "")
                                       .replace("train_metrics: false", "epochs: 12"), "fixed.epochs: trials run 12 epochs"),
+    "schedule shorter than the longest trial": (GOOD.replace("train_metrics: false", "schedule_epochs: 8"),
+                                                "fixed.schedule_epochs: 8 is below the most epochs a trial may run (10)"),
     "baseline outside a range": (GOOD.replace("low: 1.0e-5, high: 1.0e-2", "low: 1.0e-3, high: 1.0e-2"),
                                  "params.lr: excludes the phase-1 baseline value 0.0001"),
     "baseline outside choices": (GOOD.replace("[sgd, adam]", "[adam, adamw]").replace("when: {optimizer: [sgd]}",
@@ -296,3 +298,12 @@ def test_find_space_takes_an_existing_path_else_a_shipped_name(tmp_path, monkeyp
     assert find_space("smoke.yaml") == Path("smoke.yaml")
     assert find_space("elsewhere/smoke.yaml") == Path("elsewhere/smoke.yaml")  # a missing path stays missing
     assert find_space("nosuch") == Path("nosuch")
+
+
+def test_a_schedule_shared_by_all_trials_reaches_every_trial_config(tmp_path: Path) -> None:
+    text = GOOD.replace("train_metrics: false", "schedule_epochs: 10")
+    path = tmp_path / "shared.yaml"
+    path.write_text(text)
+    space = load_space(path)
+    assert space.to_config({"epochs": 4}).schedule_epochs == 10  # a 4-epoch trial runs the first 4 of 10
+    assert space.to_config(space.baseline_point()).schedule_epochs == 10

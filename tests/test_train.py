@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sweeper.config import TrainConfig
+from sweeper.errors import SweeperError
 from sweeper.features import TrainData
 from sweeper.train import TrainingDiverged, batch_order, train
 
@@ -112,6 +113,8 @@ def test_train_metrics_do_not_change_the_training_run():
     ("cosine", {"min_lr_ratio": 0.1}, [0.1, 0.08681981, 0.055, 0.02318019]),  # floor 0.01 + 0.09 * (...)
     # warm-up over epoch 1 (steps 1/2 and 2/2 of the peak), then cosine over the last 2 steps
     ("warmup", {"warmup_epochs": 1}, [0.05, 0.1, 0.1, 0.05]),
+    # a schedule spanning 4 epochs (8 steps) that this 2-epoch run only truncates: 0.1 * (1 + cos(pi * s / 8)) / 2
+    ("cosine", {"schedule_epochs": 4}, [0.1, 0.09619398, 0.08535534, 0.06913417]),
 ])
 def test_the_scheduled_lr_reaches_the_optimizer_at_every_step(schedule, extra, expected):
     from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -140,3 +143,14 @@ def test_best_epoch_skips_nan_epochs():
     assert result([float("nan"), 0.3, 0.5, 0.5]).best["epoch"] == 3  # a NaN first epoch is not the best
     assert result([0.2, float("nan"), 0.1]).best["epoch"] == 1
     assert result([float("nan")]).best["epoch"] == 1  # nothing better to offer: the run's only epoch
+
+
+def test_schedule_epochs_make_a_shorter_run_the_start_of_the_longer_one():
+    data = learnable_data(n_train=8)
+    strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
+    cfg = TrainConfig(**SMALL, epochs=4, batch_size=4, lr=0.05, schedule="warmup", warmup_epochs=1,
+                      schedule_epochs=4, train_metrics=False)
+    full, short = train(cfg, data), train(cfg.replace(epochs=2), data)
+    assert strip(short.history) == strip(full.history)[:2]  # `epochs` only truncates the same schedule
+    with pytest.raises(SweeperError, match="schedule_epochs"):
+        TrainConfig(schedule_epochs=-1)

@@ -1040,19 +1040,28 @@ def confirm_html(run: SweepRun) -> str:
                                              for r in rows) + "</tbody></table></section>")
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~!&{}"} | {"\n": " ", "\r": " "})
+
+
+def md_text(text: object) -> str:
+    """Text as literal Markdown on one line: run names, paths and error messages render as written, never
+    as markup or HTML (index.html escapes the same strings with html.escape)."""
+    return str(text).translate(_MD_SPECIAL)
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def _md(title: str, warning: str | None, headline: Sequence[tuple[str, str]], missing: Sequence[str]) -> list[str]:
-    out = [f"# {title}", ""]
+    out = [f"# {md_text(title)}", ""]
     if warning:
-        out += [f"> **{warning}**", ""]
-    out += ["## Headline", ""] + [f"- **{k}**: {v}" for k, v in headline] + [""]
+        out += [f"> **{md_text(warning)}**", ""]
+    out += ["## Headline", ""] + [f"- **{md_text(k)}**: {md_text(v)}" for k, v in headline] + [""]
     if missing:
-        out += ["## Missing or unfinished", ""] + [f"- {m}" for m in missing] + [""]
+        out += ["## Missing or unfinished", ""] + [f"- {md_text(m)}" for m in missing] + [""]
     return out
 
 
@@ -1077,7 +1086,7 @@ def sweep_summary_md(run: SweepRun, top: int = TOP_SUMMARY) -> str:
         out += ["## Is the winner real? (sweeper confirm)", "", _md_table(*confirm_rows(run)), ""]
     failed = run.failed()
     if len(failed):
-        out += ["## Failed trials", ""] + [f"- trial {int(r.trial)}: {r.get('error')}" for _, r in failed.iterrows()]
+        out += ["## Failed trials", ""] + [f"- trial {int(r.trial)}: {md_text(r.get('error'))}" for _, r in failed.iterrows()]
         out.append("")
     return "\n".join(out)
 

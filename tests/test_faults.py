@@ -387,3 +387,129 @@ def test_a_corrupt_entry_that_cannot_be_rebuilt_is_one_line(tmp_path, monkeypatc
     with pytest.raises(SweeperError, match=f"{token_file.parent}.*cannot write.*No space left on device"):
         cached_tokens(split, backbone, cache_root=cache, height=28, width=56, show_progress=False)
     assert not list((cache / "tokens").glob("*.partial-*"))
+
+
+# --------------------------------------------------------------------------- resources that do not exist: errors, not hangs
+
+
+def search_cli(tmp_path: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`sweeper search` on a tiny set in a subprocess that may not hang: killed after `timeout` s."""
+    data = tmp_path / "data" if (tmp_path / "data").is_dir() else make_dataset(tmp_path / "data", train=2, val=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return subprocess.run(search_args(data, space, tmp_path / "results", tmp_path / "cache") + list(extra),
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_resources_names_what_the_cluster_has():
+    from sweeper.tune import missing_resources
+
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
+    assert missing_resources(1, 0.25, nodes) is None and missing_resources(8, 1, nodes) is None
+    msg = missing_resources(2, 2, nodes)
+    assert "2 GPUs" in msg and "12 CPUs and 1 GPU in all" in msg and "largest node: 8 CPUs, 1 GPU" in msg
+    assert "9 CPUs" in missing_resources(9, 0, nodes)
+    assert "no GPU" in missing_resources(1, 0.3, [{"CPU": 2.0}])
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--cpus-per-trial", "99"], "--cpus-per-trial 99"), (["--gpus-per-trial", "0.3"], "--gpus-per-trial 0.3"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2"),
+])
+def test_resources_the_machine_lacks_are_one_line_not_a_hang(tmp_path, option, expected):
+    import torch
+
+    if option[0] == "--gpus-per-trial" and torch.cuda.device_count() >= float(option[1]):
+        pytest.skip("this machine has the GPUs")
+    started = time.time()
+    proc = search_cli(tmp_path, *option)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = error_line(proc.stderr)
+    assert expected in line and f"{os.cpu_count()} CPU" in line, line
+    assert time.time() - started < 120
+    assert not (tmp_path / "results" / "sw").exists()  # a failed start leaves no run folder
+
+
+def test_cpus_per_trial_zero_is_one_line(tmp_path):
+    proc = search_cli(tmp_path, "--cpus-per-trial", "0", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--cpus-per-trial" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_an_address_where_no_cluster_answers_times_out_in_one_line(tmp_path):
+    started = time.time()
+    proc = search_cli(tmp_path, "--address", "127.0.0.1:1", timeout=90)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "127.0.0.1:1" in error_line(proc.stderr) and time.time() - started < 90
+    assert not (tmp_path / "results" / "sw").exists()
+
+
+def test_search_on_cuda_without_cuda_is_refused(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = search_cli(tmp_path, "--device", "cuda", timeout=120)
+    assert proc.returncode == 2 and "CUDA" in error_line(proc.stderr)
+
+
+# --------------------------------------------------------------------------- smaller: Ctrl-C, progress counts, synth
+
+
+def test_progress_counts_the_trials_asked_for_not_the_space_default():
+    from sweeper.space import load_space
+    from sweeper.tune import ProgressPrinter
+
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
+    assert space.trials == 3
+    assert ProgressPrinter(space, total=6)._counts([]).endswith("| of 6")
+
+
+def test_ctrl_c_on_search_exits_130_and_prints_the_resume_command(tmp_path):
+    import signal
+
+    data = make_dataset(tmp_path / "data", train=4, val=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("trials: 2", "trials: 3").replace("max_epochs: 1", "max_epochs: 3")
+                     .replace("epochs: 1,", "epochs: 3,"))
+    args = search_args(data, space, tmp_path / "results", tmp_path / "cache")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    exp = tmp_path / "results" / "sw" / "ray"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(p.stat().st_size for p in exp.glob("trial_main_*/result.json")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert f"sweeper search --resume --name sw --out {tmp_path / 'results'}" in err
+    assert not (tmp_path / "results" / "sw" / ".lock").exists()
+
+
+def test_synth_with_no_train_images_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", str(tmp_path / "set"), "--train", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --train: expected a number >= 1, got 0" in err.splitlines()[-1]
+    assert not (tmp_path / "set").exists()
+
+
+def test_summary_md_shows_user_strings_as_text_not_markup():
+    from sweeper import report
+
+    evil = "run_1 <img src=x onerror=alert(1)> [link](http://x) | cell\n# heading"
+    md = "\n".join(report._md(f"Sweep report: {evil}", None, [("Data", evil)], [evil]))
+    import re
+
+    assert not re.search(r"(?<!\\)[<>\[\]|]", md) and "\n# heading" not in md  # each one escaped
+    assert "run\\_1 \\<img src=x onerror=alert(1)\\> \\[link\\](http://x) \\| cell \\# heading" in md
+    table = report._md_table(["error"], [[evil]])
+    assert table.splitlines()[-1].count(" | ") == 0  # one cell: the pipe inside it is escaped

@@ -541,7 +541,9 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
 def summary_lines(metrics: dict[str, Any]) -> Sequence[str]:
     """A test_metrics.json dict as a few lines for the CLI to print."""
     p, d, v = metrics["phase1"], metrics["dataset"], metrics.get("validation")
-    lines = [f"{metrics['run']['label']} on {metrics['data']['images']} test images"
+    run = metrics["run"]
+    head = f" (head of epoch {run['epoch']}, its {run.get('weights', 'kept')})" if run.get("epoch") is not None else ""
+    lines = [f"{run['label']}{head} on {metrics['data']['images']} test images"
              f"{_synthetic_tag(metrics['data']['synthetic'])}: phase-1 IoU {_fmt(p['iou'])}, Dice {_fmt(p['dice'])}, "
              f"accuracy {_fmt(p['acc'])}; dataset mIoU {_fmt(d['miou'])}"]
     if v:

@@ -201,6 +201,7 @@ def test_search_report_confirm_evaluate_end_to_end(tmp_path, synth_set, capsys, 
         m = json.loads((run / "evaluation" / f"trial-{best.trial}" / "test_metrics.json").read_text())
         assert m["run"]["trial"] == best.trial and m["run"]["epoch"] == best.best_epoch
         assert m["validation"]["epoch"] == best.best_epoch  # the scored head's own epoch
+        assert f"trial-{best.trial} (head of epoch {best.best_epoch}, its best epoch) on 1 test images" in out
         assert m["validation"]["val_iou"] == pytest.approx(best.best_val_iou, abs=1e-9)
         assert 0.0 <= m["dataset"]["miou"] <= 1.0
     finally:

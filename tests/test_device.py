@@ -17,7 +17,7 @@ import torch
 from sweeper import device as dev
 from sweeper.config import LabelMode, TrainConfig
 from sweeper.features import TrainData
-from sweeper.train import RunState, load_checkpoint, train
+from sweeper.train import load_checkpoint, train
 
 from conftest import make_dataset
 from test_train import SMALL, learnable_data
@@ -255,3 +255,15 @@ def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, m
     p = prepare(args, height=56, width=112, label_mode=LabelMode.PHASE1)
     assert moves == [("cuda", 0), ("cpu", 3)]  # onto the GPU before any forward, back after all 3 images
     assert p.data.train_counts is not None  # counted once, here
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
+def test_gpu_check_without_cuda_exits_2_with_one_line():
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run(["bash", "scripts/gpu_check.sh"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("gpu_check: no CUDA GPU") and len(p.stderr.strip().splitlines()) == 1

@@ -472,7 +472,8 @@ def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
     try:
         legacy = {"data_root": saved["data"]["root"], "backbone": saved["backbone"]["name"],
                   "weights_digest": saved["backbone"]["weights_digest"], "trials": saved["options"]["trials"],
-                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"]}
+                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"],
+                  "cache_dtype": saved["cache"]["dtype"]}
     except (KeyError, TypeError) as e:
         raise SweeperError(f"sweep.json: field {e} is missing; this folder cannot be resumed") from None
     return {**legacy, **(saved.get("started_with") or {})}

@@ -363,13 +363,14 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import find_space, load_space
-    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_resources, local_nodes,
-                              run_search, start_ray, summary_table, trial_arrays)
+    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_resources, check_trusted,
+                              local_nodes, run_search, start_ray, summary_table, trial_arrays)
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
         if not sweep_file.is_file():
             raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
+        check_trusted(run_dir)  # a resume unpickles Ray's state there: refuse before any work
         saved = runs.read_json(sweep_file)
         recorded = _started_with(saved)
         space = load_space(run_dir / SPACE_COPY)

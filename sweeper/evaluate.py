@@ -56,7 +56,8 @@ from sweeper.progress import progress_bar
 from sweeper.report import new_figure, save_figure
 from sweeper.device import autocast, resolve_device
 from sweeper.train import batch_order, logits
-from sweeper.tune import BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIALS_CSV
+from sweeper.tune import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
+                          TrialRecord, latest_checkpoint, trial_groups)
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +156,6 @@ def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
                    state=_load_state(head_file))
 
 
-def _trial_dir(exp_dir: Path, trial_id: str) -> Path | None:
-    """The Ray trial folder of a trial id: ray/<trainable>_<id>_<n>_<params...>."""
-    found = sorted(p for p in exp_dir.glob(f"*_{trial_id}_*") if (p / "params.json").is_file())
-    return found[0] if found else None
-
-
-def _latest_checkpoint(trial_dir: Path | None) -> Path | None:
-    if trial_dir is None:
-        return None
-    states = sorted(trial_dir.glob(f"checkpoint_*/{STATE_FILE}"))
-    return states[-1] if states else None
-
-
 def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[str, Any] | None:
     """A trial's val scores at `epoch` (its last when None) from history.csv."""
     path = run_dir / HISTORY_CSV
@@ -198,12 +186,13 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
     if missing:
         raise SweeperError(f"{run_dir / TRIALS_CSV}: missing column(s) {', '.join(sorted(missing))}")
     exp_dir = run_dir / EXPERIMENT_DIR
-    checkpoints: dict[int, tuple[dict[str, Any], Path, Path]] = {}
+    # the trials' own records (config.json), never Ray's pickled state: a results folder is data, not code
+    groups = trial_groups(exp_dir) if exp_dir.is_dir() else {}
+    checkpoints: dict[int, tuple[dict[str, Any], TrialRecord, Path]] = {}
     for row in table.to_dict("records"):
-        tdir = _trial_dir(exp_dir, str(row["trial_id"]))
-        state = _latest_checkpoint(tdir)
-        if state is not None:
-            checkpoints[int(row["trial"])] = (row, tdir, state)
+        found = latest_checkpoint(groups.get(int(row["trial"]), []))
+        if found is not None:
+            checkpoints[int(row["trial"])] = (row, *found)
     valid = ", ".join(str(t) for t in sorted(checkpoints)) or "none"
     if str(trial) == "best":
         if not checkpoints:
@@ -253,7 +242,7 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
                  number, selection["epoch"], selection["weights"], selection["best_epoch"])
     return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
                    trial_id=str(row["trial_id"]), weights_file=state_file,
-                   config=_config(runs.read_json(tdir / "params.json"), str(tdir / "params.json")),
+                   config=_config(tdir.config, str(tdir.path / TRIAL_CONFIG)),
                    inputs={k: sweep.get(k) or {} for k in ("backbone", "data", "cache")},
                    validation=validation, selection=selection, state=head_state)
 

@@ -9,7 +9,9 @@ Run folder (`results/<name>/`):
     sweep.json     what was run: options, space, data and backbone, versions
     space.yaml     the search space file as used (a resumed sweep reads this copy)
     study.db       the Optuna study (SQLite): `optuna-dashboard sqlite:///.../study.db`
-    ray/           Ray Tune's experiment folder (trial dirs, checkpoints, state)
+    ray/           Ray Tune's experiment folder (trial dirs, checkpoints, state); each trial dir also holds
+                   the project's own record of it (TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_END), all that the
+                   tables, confirm and evaluate read: Ray's state is pickled, and only --resume loads it
     trials.csv     one row per trial; history.csv one row per trial and epoch
 """
 
@@ -36,7 +38,7 @@ from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.metrics import best_index
 from sweeper.features import TrainData, drop_resident_pages
-from sweeper.runs import read_jsonl
+from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json
 from sweeper.space import SearchSpace
 from sweeper.device import OOM_MARK, release_memory, trial_device
 from sweeper.train import load_checkpoint, train
@@ -58,6 +60,12 @@ CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "wa
                   "schedule_epochs", "batch_size", "class_weights", "class_weight_power", "class_weight_max",
                   "label_mode")  # always in trials.csv
 CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
+TRIAL_KEY = "trial_number"  # config key: the trial's number in the Optuna study, which the tables use too
+# The project's own record of each trial, in its folder under ray/ (report, confirm and evaluate read only
+# these, never Ray's pickled experiment state, so a results folder is data, not code):
+TRIAL_CONFIG = "config.json"  # written by the trial when it starts: number, Ray trial id, config as run, start time
+TRIAL_EPOCHS = "epochs.jsonl"  # written by the trial: one JSON line per reported epoch, before its checkpoint
+TRIAL_END = "end.json"  # written by the driver when the trial ends: status (TERMINATED or ERROR) and error line
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,11 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     data = TrainData.from_arrays(**arrays)  # zero-copy views of the object store's shared memory
     if isinstance(config.get("run"), dict):  # a confirm run: one grid point per (config, seed)
         config = config["run"]
-    config = {k: v for k, v in config.items() if k != CONFIRM_KEY}  # confirm runs tag their source trial
+    folder = Path(tune.get_context().get_storage().trial_fs_path)  # this trial's folder under ray/ (storage)
+    write_trial_start(folder, config, trial_id=tune.get_context().get_trial_id())
+    number = config.get(TRIAL_KEY)  # the study's number; none in a confirm run
+    # confirm runs tag their source trial; sweep trials carry their study number
+    config = {k: v for k, v in config.items() if k not in (CONFIRM_KEY, TRIAL_KEY)}
     cfg = TrainConfig.from_dict(config, source="trial config")
     cfg = cfg.replace(device=trial_device(cfg.device, gpu_ids), gpu_share=min(1.0, share) if share > 0 else 1.0)
     resume = None
@@ -134,9 +146,19 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             resume = load_checkpoint(Path(d) / STATE_FILE)
+    elif isinstance(number, int):
+        # Ray knows no checkpoint of this trial, but one can be on disk: the driver was killed after the trial
+        # checkpointed and before Ray's next experiment snapshot (the searcher then hands the study's
+        # number to a new Ray trial, or Ray restarts the trial from its snapshot).
+        state_file = continued_state(folder.parent, number)
+        if state_file is not None:
+            resume = load_checkpoint(state_file)
+            log.info("trial %d continues from %s (epoch %d)", number, state_file, len(resume.get("history", [])))
     extra = {"gpu_ids": ",".join(str(i) for i in gpu_ids), "gpu_share": share, "node_id": node_id}
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        # written before the checkpoint: every checkpointed epoch has its line
+        append_jsonl(folder / TRIAL_EPOCHS, {**metrics, **extra})
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
             tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(d))
@@ -178,13 +200,155 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
         release_memory()
 
 
+# --------------------------------------------------------------------------- trial records
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial folder under ray/ as its own TRIAL_CONFIG describes it.
+
+    A trial's number can own several folders: a trial continued after its driver was killed before Ray's
+    snapshot knew it runs again as a new Ray trial; its epochs and checkpoint span both folders.
+    """
+
+    path: Path  # the trial folder
+    trial_id: str  # Ray's trial id of this folder
+    number: int | None  # the study's trial number; None for a confirm run
+    config: dict[str, Any]  # the config as the trial ran it (TRIAL_KEY included)
+    started: float  # time.time() when the trial started: orders a number's folders
+
+    @property
+    def end(self) -> dict[str, Any] | None:
+        """How the trial ended (TRIAL_END), None while it runs or when its driver was killed."""
+        path = self.path / TRIAL_END
+        return read_json(path) if path.is_file() else None
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The epochs this folder's trial reported (TRIAL_EPOCHS)."""
+        return read_epochs(self.path)
+
+    def checkpoint(self) -> Path | None:
+        """This folder's latest checkpoint state file."""
+        states = sorted(self.path.glob(f"checkpoint_*/{STATE_FILE}"))
+        return states[-1] if states else None
+
+
+def read_epochs(folder: Path) -> list[dict[str, Any]]:
+    """A trial folder's TRIAL_EPOCHS, one record per epoch in order (an epoch re-run in that folder: the last)."""
+    path = Path(folder) / TRIAL_EPOCHS
+    by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.is_file() else []) if "epoch" in r}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) -> None:
+    """The trial's own record of what it runs, in its folder (see TRIAL_CONFIG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / TRIAL_CONFIG, {"trial_id": trial_id, "number": config.get(TRIAL_KEY), "config": config,
+                                      "started": time.time()})
+
+
+def write_trial_end(folder: Path, status: str, error: str | None = None) -> None:
+    """The driver's record of how a trial ended (see TRIAL_END)."""
+    if folder.is_dir():
+        write_json(folder / TRIAL_END, {"status": status, "error": error, "ended": time.time()})
+
+
+def read_trial_records(exp_dir: Path) -> list[TrialRecord]:
+    """Every trial folder's record under an experiment folder, in start order; a damaged one is one line."""
+    out = []
+    for path in sorted(Path(exp_dir).glob(f"*/{TRIAL_CONFIG}")):
+        rec = read_json(path)
+        number, config = rec.get("number"), rec.get("config")
+        if (not isinstance(config, dict) or not isinstance(rec.get("trial_id"), str)
+                or not isinstance(rec.get("started"), (int, float))
+                or not (number is None or (isinstance(number, int) and number >= 0))):
+            raise SweeperError(f"{path}: not a trial record (expected trial_id, number, config and started)")
+        out.append(TrialRecord(path=path.parent, trial_id=rec["trial_id"], number=number, config=config,
+                               started=float(rec["started"])))
+    return sorted(out, key=lambda r: r.started)
+
+
+def trial_groups(exp_dir: Path) -> dict[int, list[TrialRecord]]:
+    """A sweep's trial folders by study number, each number's folders in start order."""
+    groups: dict[int, list[TrialRecord]] = {}
+    for r in read_trial_records(exp_dir):
+        if r.number is not None:
+            groups.setdefault(r.number, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def merged_epochs(records: list[TrialRecord]) -> list[dict[str, Any]]:
+    """A trial's epochs over all its folders; an epoch in a later folder replaces the earlier one."""
+    by_epoch = {int(r["epoch"]): r for rec in records for r in rec.epochs()}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def latest_checkpoint(records: list[TrialRecord]) -> tuple[TrialRecord, Path] | None:
+    """The checkpoint of a trial's latest-started folder that has one."""
+    for rec in reversed(records):
+        state = rec.checkpoint()
+        if state is not None:
+            return rec, state
+    return None
+
+
+def continued_state(exp_dir: Path, number: int) -> Path | None:
+    """The checkpoint a restarted trial `number` continues from: the one with most epochs in its folders."""
+    best: tuple[int, Path] | None = None
+    for rec in trial_groups(exp_dir).get(number, []):
+        state = rec.checkpoint()
+        if state is None:
+            continue
+        try:
+            epochs = len(load_checkpoint(state).get("history") or [])
+        except (OSError, RuntimeError, EOFError) as e:  # a checkpoint torn by the kill: the others may do
+            log.warning("%s: not readable (%s): not continued from", state, str(e).splitlines()[0])
+            continue
+        if best is None or epochs >= best[0]:
+            best = (epochs, state)
+    return None if best is None else best[1]
+
+
 # --------------------------------------------------------------------------- driver side
 
 
 def trial_index(trial) -> int:
-    """0-based creation order of a Ray trial: its experiment tag starts with a 1-based counter ('3_lr=...')."""
+    """A Ray trial's number: the study's (TRIAL_KEY in its config), else its 0-based creation order (its
+    experiment tag starts with a 1-based counter, '3_lr=...')."""
+    number = (getattr(trial, "config", None) or {}).get(TRIAL_KEY)
+    if isinstance(number, int):
+        return number
     m = re.match(r"(\d+)", str(getattr(trial, "experiment_tag", "") or ""))
     return int(m.group(1)) - 1 if m else -1
+
+
+def end_recorder():
+    """A Ray Tune Callback writing each ended trial's TRIAL_END into its folder."""
+    from ray.tune import Callback
+
+    class _End(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            write_trial_end(Path(trial.path), "TERMINATED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            write_trial_end(Path(trial.path), "ERROR", _trial_error(trial))
+
+    return _End()
+
+
+def check_trusted(run_dir: Path) -> None:
+    """Refuse to resume from a run folder that another user owns or can write: resuming unpickles Ray's state
+    there, so it trusts the folder as much as running its code."""
+    uid = os.getuid()
+    exp_dir = Path(run_dir) / EXPERIMENT_DIR
+    for path in (Path(run_dir), exp_dir, *sorted(exp_dir.iterdir() if exp_dir.is_dir() else [])):
+        st = path.lstat()
+        if st.st_uid != uid:
+            raise SweeperError(f"{path}: owned by another user (uid {st.st_uid}); --resume loads Ray's pickled "
+                               f"state from here, which runs code: resume only your own run folders")
+        if st.st_mode & 0o002:
+            raise SweeperError(f"{path}: writable by other users (mode {st.st_mode & 0o777:o}); --resume loads "
+                               f"Ray's pickled state from here, which runs code: chmod o-w it first if you trust it")
 
 
 def is_baseline(config: dict[str, Any], baseline_point: dict[str, Any]) -> bool:
@@ -221,7 +385,8 @@ def make_scheduler(space: SearchSpace):
                                reduction_factor=space.asha.reduction_factor)
 
 
-def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int):
+def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
+                  exp_dir: Path | None = None):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
 
     Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
@@ -229,6 +394,11 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     included), a trial that ran all its epochs is COMPLETE with `best_<metric>` (its best epoch: the
     number trials.csv and the report rank by), and a trial stopped early is PRUNED, as TPE and
     optuna-dashboard expect (Optuna then gives it its last intermediate value).
+
+    Each config carries its study number (TRIAL_KEY): the tables number trials as the study does. A study
+    entry left RUNNING by a killed driver whose Ray trial its last snapshot did not know is handed to the
+    next new Ray trial (same number and params, its epochs under `exp_dir` told to the study), so a resume
+    continues that trial instead of adding one beyond the budget.
     """
     import warnings
 
@@ -249,10 +419,34 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} told to the study
 
         def suggest(self, trial_id: str):
+            if trial_id not in self._ot_trials:
+                self._adopt_orphan(trial_id)
             config = super().suggest(trial_id)
             if isinstance(config, dict):
                 self._planned[trial_id] = space.to_config(config).epochs
+                config = {**config, TRIAL_KEY: self._ot_trials[trial_id].number}
             return config
+
+        def _adopt_orphan(self, trial_id: str) -> None:
+            """Give `trial_id` the lowest study entry still RUNNING that no Ray trial holds, if any."""
+            held = {t.number for t in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            orphans = sorted((t for t in running if t.number not in held), key=lambda t: t.number)
+            if not orphans:
+                return
+            frozen = orphans[0]
+            ot_trial = optuna.Trial(self._ot_study, frozen._trial_id)
+            self._ot_trials[trial_id] = ot_trial
+            seen = self._values.setdefault(trial_id, {int(k): float(v) for k, v in frozen.intermediate_values.items()})
+            # epochs the trial recorded that the killed driver never told the study
+            groups = trial_groups(exp_dir) if exp_dir is not None and Path(exp_dir).is_dir() else {}
+            for r in merged_epochs(groups.get(frozen.number, [])):
+                value = r.get(space.metric)
+                if value is not None and int(r["epoch"]) not in seen:
+                    seen[int(r["epoch"])] = float(value)
+                    ot_trial.report(float(value), int(r["epoch"]))
+            log.info("study trial %d (left running by an interrupted driver) continues as Ray trial %s",
+                     frozen.number, trial_id)
 
         def _record(self, trial_id: str, result: dict[str, Any]) -> None:
             step = int(result.get("epoch", result.get("training_iteration", 0)))
@@ -518,13 +712,15 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 
     run_dir = opts.run_dir.resolve()
     exp_dir = run_dir / EXPERIMENT_DIR
+    if opts.resume and run_dir.is_dir():
+        check_trusted(run_dir)  # Tuner.restore unpickles ray/: code as much as data
     run_dir.mkdir(parents=True, exist_ok=True)
     start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
     trainable = make_trainable(data, opts)
     printer = ProgressPrinter(space, total=opts.trials)
     run_config = tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
-        callbacks=[printer.callback()] if progress else [],
+        callbacks=[end_recorder(), *([printer.callback()] if progress else [])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch: enough to resume
         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failing trial is recorded, the sweep goes on
     )
@@ -534,7 +730,8 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     else:
         # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
         constants = {"threads": max(1, int(opts.cpus_per_trial)), **(trial_overrides or {})}
-        searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed)
+        searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
+                                 exp_dir=exp_dir)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
@@ -548,42 +745,39 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 # --------------------------------------------------------------------------- results
 
 
-def _read_result_json(trial_dir: Path) -> list[dict[str, Any]]:
-    """A trial's reported epochs, one per epoch (a re-run epoch after a resume replaces the earlier one)."""
-    path = trial_dir / "result.json"
-    by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.exists() else []) if "epoch" in r}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
 def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials and history tables from a run folder's Ray experiment (complete or not)."""
-    from ray.tune import ExperimentAnalysis
+    """trials and history tables from a run folder's trial records (complete or not).
 
+    Only the project's own JSON files are read (TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_END), never Ray's pickled
+    experiment state: a results folder from elsewhere is data, not code. A trial without TRIAL_END is RUNNING
+    (its sweep was interrupted).
+    """
     exp_dir = Path(run_dir) / EXPERIMENT_DIR
-    try:
-        analysis = ExperimentAnalysis(str(exp_dir))
-    except (ValueError, FileNotFoundError) as e:
-        raise SweeperError(f"{exp_dir}: no Ray Tune experiment state here ({str(e).splitlines()[0]})") from None
+    groups = trial_groups(exp_dir) if exp_dir.is_dir() else {}
+    if not groups:
+        raise SweeperError(f"{exp_dir}: no trial records here (trial folders with {TRIAL_CONFIG})")
     baseline = space.baseline_point()
     # Every trial row carries the resolved value of these (the TrainConfig default when the space
     # neither searches nor fixes one), so tables and figures never depend on what a space declares.
     config_keys = list(dict.fromkeys([*CONFIG_COLUMNS, *space.param_names, *sorted(space.fixed)]))
     trials, history = [], []
-    for t in sorted(analysis.trials, key=lambda t: trial_index(t)):
-        epochs = _read_result_json(Path(t.path)) if t.path else []
-        idx = trial_index(t)
-        cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__})
+    for idx, records in groups.items():
+        t = records[-1]  # the folder it ran in last
+        epochs = merged_epochs(records)
+        end = t.end or {}
+        status = str(end.get("status") or "RUNNING")
+        source = str(t.path / TRIAL_CONFIG)
+        cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__},
+                                    source=source)
         resolved = cfg.to_dict()
         vals = [r.get(space.metric) for r in epochs]
         best_i = best_index(vals, mode=space.mode)  # NaN epochs skipped; None when no epoch has a number
-        err = None
-        if t.status == "ERROR":
-            err = _trial_error(t)
-        row = {"trial": idx, "trial_id": t.trial_id, "status": t.status, "baseline": is_baseline(t.config, baseline),
+        err = (end.get("error") or "error") if status == "ERROR" else None
+        row = {"trial": idx, "trial_id": t.trial_id, "status": status, "baseline": is_baseline(t.config, baseline),
                # a searched param that its `when` switched off stays empty; anything else is as the trial ran
                **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
                "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
-               "stopped_early": t.status == "TERMINATED" and len(epochs) < cfg.epochs,
+               "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
                f"best_{space.metric}": vals[best_i] if best_i is not None else None,
                "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
                f"last_{space.metric}": vals[-1] if vals else None,
@@ -621,8 +815,11 @@ def _best_value(values: list[Any], *, mode: str = "max") -> float:
 
 def _trial_error(trial) -> str:
     """The first line of a failed trial's error, from its error file."""
-    path = Path(trial.path or "") / "error.txt"
-    if path.exists():
+    # Ray writes it on the driver (error_file) and copies it into the trial folder (path) later
+    found = [p for p in (getattr(trial, "error_file", None), Path(trial.path or "") / "error.txt")
+             if p and Path(p).is_file()]
+    if found:
+        path = Path(found[0])
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         # Ray's error text ends with the exception line; keep the last one that names an error.
         for ln in reversed(lines):
@@ -661,11 +858,10 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> st
 
 
 def trial_configs(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Each sweep trial's full config (as Ray ran it), by trial number."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(str(Path(run_dir) / EXPERIMENT_DIR))
-    return {trial_index(t): dict(t.config) for t in analysis.trials}
+    """Each sweep trial's full config (as it ran, its study number left out), by trial number, from the
+    trials' own records (never Ray's pickled state)."""
+    return {n: {k: v for k, v in records[-1].config.items() if k != TRIAL_KEY}
+            for n, records in trial_groups(Path(run_dir) / EXPERIMENT_DIR).items()}
 
 
 def pick_for_confirm(trials: pd.DataFrame, space: SearchSpace, top: int) -> list[int]:
@@ -707,6 +903,10 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
         raise SweeperError(f"{run_dir}: no {TRIALS_CSV}; run or resume the sweep first")
     picks = pick_for_confirm(pd.read_csv(trials_path), space, top)
     configs = trial_configs(run_dir)
+    missing = [t for t in picks if t not in configs]
+    if missing:
+        raise SweeperError(f"{run_dir / EXPERIMENT_DIR}: no {TRIAL_CONFIG} for trial(s) "
+                           f"{', '.join(map(str, missing))}: their configs are unknown")
     grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
     start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
     trainable = make_trainable(data, opts)
@@ -722,7 +922,7 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
     rows = []
     for r in results:
         cfg = r.config["run"]
-        hist = _read_result_json(Path(r.path))
+        hist = read_epochs(Path(r.path))  # the trial's own record of its epochs
         vals = [h[space.metric] for h in hist if h.get(space.metric) is not None]
         rows.append({"trial": cfg[CONFIRM_KEY], "seed": cfg["seed"], "status": "ERROR" if r.error else "TERMINATED",
                      "epochs_run": len(hist), "best_val_iou": _best_value(vals, mode=space.mode),

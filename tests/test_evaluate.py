@@ -103,7 +103,9 @@ def make_sweep(folder: Path) -> Path:
                                             ("bbbb1111", 2, 5e-5, 3, None), ("cccc2222", 3, 1e-2, None, None)):
         tdir = ray / f"trial_main_{tid}_{n}_lr={lr}_2026-01-01_00-00-00"
         tdir.mkdir()
-        runs.write_json(tdir / "params.json", {"lr": lr, "epochs": 2, "threads": 1, **SMALL})
+        runs.write_json(tdir / "config.json", {"trial_id": tid, "number": n - 1, "started": float(n),
+                                               "config": {"lr": lr, "epochs": 2, "threads": 1, **SMALL,
+                                                          "trial_number": n - 1}})
         if head_class is not None:
             (tdir / "checkpoint_000001").mkdir()
             state = {"head": constant_head(head_class), "step": 4}

@@ -94,3 +94,68 @@ def test_sigkill_then_resume_keeps_finished_trials_and_continues_the_rest(tmp_pa
     assert states.count("COMPLETE") == 4
     # the resumed study still holds what trials.csv ranks by, and each epoch once
     assert values == pytest.approx(table.best_val_iou.tolist(), abs=1e-12) and steps == 12
+
+
+def _trial_folders(exp: Path) -> list[Path]:
+    """Ray's trial folders (trial_main_<run id>_<NNNNN>_<tag>), in creation order."""
+    return sorted(exp.glob("trial_main_*"), key=lambda p: int(p.name.split("_")[3]))
+
+
+@pytest.mark.slow
+def test_sigkill_right_after_a_trials_first_checkpoint_resumes_that_trial_and_keeps_the_study_numbered(tmp_path):
+    """The kill lands after trial 1 wrote checkpoint_000000 but before Ray's next experiment snapshot (which
+    is what knows trial 1 exists): resume must continue trial 1 from that checkpoint, close its study entry,
+    and keep the study's numbers equal to trials.csv's, within the budget."""
+    import torch
+
+    data = make_dataset(tmp_path / "data", train=8, val=2)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    run = tmp_path / "results" / "early"
+    args = [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--name", "early", "--out", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "SWEEPER_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    deadline = time.time() + 240
+    saved = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            states = [s for f in _trial_folders(run / "ray")[1:] for s in f.glob("checkpoint_*/state.pt")]
+            if states:  # trial 1's first checkpoint is on disk: kill at once
+                os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.5)  # a state.pt being renamed into place is complete by now
+                saved = torch.load(states[0], map_location="cpu", weights_only=True)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and saved is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert saved is not None, f"sweep ended or timed out before the kill: {proc.stderr.read()[-2000:]}"
+    first = saved["history"][0]
+
+    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    table = pd.read_csv(run / "trials.csv")
+    history = pd.read_csv(run / "history.csv")
+    assert table.trial.tolist() == [0, 1, 2, 3]  # the budget holds: 4 trials, not 5
+    assert set(table.status) == {"TERMINATED"} and (table.epochs_run == 3).all()
+    assert not history.duplicated(["trial", "epoch"]).any() and len(history) == 12
+    with sqlite3.connect(run / "study.db") as db:
+        rows = db.execute("select t.number, t.state, v.value from trials t left join trial_values v "
+                          "on v.trial_id = t.trial_id order by t.number").fetchall()
+        steps = db.execute("select count(*) from trial_intermediate_values").fetchone()[0]
+    assert steps == 12  # every epoch once, trial 1's epoch 1 too (told to the study by the resume if need be)
+    assert [r[0] for r in rows] == [0, 1, 2, 3], rows  # no study entry left RUNNING, none extra
+    assert {r[1] for r in rows} == {"COMPLETE"}, rows
+    # study number n is trials.csv's trial n: the same objective value
+    assert [r[2] for r in rows] == pytest.approx(table.best_val_iou.tolist(), abs=1e-12)
+    # trial 1 continued from its checkpoint: its finished state still holds the epoch 1 trained before the kill
+    # (a retrain from scratch would have other timings), and 3 epochs in all
+    finals = [torch.load(s, map_location="cpu", weights_only=True) for s in run.glob("ray/*/checkpoint_*/state.pt")]
+    continued = [s for s in finals if s["history"][0] == first and len(s["history"]) > 1]
+    assert len(continued) == 1 and [r["epoch"] for r in continued[0]["history"]] == [1, 2, 3]
+    assert table.loc[1, "best_val_iou"] == pytest.approx(max(r["val_iou"] for r in continued[0]["history"]))

@@ -1,0 +1,178 @@
+"""A run folder is data: tables, confirm configs and evaluate's heads come from the trials' own JSON records,
+never from Ray's pickled state; --resume (which needs that state) refuses a folder others can write or own."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeper import evaluate as ev
+from sweeper import runs
+from sweeper import tune
+from sweeper.errors import SweeperError
+from sweeper.space import load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = ROOT / "search_spaces" / "smoke.yaml"  # lr, optimizer, momentum when sgd; 2 epochs
+
+
+class Touch:
+    """Unpickling this creates a file: the proof that someone ran a results folder's code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def poison(exp: Path, marker: Path) -> None:
+    """Ray's state files as a hostile folder could hold them: each one runs code when Ray loads it."""
+    payload = pickle.dumps(Touch(marker))
+    state = {"trial_data": [], "runner_data": {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()},
+             "stats": {"start_time": 0.0}}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    (exp / "tuner.pkl").write_bytes(payload)
+    (exp / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(payload)
+
+
+def trial_folder(exp: Path, name: str, *, number: int, config: dict, started: float, epochs: list[dict],
+                 end: dict | None, head: float | None, marker: Path) -> Path:
+    """A trial folder as a sweep leaves it: the trial's records, Ray's own pickles, maybe a checkpoint."""
+    folder = exp / name
+    folder.mkdir()
+    tune.write_trial_start(folder, {**config, tune.TRIAL_KEY: number}, trial_id=name.split("_")[2])
+    runs.write_json(folder / tune.TRIAL_CONFIG, {**runs.read_json(folder / tune.TRIAL_CONFIG), "started": started})
+    for r in epochs:
+        runs.append_jsonl(folder / tune.TRIAL_EPOCHS, r)
+    if end is not None:
+        runs.write_json(folder / tune.TRIAL_END, end)
+    (folder / "params.pkl").write_bytes(pickle.dumps(Touch(marker)))
+    if head is not None:
+        (folder / "checkpoint_000000").mkdir()
+        history = [{"epoch": r["epoch"], "val_iou": r["val_iou"]} for r in epochs]
+        torch.save({"head": {"w": torch.full((2,), head)}, "history": history},
+                   folder / "checkpoint_000000" / tune.STATE_FILE)
+    return folder
+
+
+def epoch(n: int, iou: float) -> dict:
+    return {"epoch": n, "val_iou": iou, "val_miou": iou / 2, "train_loss": 1.0, "val_loss": 1.0,
+            "val_class_iou": {"Trees": iou, "Sky": None}, "elapsed_seconds": float(n)}
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> tuple[Path, Path]:
+    """Trial 0 (baseline, done), trial 1 (killed after epoch 1, continued in a second folder), trial 2 (failed)."""
+    run = tmp_path / "run"
+    exp = run / tune.EXPERIMENT_DIR
+    exp.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    runs.write_json(run / tune.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
+    base = {"lr": 0.0001, "optimizer": "sgd", "momentum": 0.9, "epochs": 2, "train_metrics": False, "threads": 1}
+    trial_folder(exp, "trial_main_aaaa_00000_1_lr=0.0001", number=0, config=base, started=1.0,
+                 epochs=[epoch(1, 0.2), epoch(2, 0.3)], end={"status": "TERMINATED"}, head=0.0, marker=marker)
+    other = {**base, "lr": 0.003, "optimizer": "adam"}
+    other.pop("momentum")
+    trial_folder(exp, "trial_main_aaaa_00001_2_lr=0.003", number=1, config=other, started=2.0,
+                 epochs=[epoch(1, 0.4)], end=None, head=1.0, marker=marker)  # the driver was killed here
+    trial_folder(exp, "trial_main_bbbb_00001_2_lr=0.003", number=1, config=other, started=5.0,
+                 epochs=[epoch(2, 0.5)], end={"status": "TERMINATED"}, head=2.0, marker=marker)
+    trial_folder(exp, "trial_main_aaaa_00002_3_lr=0.01", number=2, config={**other, "lr": 0.01}, started=3.0,
+                 epochs=[], end={"status": "ERROR", "error": "TrainingDiverged: training loss became nan"},
+                 head=None, marker=marker)
+    poison(exp, marker)
+    return run, marker
+
+
+def test_poisoned_ray_state_is_live(sweep):
+    """The fixture's poison works: Ray's own reader of the experiment state runs it (what collect once used)."""
+    from ray.tune import ExperimentAnalysis
+
+    run, marker = sweep
+    try:
+        ExperimentAnalysis(str(run / tune.EXPERIMENT_DIR))
+    except Exception:  # what it makes of the rest does not matter: the code has run by then
+        pass
+    assert marker.exists()
+
+
+def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep):
+    run, marker = sweep
+    space = load_space(SPACE)
+    trials, history = tune.collect(run, space)
+    assert trials.trial.tolist() == [0, 1, 2]
+    assert trials.status.tolist() == ["TERMINATED", "TERMINATED", "ERROR"]
+    assert trials.baseline.tolist() == [True, False, False]
+    # trial 1's epochs come from both its folders; its row is the folder it finished in
+    assert trials.epochs_run.tolist() == [2, 2, 0] and trials.trial_id.tolist() == ["aaaa", "bbbb", "aaaa"]
+    assert trials.best_val_iou.tolist()[:2] == [0.3, 0.5] and trials.best_epoch.tolist()[:2] == [2, 2]
+    assert trials.error.tolist()[2] == "TrainingDiverged: training loss became nan"
+    assert history[history.trial == 1].val_iou.tolist() == [0.4, 0.5]
+    assert history["val_class_iou/Trees"].tolist() == [0.2, 0.3, 0.4, 0.5]
+
+    configs = tune.trial_configs(run)
+    assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and tune.TRIAL_KEY not in configs[1]
+
+    tune.write_tables(run, space)
+    head = ev.load_run_head(run, trial=1, epoch="last")
+    assert head.weights_file.parent.parent.name.startswith("trial_main_bbbb")  # the continued folder's checkpoint
+    assert float(head.state["w"][0]) == 2.0 and head.config.lr == 0.003
+    assert not marker.exists()  # nothing of Ray's pickled state was loaded
+
+
+def test_a_damaged_trial_record_is_one_line(sweep):
+    run, _ = sweep
+    path = next((run / tune.EXPERIMENT_DIR).glob(f"*/{tune.TRIAL_CONFIG}"))
+    path.write_text('{"trial_id": 3}')
+    with pytest.raises(SweeperError, match=f"{path}: not a trial record"):
+        tune.collect(run, load_space(SPACE))
+
+
+def test_no_trial_records_is_one_line(tmp_path):
+    (tmp_path / "run" / tune.EXPERIMENT_DIR).mkdir(parents=True)
+    with pytest.raises(SweeperError, match="no trial records here"):
+        tune.collect(tmp_path / "run", load_space(SPACE))
+
+
+@pytest.mark.parametrize("what", ["run", "ray", "state"])
+def test_resume_refuses_a_folder_other_users_can_write(sweep, what):
+    run, marker = sweep
+    exp = run / tune.EXPERIMENT_DIR
+    tune.check_trusted(run)  # the owner's own folder, not world-writable: trusted
+    path = {"run": run, "ray": exp, "state": exp / "tuner.pkl"}[what]
+    os.chmod(path, path.stat().st_mode | 0o002)
+    with pytest.raises(SweeperError, match="writable by other users") as e:
+        tune.check_trusted(run)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    # run_search refuses before it starts Ray or reads anything under ray/
+    opts = tune.SearchOptions(name="run", out_root=run.parent, trials=3, max_concurrent=1, gpus_per_trial=0,
+                              cpus_per_trial=1, seed=0, resume=True)
+    with pytest.raises(SweeperError, match="writable by other users"):
+        tune.run_search(load_space(SPACE), None, opts)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_folder_another_user_owns(sweep, monkeypatch):
+    run, _ = sweep
+    monkeypatch.setattr(os, "getuid", lambda: run.stat().st_uid + 1)
+    with pytest.raises(SweeperError, match="owned by another user") as e:
+        tune.check_trusted(run)
+    assert str(run) in str(e.value)
+
+
+def test_search_resume_on_a_world_writable_folder_is_one_line_exit_2(sweep, capsys, monkeypatch, tmp_path):
+    from sweeper.cli import main
+
+    run, marker = sweep
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
+    os.chmod(run, 0o777)
+    assert main(["-q", "search", "--resume", "--name", run.name, "--out", str(run.parent)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "writable by other users" in err and str(run) in err
+    assert not marker.exists()

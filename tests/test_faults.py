@@ -169,6 +169,7 @@ def test_dot_names_are_refused(tmp_path, capsys, name):
 # --------------------------------------------------------------------------- baseline --out of an existing run
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_baseline_refuses_to_overwrite_an_existing_run_unless_asked(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", train=2, val=1)
     out = tmp_path / "run"
@@ -227,6 +228,7 @@ def resume_refused(args: list[str], run_dir: Path) -> str:
     return error_line(proc.stderr)
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 @pytest.mark.parametrize("option, field", [
     (["--trials", "5"], "trials = 5"), (["--seed", "3"], "seed = 3"), (["--max-concurrent", "2"], "max_concurrent"),
     (["--label-mode", "nearest"], "label_mode = 'nearest'"), (["--amp"], "amp = True"),
@@ -243,6 +245,7 @@ def test_resume_refuses_an_option_it_cannot_honour(finished_sweep, tmp_path, opt
     assert f"cannot resume with {field}" in line and "the sweep was started with" in line
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_resume_with_other_data_is_refused(finished_sweep, tmp_path):
     args, run_dir = copy_run(finished_sweep, tmp_path)
     other = make_dataset(tmp_path / "other", train=2, val=1)
@@ -250,6 +253,7 @@ def test_resume_with_other_data_is_refused(finished_sweep, tmp_path):
     assert f"cannot resume with data_root = '{other.resolve()}'" in resume_refused(args, run_dir)
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_resume_after_the_data_changed_in_place_is_refused(tmp_path):
     data = make_dataset(tmp_path / "data", train=2, val=1)
     space = tmp_path / "space.yaml"
@@ -262,6 +266,7 @@ def test_resume_after_the_data_changed_in_place_is_refused(tmp_path):
     assert "cannot resume with data_fingerprint" in resume_refused(args + ["--resume"], tmp_path / "results" / "sw")
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_resume_with_another_space_is_refused(finished_sweep, tmp_path):
     args, run_dir = copy_run(finished_sweep, tmp_path)
     other = tmp_path / "space.yaml"
@@ -270,6 +275,7 @@ def test_resume_with_another_space_is_refused(finished_sweep, tmp_path):
     assert "cannot resume with space = " in resume_refused(args, run_dir)
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_resume_with_an_edited_space_copy_or_other_weights_is_refused(finished_sweep, tmp_path):
     args, run_dir = copy_run(finished_sweep, tmp_path)
     copy = run_dir / "space.yaml"
@@ -283,6 +289,7 @@ def test_resume_with_an_edited_space_copy_or_other_weights_is_refused(finished_s
     assert "cannot resume with weights_digest = " in resume_refused(args, run_dir)
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_resume_with_the_same_options_still_works(finished_sweep):
     import pandas as pd
 
@@ -469,6 +476,7 @@ def test_progress_counts_the_trials_asked_for_not_the_space_default():
     assert ProgressPrinter(space, total=6)._counts([]).endswith("| of 6")
 
 
+@pytest.mark.slow  # starts a Ray sweep or trains
 def test_ctrl_c_on_search_exits_130_and_prints_the_resume_command(tmp_path):
     import signal
 

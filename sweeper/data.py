@@ -120,7 +120,11 @@ def load_raw_mask(path: Path, *, expect_size: tuple[int, int] | None = None) -> 
     if expect_size is not None and img.size != expect_size:
         raise SweeperError(
             f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {expect_size[0]}x{expect_size[1]}")
-    return np.asarray(img).astype(np.int64)
+    raw = np.asarray(img)
+    if raw.ndim != 2:  # a coloured mask: its 3-4 values per pixel are not raw ids (and would count as pixels)
+        raise SweeperError(f"{path}: mask is {img.mode} ({raw.shape[-1]} values per pixel); expected one raw "
+                           f"class id per pixel (16-bit grey, as the Duality Segmentation/ files are)")
+    return raw.astype(np.int64)
 
 
 def map_classes(raw: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:

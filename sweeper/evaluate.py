@@ -161,7 +161,11 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
     path = run_dir / HISTORY_CSV
     if not path.is_file():
         return None
-    df = pd.read_csv(path)
+    df = runs.read_csv(path)
+    if df.empty:
+        return None
+    if not {"trial", "epoch"} <= set(df.columns):
+        raise SweeperError(f"{path}: missing column(s) trial and epoch")
     rows = df[df["trial"] == trial]
     if epoch is not None:
         rows = rows[rows["epoch"] == epoch]
@@ -177,11 +181,7 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
 
 def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead:
     sweep = runs.read_json(run_dir / SWEEP_FILE)
-    try:
-        table = pd.read_csv(run_dir / TRIALS_CSV)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SweeperError(f"{run_dir / TRIALS_CSV}: not a readable trials table ({first})") from None
+    table = runs.read_csv(run_dir / TRIALS_CSV)
     missing = {"trial", "trial_id"} - set(table.columns)
     if missing:
         raise SweeperError(f"{run_dir / TRIALS_CSV}: missing column(s) {', '.join(sorted(missing))}")

@@ -39,8 +39,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
-from sweeper.runs import (CONFIG_FILE, METRICS_FILE, ensure_writable_dir, read_json, read_jsonl,  # noqa: E402
-                          write_text_atomic)
+from sweeper.runs import (CONFIG_FILE, METRICS_FILE, check_sqlite, ensure_writable_dir, read_csv,  # noqa: E402
+                          read_json, read_jsonl, write_text_atomic)
 from sweeper.config import PUBLISHED_BASELINE_IOU  # noqa: E402
 from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
                           SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
@@ -212,12 +212,7 @@ def _as_bool(s: pd.Series) -> pd.Series:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except (OSError, pd.errors.ParserError) as e:
-        raise SweeperError(f"{path}: not a readable CSV table ({str(e).splitlines()[0]})") from None
+    return read_csv(path)
 
 
 @dataclass(frozen=True)
@@ -345,7 +340,9 @@ def load_sweep(run_dir: Path) -> SweepRun:
     run = SweepRun(run_dir=run_dir, name=(info.get("options") or {}).get("name") or run_dir.name, info=info,
                    trials=trials, history=history, confirm=confirm)
     missing += _trial_gaps(run)
-    if not (run_dir / STUDY_FILE).is_file():
+    if (run_dir / STUDY_FILE).is_file():
+        check_sqlite(run_dir / STUDY_FILE)  # before report/ is written: a damaged study is one line
+    else:
         missing.append(f"{STUDY_FILE}: missing, so no hyperparameter importance")
     return dataclasses.replace(run, missing=tuple(missing), notes=tuple(notes))
 

@@ -230,6 +230,65 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def read_csv(path: Path):
+    """A CSV table this project wrote (trials.csv, history.csv...) as a DataFrame; an empty file is an empty
+    table. Binary content, a torn last line (a copy or write cut short) and a row with missing or extra fields
+    are a one-line SweeperError naming the file: a damaged table is never read as fewer trials."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not raw.strip():
+        return pd.DataFrame()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SweeperError(f"{path}: not a CSV table (binary content at byte {e.start})") from None
+    if "\0" in text:
+        raise SweeperError(f"{path}: not a CSV table (binary content at byte {text.index(chr(0))})")
+    if not text.endswith("\n"):
+        raise SweeperError(f"{path}: truncated (its last line is cut short); the table is damaged")
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise SweeperError(f"{path}: not a readable CSV table ({e})") from None
+    width = len(rows[0])
+    for i, row in enumerate(rows[1:], 2):
+        if row and len(row) != width:
+            raise SweeperError(f"{path}: line {i} has {len(row)} of {width} fields; the table is damaged")
+    try:
+        return pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise SweeperError(f"{path}: not a readable CSV table ({(str(e).splitlines() or ['?'])[0]})") from None
+
+
+def check_sqlite(path: Path) -> None:
+    """Fail in one line, naming the file, unless `path` is a readable SQLite database (study.db)."""
+    import sqlite3
+
+    try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+        if header != b"SQLite format 3\0":
+            raise SweeperError(f"{path}: not an SQLite database (the Optuna study is damaged)")
+        con = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            con.execute("PRAGMA quick_check").fetchall()
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except OSError as e:
+        raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
+    except sqlite3.Error as e:
+        raise SweeperError(f"{path}: not a readable SQLite database ({e}); the Optuna study is damaged") from None
+
+
 def versions() -> dict[str, str]:
     """Versions that decide the numbers, recorded next to them."""
     return {"sweeper": __version__, "python": platform.python_version(), "torch": torch.__version__,

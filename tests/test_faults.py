@@ -525,3 +525,103 @@ def test_summary_md_shows_user_strings_as_text_not_markup():
     assert "run\\_1 \\<img src=x onerror=alert(1)\\> \\[link\\](http://x) \\| cell \\# heading" in md
     table = report._md_table(["error"], [[evil]])
     assert table.splitlines()[-1].count(" | ") == 0  # one cell: the pipe inside it is escaped
+
+
+# --------------------------------------------------------------------------- damaged inputs are one line
+
+
+def rgb_mask_dataset(tmp_path: Path) -> Path:
+    """A tiny set whose first train mask is an 8-bit RGB picture (a coloured mask) instead of raw ids."""
+    from PIL import Image
+    import numpy as np
+
+    data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
+    rgb = np.zeros((28, 56, 3), np.uint8)
+    rgb[:, :, 0] = 100  # every pixel (100, 0, 0): its red value is even a known raw id
+    Image.fromarray(rgb, "RGB").save(data / "train" / "Segmentation" / "0000.png")
+    return data
+
+
+@pytest.mark.parametrize("allow_unknown", [False, True])
+def test_an_rgb_mask_is_one_line_naming_the_file(tmp_path, allow_unknown):
+    from sweeper.config import LabelMode
+    from sweeper.data import find_split, load_raw_mask, load_split_labels
+
+    data = rgb_mask_dataset(tmp_path)
+    mask = data / "train" / "Segmentation" / "0000.png"
+    with pytest.raises(SweeperError, match=r"0000\.png: mask is RGB") as e:
+        load_split_labels(find_split(data, "train"), height=28, width=56, mode=LabelMode.PHASE1,
+                          allow_unknown=allow_unknown)
+    assert "\n" not in str(e.value) and str(mask) in str(e.value)
+    with pytest.raises(SweeperError, match="mask is RGB"):  # never 3 values per pixel counted as pixels
+        load_raw_mask(mask)
+
+
+@pytest.mark.parametrize("allow_unknown", [False, True])
+def test_baseline_on_an_rgb_mask_exits_2_and_leaves_no_folder(tmp_path, capsys, monkeypatch, allow_unknown):
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
+    data = rgb_mask_dataset(tmp_path)
+    code, _, err = run_cli(capsys, "baseline", "--epochs", "1", "--data", data, "--backbone", "random_vits14",
+                           "--out", tmp_path / "run", *(["--allow-unknown-ids"] if allow_unknown else []))
+    assert code == 2 and "0000.png: mask is RGB" in error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("under", ["file", "below-file"])
+def test_a_cache_that_is_a_file_or_unwritable_is_one_line(tmp_path, capsys, monkeypatch, under):
+    # root may write anywhere, so a path that is, or is under, a plain file stands in for a read-only folder
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    monkeypatch.setenv("SWEEPER_CACHE", str(blocker if under == "file" else blocker / "cache"))
+    data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
+    for argv in (["--data", data, "--backbone", "random_vits14"], []):  # given data, and the embedded set
+        code, _, err = run_cli(capsys, "baseline", "--epochs", "1", *argv, "--out", tmp_path / "run")
+        assert code == 2 and str(blocker) in error_line(err), err
+        assert not (tmp_path / "run").exists()
+    assert blocker.read_text() == "x"
+
+
+GARBAGE = b"\x1f\x8b\x08\x00" + bytes(range(256)) * 8  # binary: a gzip header, then every byte value
+
+
+def damaged_sweep(tmp_path: Path, name: str, how: str) -> Path:
+    """The hand-made sweep of test_report with one file replaced by binary garbage or cut in half."""
+    from test_report import make_sweep
+
+    run = make_sweep(tmp_path)
+    path = run / name
+    if how == "garbage":
+        path.write_bytes(GARBAGE)
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return run
+
+
+@pytest.mark.parametrize("name, how", [("trials.csv", "garbage"), ("history.csv", "garbage"),
+                                       ("study.db", "garbage"), ("trials.csv", "truncated"),
+                                       ("history.csv", "truncated")])
+def test_report_on_a_damaged_file_is_one_line_naming_it(tmp_path, capsys, name, how):
+    run = damaged_sweep(tmp_path, name, how)
+    code, out, err = run_cli(capsys, "report", run)
+    assert code == 2 and f"{run / name}:" in error_line(err), err
+    assert "never started" not in out + err
+    assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("name, how", [("trials.csv", "garbage"), ("trials.csv", "truncated"),
+                                       ("history.csv", "garbage")])
+def test_evaluate_on_a_damaged_table_is_one_line_naming_it(tmp_path, capsys, monkeypatch, name, how):
+    import test_evaluate
+
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
+    run = test_evaluate.make_sweep(tmp_path / "sweep")
+    path = run / name
+    if how == "garbage":
+        path.write_bytes(GARBAGE)
+    else:
+        path.write_bytes(path.read_bytes()[:-12])
+    data = make_dataset(tmp_path / "test", train=1, val=1, size=(56, 28)) / "val"
+    # trial 1's score comes from history.csv, so that file is read too
+    code, _, err = run_cli(capsys, "evaluate", run, "--data", data, "--trial", "1")
+    assert code == 2 and f"{path}:" in error_line(err), err

@@ -363,8 +363,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import find_space, load_space
-    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_resources, check_trusted,
-                              local_nodes, run_search, start_ray, summary_table, trial_arrays)
+    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_dashboard, check_resources,
+                              check_trusted, local_nodes, run_search, start_ray, summary_table, trial_arrays)
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
@@ -414,6 +414,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
     else:
         check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
+        check_dashboard(opts)
 
     started = time.perf_counter()
     p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode)

@@ -617,6 +617,26 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
              object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
 
 
+def check_dashboard(opts: SearchOptions) -> None:
+    """Refuse --dashboard, before any work, where this Ray lacks the dashboard's packages (a plain `ray`
+    install, not `ray[default]`): ray.init would fail after the cache is built, with a traceback."""
+    if not opts.dashboard or opts.address:
+        return
+    ray_environment()
+    from ray._private.utils import get_dashboard_dependency_error
+
+    missing = get_dashboard_dependency_error()
+    if missing is not None:
+        raise SweeperError(f"--dashboard: this Ray lacks the dashboard's packages ({missing}); install them with "
+                           f"pip install 'ray[default]=={_ray_version()}', or run without --dashboard")
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
 def _count(n: float, what: str) -> str:
     return f"{n:g} {what}{'' if n == 1 else 's'}"
 

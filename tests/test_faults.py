@@ -625,3 +625,24 @@ def test_evaluate_on_a_damaged_table_is_one_line_naming_it(tmp_path, capsys, mon
     # trial 1's score comes from history.csv, so that file is read too
     code, _, err = run_cli(capsys, "evaluate", run, "--data", data, "--trial", "1")
     assert code == 2 and f"{path}:" in error_line(err), err
+
+
+def test_dashboard_without_its_packages_is_one_line_and_leaves_no_folder(tmp_path):
+    # Ray here may or may not have the dashboard's packages (ray[default]): make it lack them either way
+    data = make_dataset(tmp_path / "data", train=2, val=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    argv = search_args(data, space, tmp_path / "results", tmp_path / "cache")[3:] + ["--dashboard"]
+    code = textwrap.dedent(f"""
+        import sys
+        import ray._private.utils as utils
+        utils.get_dashboard_dependency_error = lambda: ImportError("No module named 'aiohttp'")
+        from sweeper.cli import main
+        sys.exit(main({argv!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = error_line(proc.stderr)
+    assert "--dashboard" in line and "aiohttp" in line and "ray[default]" in line, line
+    assert not (tmp_path / "results" / "sw").exists()
+    assert not (tmp_path / "cache").exists()  # refused before any work

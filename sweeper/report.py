@@ -40,7 +40,7 @@ import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
 from sweeper.runs import (CONFIG_FILE, METRICS_FILE, check_sqlite, ensure_writable_dir, read_csv,  # noqa: E402
-                          read_json, read_jsonl, write_text_atomic)
+                          read_json, read_jsonl, write_atomic, write_text_atomic)
 from sweeper.config import PUBLISHED_BASELINE_IOU  # noqa: E402
 from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
                           SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
@@ -111,8 +111,10 @@ def new_figure(panels: int = 1, *, width: float = 7.0, height: float = 4.5):
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write as PNG and close a figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -156,11 +157,32 @@ def check_resume(run_dir: Path, recorded: dict[str, Any], current: dict[str, Any
                                f"sweep with another --name instead)")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file under a temporary name and rename it, so readers never see half a file."""
+def _cannot_write(path: Path, e: OSError) -> SweeperError:
+    full = "; the disk is full: free some space and run the command again" if e.errno == errno.ENOSPC else ""
+    return SweeperError(f"{path}: cannot write ({e.strerror or e}){full}; what was there before is unchanged")
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through `write(f)` under a temporary name and rename it, so readers never see half a file.
+
+    A failed write (a full disk) removes the temporary file, leaves any earlier `path` as it was, and is a
+    one-line SweeperError naming `path`.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _cannot_write(path, e) from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (see `write_atomic`)."""
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def _json_default(v: Any) -> Any:
@@ -195,9 +217,19 @@ def write_json(path: Path, obj: Any) -> None:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one record as a line; flushed so a crash keeps every finished epoch."""
-    with open(path, "a") as f:
-        f.write(dumps(record) + "\n")
-        f.flush()
+    line = dumps(record) + "\n"
+    try:
+        with open(path, "a") as f:
+            end = f.seek(0, os.SEEK_END)
+            try:
+                f.write(line)
+                f.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(end)  # no torn line: the file keeps exactly the records before this one
+                raise
+    except OSError as e:
+        raise _cannot_write(path, e) from None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -297,9 +329,7 @@ def versions() -> dict[str, str]:
 
 def save_head(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Save a head state dict (loadable with weights_only=True)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _fmt_best(values: Sequence[float | None], *, lowest: bool = False) -> tuple[float, int]:

@@ -38,7 +38,7 @@ from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.metrics import best_index
 from sweeper.features import TrainData, drop_resident_pages
-from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json
+from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.space import SearchSpace
 from sweeper.device import OOM_MARK, release_memory, trial_device
 from sweeper.train import load_checkpoint, train
@@ -852,8 +852,8 @@ def _trial_error(trial) -> str:
 def write_tables(run_dir: Path, space: SearchSpace) -> pd.DataFrame:
     """Write trials.csv and history.csv into the run folder; return the trials table."""
     trials, history = collect(run_dir, space)
-    trials.to_csv(run_dir / TRIALS_CSV, index=False)
-    history.to_csv(run_dir / HISTORY_CSV, index=False)
+    write_text_atomic(run_dir / TRIALS_CSV, trials.to_csv(index=False))
+    write_text_atomic(run_dir / HISTORY_CSV, history.to_csv(index=False))
     return trials
 
 
@@ -949,7 +949,7 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
                      "best_val_miou": _best_value([h.get("val_miou") for h in hist]),
                      "error": str(r.error).splitlines()[0] if r.error else None})
     runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
-    runs.to_csv(run_dir / CONFIRM_CSV, index=False)
+    write_text_atomic(run_dir / CONFIRM_CSV, runs.to_csv(index=False))
     summary = summarise_confirm(runs[runs.status == "TERMINATED"], picks[0])
-    summary.to_csv(run_dir / CONFIRM_SUMMARY_CSV, index=False)
+    write_text_atomic(run_dir / CONFIRM_SUMMARY_CSV, summary.to_csv(index=False))
     return summary

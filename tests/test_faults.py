@@ -646,3 +646,121 @@ def test_dashboard_without_its_packages_is_one_line_and_leaves_no_folder(tmp_pat
     assert "--dashboard" in line and "aiohttp" in line and "ray[default]" in line, line
     assert not (tmp_path / "results" / "sw").exists()
     assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+class FullDisk:
+    """Stands in for `open` in sweeper.runs: files whose name contains `target` take `room` bytes, then fail
+    with ENOSPC, as a write on a full disk does (the partial bytes stay in the file)."""
+
+    def __init__(self, target: str, room: int = 10):
+        self.target, self.room, self.hits = target, room, 0
+
+    def __call__(self, file, mode="r", *args, **kw):
+        import builtins
+        import errno
+
+        f = builtins.open(file, mode, *args, **kw)
+        if self.target not in Path(file).name or not any(c in mode for c in "wa"):
+            return f
+        self.hits += 1
+        full = self
+
+        class Writer:
+            def __init__(self):
+                self.left = full.room
+
+            def write(self, data):
+                n = min(len(data), self.left)
+                f.write(data[:n])
+                self.left -= n
+                if n < len(data):
+                    f.flush()
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return len(data)
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                f.close()
+
+        return Writer()
+
+
+def no_temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp-" in p.name or ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("target", ["index.html", "summary.md", ".png"])
+def test_report_on_a_full_disk_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, monkeypatch, target):
+    import sweeper.runs
+    from test_report import make_sweep
+
+    run = make_sweep(tmp_path)
+    assert run_cli(capsys, "report", run)[0] == 0
+    before = {p: p.read_bytes() for p in (run / "report").iterdir()}
+    full = FullDisk(target)
+    monkeypatch.setattr(sweeper.runs, "open", full, raising=False)
+    code, _, err = run_cli(capsys, "report", run)
+    assert full.hits and code == 2, err
+    line = error_line(err)
+    assert str(run / "report") in line and target in line and "No space left on device" in line, line
+    assert no_temporaries(run) == []
+    assert {p: p.read_bytes() for p in (run / "report").iterdir()} == before  # the earlier report, intact
+
+
+@pytest.mark.parametrize("target", ["segmentation_head.pth", "metrics.jsonl"])
+def test_baseline_on_a_full_disk_is_one_line_and_keeps_finished_epochs(tmp_path, capsys, monkeypatch, target):
+    import sweeper.runs
+    from sweeper.runs import read_jsonl
+
+    monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
+    argv = ["baseline", "--epochs", "2", "--data", data, "--backbone", "random_vits14", "--out", tmp_path / "run"]
+    full = FullDisk(target, room=10 if target.endswith(".pth") else 0)
+    if target == "metrics.jsonl":  # the disk fills during epoch 2: epoch 1's line is written
+        real = full.__call__
+        calls = []
+
+        def second_on(file, mode="r", *a, **kw):
+            if target in Path(file).name:
+                calls.append(file)
+            return real(file, mode, *a, **kw) if len(calls) > 1 else open(file, mode, *a, **kw)
+
+        monkeypatch.setattr(sweeper.runs, "open", second_on, raising=False)
+    else:
+        monkeypatch.setattr(sweeper.runs, "open", full, raising=False)
+    code, _, err = run_cli(capsys, *argv)
+    assert full.hits and code == 2, err
+    line = error_line(err)
+    assert str(tmp_path / "run" / target) in line and "No space left on device" in line, line
+    assert no_temporaries(tmp_path / "run") == []
+    epochs = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in epochs] == ([1, 2] if target.endswith(".pth") else [1])
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().endswith("\n")  # no torn line left behind
+
+
+@pytest.mark.parametrize("target", ["trials.csv", "history.csv"])
+def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(tmp_path, monkeypatch, target):
+    import pandas as pd
+
+    import sweeper.runs
+    import sweeper.tune
+
+    old = {"trials.csv": "trial,best_val_iou\n0,0.1\n", "history.csv": "trial,epoch\n0,1\n"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    new = pd.DataFrame({"trial": [0, 1], "best_val_iou": [0.1, 0.2], "epoch": [1, 1]})
+    monkeypatch.setattr(sweeper.tune, "collect", lambda run_dir, space: (new, new))
+    monkeypatch.setattr(sweeper.runs, "open", FullDisk(target), raising=False)
+    with pytest.raises(SweeperError, match=rf"{tmp_path / target}: .*No space left on device") as e:
+        sweeper.tune.write_tables(tmp_path, space=None)
+    assert "\n" not in str(e.value)
+    assert no_temporaries(tmp_path) == []
+    assert (tmp_path / target).read_text() == old[target]

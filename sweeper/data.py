@@ -59,19 +59,23 @@ class Split:
         return len(self.image_paths)
 
 
-def find_split(root: str | Path, name: str) -> Split:
-    """The split `name` under a dataset root: ROOT/name/{Color_Images,Segmentation}, or ROOT itself for a test folder."""
+def find_split(root: str | Path, name: str, *, warn: bool = True) -> Split:
+    """The split `name` under a dataset root: ROOT/name/{Color_Images,Segmentation}, or ROOT itself for a test folder.
+
+    `warn`: log one warning with the count of files the split leaves out (see `list_split`)."""
     root = Path(root)
     if not root.is_dir():
         raise SweeperError(f"{root}: data folder does not exist")
     folder = root / name
     if not (folder / IMAGE_DIR).is_dir() and (root / IMAGE_DIR).is_dir():
         folder = root  # a test folder has the two subfolders directly
-    return list_split(folder, name)
+    return list_split(folder, name, warn=warn)
 
 
-def list_split(folder: Path, name: str) -> Split:
-    """List a folder's image/mask pairs (sorted by name); every image must have its mask."""
+def list_split(folder: Path, name: str, *, warn: bool = True) -> Split:
+    """List a folder's image/mask pairs (sorted by name); every image must have its mask.
+
+    Images other than .png and masks without an image are left out, with one warning giving their count."""
     img_dir, mask_dir = folder / IMAGE_DIR, folder / MASK_DIR
     for d in (img_dir, mask_dir):
         if not d.is_dir():
@@ -86,6 +90,13 @@ def list_split(folder: Path, name: str) -> Split:
         if not m.is_file():
             raise SweeperError(f"{p}: image has no mask (expected {m})")
         masks.append(m)
+    if warn:
+        other = sum(1 for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() != ".png")
+        names = {p.name for p in images}
+        orphans = sum(1 for p in mask_dir.iterdir() if p.is_file() and p.name not in names)
+        if other or orphans:
+            log.warning("%s: left out %d image file(s) that are not .png and %d mask(s) without an image; "
+                        "%d image/mask pairs used", folder, other, orphans, len(images))
     return Split(name=name, root=folder, image_paths=tuple(images), mask_paths=tuple(masks))
 
 
@@ -211,6 +222,6 @@ def dataset_fingerprint(root: str | Path) -> str:
 
     A resumed sweep compares it with the one recorded at the start, so trials are never scored on two sets.
     """
-    splits = [find_split(root, name) for name in ("train", "val")]
+    splits = [find_split(root, name, warn=False) for name in ("train", "val")]  # loading the data warns
     return files_digest([p for s in splits for p in (*s.image_paths, *s.mask_paths)],
                         extra=[f"{s.name}={len(s)}" for s in splits])

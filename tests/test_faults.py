@@ -764,3 +764,29 @@ def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(t
     assert "\n" not in str(e.value)
     assert no_temporaries(tmp_path) == []
     assert (tmp_path / target).read_text() == old[target]
+
+
+# --------------------------------------------------------------------------- smaller: what is skipped is said
+
+
+def test_skipped_files_are_warned_about_once_with_their_count(tmp_path, caplog):
+    from PIL import Image
+
+    from sweeper.data import find_split
+
+    data = make_dataset(tmp_path / "data", train=3, val=1, size=(56, 28))
+    train = data / "train"
+    Image.open(train / "Color_Images" / "0000.png").convert("RGB").save(train / "Color_Images" / "extra.jpg")
+    Image.open(train / "Color_Images" / "0001.png").convert("RGB").save(train / "Color_Images" / "more.JPG")
+    (train / "Color_Images" / "0002.png").unlink()  # its mask stays: a mask without its image
+    with caplog.at_level("WARNING", logger="sweeper"):
+        split = find_split(data, "train")
+    assert [p.name for p in split.image_paths] == ["0000.png", "0001.png"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "2 image file(s) that are not .png" in warnings[0] and "1 mask(s) without an image" in warnings[0]
+    assert str(train) in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sweeper"):
+        find_split(data, "val")  # a clean split: no warning
+    assert not caplog.records

@@ -204,7 +204,26 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _RayNoise(logging.Filter):
+    """Drops two Ray messages every search would print: a failed trial's full traceback (our progress line
+    names the error; the traceback is in the trial's error.txt in the run folder) and the notice that a local
+    Ray uses token authentication (it does, and stays so: only the notice goes)."""
+
+    DROPPED = {
+        "ray.tune.execution.tune_controller": "Trial task failed for trial ",
+        "ray._private.authentication.authentication_token_setup": "Token authentication is enabled for this Ray",
+    }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        prefix = self.DROPPED.get(record.name)
+        return prefix is None or not str(record.msg).startswith(prefix)
+
+
 def _configure_logging(quiet: bool) -> None:
+    for name in _RayNoise.DROPPED:  # by name only: Ray is not imported here
+        ray_log = logging.getLogger(name)
+        if not any(isinstance(f, _RayNoise) for f in ray_log.filters):
+            ray_log.addFilter(_RayNoise())
     for h in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
         log.removeHandler(h)  # main() may run more than once in a process
     handler = _StderrHandler(sys.stderr)

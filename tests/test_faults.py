@@ -790,3 +790,19 @@ def test_skipped_files_are_warned_about_once_with_their_count(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="sweeper"):
         find_split(data, "val")  # a clean split: no warning
     assert not caplog.records
+
+
+def test_rays_trial_traceback_and_token_notice_do_not_reach_the_terminal(tmp_path, capsys, caplog):
+    import logging
+
+    run_cli(capsys, "report", tmp_path / "nothing")  # any command sets up the CLI's logging
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    with caplog.at_level("WARNING"):
+        try:
+            raise RuntimeError("training loss became nan")
+        except RuntimeError as e:
+            controller.error("Trial task failed for trial trial_main_1", exc_info=e)  # details: the trial's error.txt
+        auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        controller.error("Failed to restore the run state.")  # Ray's other errors still show
+    assert [r.getMessage() for r in caplog.records] == ["Failed to restore the run state."]

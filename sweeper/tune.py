@@ -615,6 +615,9 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     # address="local": always a fresh private instance, never a cluster someone else left running here
     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
              object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
+    from sweeper.reaper import watch_driver
+
+    watch_driver()  # this local Ray's agents would outlive a kill -9 of this process by a minute
 
 
 def check_dashboard(opts: SearchOptions) -> None:

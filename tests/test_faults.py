@@ -806,3 +806,60 @@ def test_rays_trial_traceback_and_token_notice_do_not_reach_the_terminal(tmp_pat
         auth.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
         controller.error("Failed to restore the run state.")  # Ray's other errors still show
     assert [r.getMessage() for r in caplog.records] == ["Failed to restore the run state."]
+
+
+# --------------------------------------------------------------------------- a local Ray dies with its driver
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+@pytest.mark.slow  # starts a local Ray
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_a_local_ray_does_not_outlive_a_killed_driver(tmp_path):
+    import signal
+
+    code = textwrap.dedent("""
+        import time
+        from pathlib import Path
+        from sweeper.tune import SearchOptions, start_ray
+        start_ray(SearchOptions(name="k", out_root=Path("."), trials=1, max_concurrent=1, gpus_per_trial=0,
+                                cpus_per_trial=1, seed=0))
+        time.sleep(3)  # the raylet's agents are up
+        print("up", flush=True)
+        time.sleep(300)
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert driver.stdout.readline().strip() == "up"
+        ray_procs = descendants(driver.pid)
+        assert len(ray_procs) >= 3, ray_procs  # gcs_server, raylet and its agents at least
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    deadline = time.time() + 20
+    alive = ray_procs
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = {p for p in ray_procs if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+    leftover = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:60] for p in alive if Path(f"/proc/{p}").exists()}
+    for p in alive:  # clean up for the next test either way
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    assert not leftover, f"still running 20 s after the driver's kill -9: {leftover}"

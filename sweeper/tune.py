@@ -17,6 +17,7 @@ Run folder (`results/<name>/`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -761,8 +762,35 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
                                         num_samples=opts.trials, max_concurrent_trials=opts.max_concurrent,
                                         reuse_actors=True),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
+        reason = disk_full(e)
+        if reason is None:
+            raise
+        raise SweeperError(f"{run_dir}: the disk is full ({reason}); the sweep stopped with its finished trials "
+                           f"kept: free some space and continue with: sweeper search --resume --name {opts.name} "
+                           f"--out {opts.out_root}") from None
     return write_tables(run_dir, space)
+
+
+def disk_full(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) is a full disk, in a few words; None when it is not one.
+
+    Ray passes a trial's OSError on as text inside RayTaskError/TuneError, and SQLite (the study) raises its own
+    OperationalError, so the messages are read as well as the errno."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(e.errno)
+        text = str(e)
+        for marker in ("No space left on device", "database or disk is full", "Disk quota exceeded"):
+            if marker in text:
+                return marker
+        e = e.__cause__ or e.__context__
+    return None
 
 
 # --------------------------------------------------------------------------- results

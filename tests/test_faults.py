@@ -863,3 +863,55 @@ def test_a_local_ray_does_not_outlive_a_killed_driver(tmp_path):
         with __import__("contextlib").suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
     assert not leftover, f"still running 20 s after the driver's kill -9: {leftover}"
+
+
+def disk_full_chain() -> Exception:
+    """The chain Ray Tune raised on a 4 MB tmpfs: a trial's checkpoint write, then the study update, failed."""
+    import sqlite3
+
+    try:
+        try:
+            try:
+                raise OSError(28, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+            except OSError:
+                raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as e:
+            raise RuntimeError("An exception is raised during the commit.") from e
+    except RuntimeError as e:
+        return e
+
+
+def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
+    import ray.tune
+
+    import sweeper.tune
+    from sweeper.space import load_space
+
+    class Tuner:
+        def __init__(self, *a, **kw):
+            pass
+
+        def fit(self):
+            raise disk_full_chain()
+
+    monkeypatch.setattr(sweeper.tune, "start_ray", lambda *a, **kw: None)
+    monkeypatch.setattr(sweeper.tune, "make_trainable", lambda *a, **kw: None)
+    monkeypatch.setattr(sweeper.tune, "trial_arrays", lambda data: {})
+    monkeypatch.setattr(ray.tune, "Tuner", Tuner)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE)
+    opts = sweeper.tune.SearchOptions(name="sw", out_root=tmp_path / "results", trials=2, max_concurrent=1,
+                                      gpus_per_trial=0, cpus_per_trial=1, seed=0)
+    with pytest.raises(SweeperError) as e:
+        sweeper.tune.run_search(load_space(space_file), data=None, opts=opts, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'results' / 'sw'}: the disk is full"), msg
+    assert f"sweeper search --resume --name sw --out {tmp_path / 'results'}" in msg
+
+
+def test_other_errors_of_a_search_are_not_called_a_full_disk():
+    from sweeper.tune import disk_full
+
+    assert disk_full(disk_full_chain()) is not None
+    assert disk_full(RuntimeError("training loss became nan")) is None
+    assert disk_full(OSError(13, "Permission denied")) is None

@@ -174,10 +174,22 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise _cannot_write(path, e) from None
+        cause = _os_error(e)  # torch.save, for one, reports a full disk as a RuntimeError raised from it
+        if cause is None:
+            raise
+        raise _cannot_write(path, cause) from None
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """`e`, or the OSError it was raised from or while handling, if any."""
+    for _ in range(8):
+        if e is None or isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

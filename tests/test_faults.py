@@ -915,3 +915,23 @@ def test_other_errors_of_a_search_are_not_called_a_full_disk():
     assert disk_full(disk_full_chain()) is not None
     assert disk_full(RuntimeError("training loss became nan")) is None
     assert disk_full(OSError(13, "Permission denied")) is None
+
+
+def test_a_full_disk_under_torch_save_is_one_line(tmp_path):
+    # torch.save reports a full disk as RuntimeError("... unexpected pos ...") raised while handling the OSError
+    from sweeper.runs import write_atomic
+
+    def torch_like(f):
+        f.write(b"partial")
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1280 vs 1174")
+
+    (tmp_path / "head.pth").write_bytes(b"old")
+    with pytest.raises(SweeperError, match=r"head\.pth: cannot write \(No space left on device\)"):
+        write_atomic(tmp_path / "head.pth", torch_like)
+    assert (tmp_path / "head.pth").read_bytes() == b"old" and no_temporaries(tmp_path) == []
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors are not called a full disk, and still clean up
+        write_atomic(tmp_path / "head.pth", lambda f: (_ for _ in ()).throw(RuntimeError("a bug")))
+    assert no_temporaries(tmp_path) == []

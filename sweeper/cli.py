@@ -65,7 +65,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) -> None:
+def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False, cache_dtype: str = "float32") -> None:
     """Options shared by every command that reads a dataset and runs the backbone."""
     g = p.add_argument_group("data and backbone")
     g.add_argument("--data", type=Path, help="dataset root with train/ and val/ (default: the embedded synthetic set)")
@@ -77,8 +77,8 @@ def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False) 
                    help="mask resizing: phase1 (bilinear quirk, default) or nearest (exact ids)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--cache-dir", type=Path, help="feature and data cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
-    g.add_argument("--cache-dtype", choices=["float32", "float16"], default=_Default("float32"),
-                   help="storage type of cached tokens (float16 halves disk and memory)")
+    g.add_argument("--cache-dtype", choices=["float32", "float16"], default=_Default(cache_dtype),
+                   help=f"storage type of cached tokens (float16 halves disk and memory; default {cache_dtype})")
     g.add_argument("--allow-unknown-ids", action="store_true",
                    help="map unknown raw mask ids to class 0 as phase 1 does, instead of failing")
     if cache_switch:
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
-    add_data_options(p)
+    add_data_options(p, cache_dtype="float16")  # same trial scores, half the memory: README "Running on a GPU"
     p.add_argument("--space", type=Path, help="search space YAML, or the name of a shipped one: phase2 (default), "
                                               "smoke")
     p.add_argument("--trials", type=_positive_int, help="total trials incl. the baseline trial 0 (default: the space's)")

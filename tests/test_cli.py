@@ -207,3 +207,14 @@ def test_search_report_confirm_evaluate_end_to_end(tmp_path, synth_set, capsys, 
     finally:
         import ray
         ray.shutdown()
+
+
+def test_search_caches_float16_by_default_and_baseline_float32():
+    # float16 tokens leave every trial's score unchanged (scripts/cache_dtype.py) at half the memory;
+    # the baseline reproduces phase 1 and keeps float32.
+    from sweeper.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["search"]).cache_dtype == "float16"
+    assert parser.parse_args(["baseline"]).cache_dtype == "float32"
+    assert parser.parse_args(["search", "--cache-dtype", "float32"]).cache_dtype == "float32"

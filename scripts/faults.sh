@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fault injection on a tiny dataset (a few minutes on 2 CPUs): twin runs on one folder, a resume with other
-# inputs, a corrupt feature cache. Prints a table: case, outcome, trials in trials.csv vs in the study, and
-# anything lost. Everything happens under a temporary folder (kept with --keep).
+# inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, a full disk (a tmpfs, as
+# root). Prints a table: case, outcome, trials in trials.csv vs in the study, and anything lost. Everything
+# happens under a temporary folder (kept with --keep).
 #
 #   scripts/faults.sh [--keep]
 set -uo pipefail
@@ -132,6 +133,106 @@ EOF
   LOST=$([ "$GOT" = "$CLEAN" ] && echo "none (val IoU as clean run)" || echo "val IoU ${GOT:-?} vs ${CLEAN:-?}")
   row "token cache $how" "rc $RC; rebuilt with $WARNED warning(s)" "-" "$LOST"
 done
+
+# 4. kill -9 of the driver while a trial runs (its first checkpoint is on disk), then --resume with the same
+#    options: the killed trial continues, the study and the tables agree, the budget holds, and no Ray process
+#    of the killed driver is left behind.
+sed 's/max_epochs: 2, grace_period: 1/max_epochs: 4, grace_period: 4/; s/epochs: 2,/epochs: 4,/' \
+  "$WORK/space.yaml" >"$WORK/long.yaml"
+ray_pids() { ps -eo pid=,args= | grep -E 'ray::|/raylet|gcs_server|dashboard|runtime_env' | grep -v grep | \
+  awk '{print $1}' | sort; }
+ray_pids >"$WORK/ray-before.txt"
+setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+  --name killed --out "$WORK/results" >"$WORK/kill.out" 2>"$WORK/kill.err" &
+DRIVER=$!
+for _ in $(seq 240); do
+  compgen -G "$WORK/results/killed/ray/*/checkpoint_*/state.pt" >/dev/null && break
+  sleep 0.5
+done
+if compgen -G "$WORK/results/killed/ray/*/checkpoint_*/state.pt" >/dev/null; then
+  kill -9 "$DRIVER"; wait "$DRIVER" 2>/dev/null
+  sleep 5
+  LEFT=$(comm -13 "$WORK/ray-before.txt" <(ray_pids) | while read -r p; do
+    [ "$(ps -o stat= -p "$p" 2>/dev/null | cut -c1)" = "Z" ] || echo "$p"; done | wc -l)
+  AT_KILL=$(counts "$WORK/results/killed")
+  "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+    --name killed --out "$WORK/results" --resume >/dev/null 2>"$WORK/kill-resume.err"
+  RC=$?
+  STATE=$("$PY" - "$WORK/results/killed" <<'EOF'
+import sqlite3, sys
+from pathlib import Path
+import pandas as pd
+run = Path(sys.argv[1])
+t = pd.read_csv(run / "trials.csv")
+with sqlite3.connect(run / "study.db") as db:
+    states = [s for (s,) in db.execute("select state from trials order by number")]
+bad = []
+if sorted(t.trial) != list(range(len(t))):
+    bad.append(f"trial numbers {sorted(t.trial)}")
+if (t.status != "TERMINATED").any():
+    bad.append(f"not ended: {list(t.trial[t.status != 'TERMINATED'])}")
+if (t.epochs_run != t.epochs_planned).any():
+    bad.append(f"epochs short: {list(t.trial[t.epochs_run != t.epochs_planned])}")
+if "RUNNING" in states:
+    bad.append(f"{states.count('RUNNING')} study trial(s) left RUNNING")
+print("; ".join(bad) or "none (all trials ended, all epochs run)")
+EOF
+)
+  row "kill -9 driver, --resume" "rc $RC; Ray processes left 5 s after the kill: $LEFT" \
+    "$(counts "$WORK/results/killed")" "$STATE"
+else
+  kill -9 "$DRIVER" 2>/dev/null
+  row "kill -9 driver, --resume" "no checkpoint appeared in 120 s: not run" "-" "check $WORK/kill.err"
+fi
+
+# 5. A full disk (a small tmpfs; needs root and mount): baseline, report and search stop in one line naming
+#    the file or folder, leave no temporary file and keep what was written before; a search continues with
+#    --resume once space is freed.
+FULL="$WORK/full"
+mkdir -p "$FULL"
+if mount -t tmpfs -o size=256m tmpfs "$FULL" 2>/dev/null; then
+  trap 'umount "$FULL" 2>/dev/null; [ "${1:-}" = "--keep" ] || rm -rf "$WORK"' EXIT
+  fill() {  # leave about $1 KiB free on the tmpfs
+    rm -f "$FULL/filler"
+    local free; free=$(df -k --output=avail "$FULL" | tail -1)
+    dd if=/dev/zero of="$FULL/filler" bs=1k count=$((free - $1)) status=none 2>/dev/null
+  }
+  temps() { find "$FULL" -name '*.tmp-*' -o -name '*.partial-*' | wc -l; }
+  errline() { grep -h "^error:" "$1" | head -1 | sed -E "s#$FULL/##g" | cut -c8-62; }
+
+  fill 16
+  "$PY" -m sweeper -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 2 --out "$FULL/base" \
+    >/dev/null 2>"$WORK/full-base.err"
+  RC=$?
+  EPOCHS=$(grep -c . "$FULL/base/metrics.jsonl" 2>/dev/null || echo 0)
+  row "full disk: baseline" "rc $RC; $(errline "$WORK/full-base.err")" "-" \
+    "temp files left: $(temps); $EPOCHS finished epoch(s) in metrics.jsonl"
+  rm -rf "$FULL/base" "$FULL/filler"
+
+  cp -r "$WORK/results/twin" "$FULL/twin" && rm -rf "$FULL/twin/report"
+  "$PY" -m sweeper -q report "$FULL/twin" >/dev/null 2>&1
+  BEFORE=$(cd "$FULL/twin" && sha256sum report/* | sha256sum | cut -c1-16)
+  fill 8
+  "$PY" -m sweeper -q report "$FULL/twin" >/dev/null 2>"$WORK/full-report.err"
+  RC=$?
+  AFTER=$(cd "$FULL/twin" && sha256sum report/* | sha256sum | cut -c1-16)
+  row "full disk: report" "rc $RC; $(errline "$WORK/full-report.err")" "$(counts "$FULL/twin")" \
+    "temp files left: $(temps); earlier report $([ "$BEFORE" = "$AFTER" ] && echo intact || echo CHANGED)"
+  rm -rf "$FULL/twin"
+
+  fill 300
+  search full --out "$FULL/results" >/dev/null 2>"$WORK/full-search.err"
+  RC=$?
+  AT_FULL=$(counts "$FULL/results/full")
+  rm -f "$FULL/filler"
+  search full --resume --out "$FULL/results" >/dev/null 2>"$WORK/full-resume.err"
+  RC2=$?
+  row "full disk: search, --resume" "rc $RC, then $RC2; $(errline "$WORK/full-search.err")" \
+    "$(counts "$FULL/results/full")" "temp files left: $(temps); $AT_FULL when the disk was full"
+  umount "$FULL"
+else
+  row "full disk" "skipped: cannot mount a tmpfs here (needs root)" "-" "-"
+fi
 
 printf '\n%-28s | %-62s | %-8s | %s\n' "case" "outcome" "csv/study" "lost"
 printf '%s\n' "$(printf -- '-%.0s' {1..130})"

@@ -376,14 +376,13 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
-    import torch
-
     from sweeper import runs
+    from sweeper.device import gpu_count
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import find_space, load_space
     from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_dashboard, check_resources,
-                              check_trusted, local_nodes, run_search, start_ray, summary_table, trial_arrays)
+                              check_trusted, local_nodes, run_search, start_ray, summary_table, trial_bytes)
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
@@ -419,11 +418,11 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
                            f"set them under 'fixed', not 'params'")
     base = space.to_config(space.baseline_point()).replace(**overrides)
-    has_gpu = torch.cuda.is_available() and args.device != "cpu"
+    has_gpu = gpu_count() > 0 and args.device != "cpu"
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
     if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
         raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
-    concurrent = args.max_concurrent or (max(1, int(torch.cuda.device_count() / gpus)) if gpus > 0
+    concurrent = args.max_concurrent or (max(1, int(gpu_count() / gpus)) if gpus > 0
                                          else space.max_concurrent)
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
                          gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
@@ -447,7 +446,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": runs.file_sha256(space.source), "trials": trials, "seed": seed,
                     "max_concurrent": concurrent}
-    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(p.data).values()))
+    start_ray(opts, data_bytes=trial_bytes(p.data))
     check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
     if not args.resume:
         import shutil

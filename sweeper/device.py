@@ -37,6 +37,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process sees (0 without CUDA): what a local Ray offers and what --gpus-per-trial divides."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def trial_device(requested: str, gpu_ids: Sequence[int | str]) -> str:
     """The device a Ray trial trains on, from the GPU ids Ray granted it (`ray.get_gpu_ids()`).
 
@@ -103,6 +108,11 @@ def oom_message(share: float, cap_bytes: int | None, where: str) -> str:
     cap = f", capped at {cap_bytes / 2**30:.1f} GiB" if cap_bytes else ""
     return (f"{OOM_MARK} during {where} with a {share:g} GPU share{cap}: raise --gpus-per-trial, lower "
             f"--max-concurrent or --batch size, or use --cache-dtype float16 / --amp")
+
+
+def is_out_of_memory(error: str | None) -> bool:
+    """Whether a trial's error line is an out-of-memory failure (`oom_message`, maybe after its class name)."""
+    return bool(error) and (error.startswith(OOM_MARK) or f": {OOM_MARK}" in error)
 
 
 def release_memory() -> None:

@@ -41,7 +41,7 @@ from sweeper.metrics import best_index
 from sweeper.features import TrainData, drop_resident_pages
 from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.space import SearchSpace
-from sweeper.device import OOM_MARK, release_memory, trial_device
+from sweeper.device import gpu_count, is_out_of_memory, release_memory, trial_device
 from sweeper.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -570,7 +570,7 @@ class ProgressPrinter:
         idx = trial_index(trial)
         if what == "FAILED":
             error = _trial_error(trial)
-            if error.startswith(OOM_MARK) or f": {OOM_MARK}" in error:
+            if is_out_of_memory(error):
                 self.oom.add(trial.trial_id)
             what = f"FAILED: {error}"
         if what == "done" and self._stopped_early(trial):
@@ -607,7 +607,7 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     if opts.address:
         ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
         return
-    num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    num_gpus = gpu_count()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     store = object_store_bytes(data_bytes, memory_bytes=memory)
     if data_bytes * 1.2 > store:
@@ -680,7 +680,7 @@ def check_resources(opts: SearchOptions, nodes: list[dict[str, float]] | None = 
 def local_nodes() -> list[dict[str, float]]:
     """The resources a local Ray started by `start_ray` will have: this machine's CPUs and GPUs."""
     return [{"CPU": float(os.cpu_count() or 1),
-             "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}]
+             "GPU": float(gpu_count())}]
 
 
 def check_address(address: str, timeout: float = 15.0) -> None:
@@ -713,6 +713,11 @@ def trial_arrays(data: TrainData) -> dict[str, np.ndarray]:
             "train_counts": np.asarray(data.train_pixel_counts())}
 
 
+def trial_bytes(data: TrainData) -> int:
+    """Bytes of everything `trial_arrays` puts into the object store (what it must hold)."""
+    return sum(a.nbytes for a in trial_arrays(data).values())
+
+
 def make_trainable(data: TrainData, opts: SearchOptions):
     """`trial_main` with the cached arrays put into the object store once, and the trial's resources.
 
@@ -739,7 +744,7 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     if opts.resume and run_dir.is_dir():
         check_trusted(run_dir)  # Tuner.restore unpickles ray/: code as much as data
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
+    start_ray(opts, data_bytes=trial_bytes(data))
     trainable = make_trainable(data, opts)
     printer = ProgressPrinter(space, total=opts.trials)
     run_config = tune.RunConfig(
@@ -840,7 +845,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "node_id": epochs[-1].get("node_id") if epochs else None,
                "device": epochs[-1].get("device") if epochs else None,
                "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
-               "error": err, "out_of_memory": bool(err and OOM_MARK in err)}
+               "error": err, "out_of_memory": is_out_of_memory(err)}
         trials.append(row)
         for r in epochs:
             h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": resolved["optimizer"],
@@ -959,7 +964,7 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
         raise SweeperError(f"{run_dir / EXPERIMENT_DIR}: no {TRIAL_CONFIG} for trial(s) "
                            f"{', '.join(map(str, missing))}: their configs are unknown")
     grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
-    start_ray(opts, data_bytes=sum(a.nbytes for a in trial_arrays(data).values()))
+    start_ray(opts, data_bytes=trial_bytes(data))
     trainable = make_trainable(data, opts)
     shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
     tuner = tune.Tuner(

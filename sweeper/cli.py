@@ -319,18 +319,18 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
-    from sweeper import runs
+    from sweeper import results, runs
     from sweeper.report import phase1_plots, write_report
     from sweeper.train import train
 
-    kept = [f for f in (runs.CONFIG_FILE, runs.METRICS_FILE, runs.HEAD_FILE) if (out / f).exists()]
+    kept = [f for f in (results.CONFIG_FILE, results.METRICS_FILE, results.HEAD_FILE) if (out / f).exists()]
     if kept and not args.overwrite:
         raise SweeperError(f"{out}: holds a run already ({', '.join(kept)}); pass --overwrite to replace it, "
                            f"or choose another --out")
     p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
                 use_cache=not args.no_cache)
     data_src, backbone, data = p.source, p.backbone, p.data
-    runs.write_json(out / runs.CONFIG_FILE, {
+    runs.write_json(out / results.CONFIG_FILE, {
         "command": "baseline", "config": config.to_dict(), **describe_inputs(p, args),
         "feature_cache_used": not args.no_cache, "versions": runs.versions(),
     })
@@ -339,7 +339,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
           f"{config.epochs} epochs -> {out}", file=sys.stderr)
 
     def on_epoch(record: dict, head) -> None:
-        runs.append_jsonl(out / runs.METRICS_FILE, record)
+        runs.append_jsonl(out / results.METRICS_FILE, record)
         train_iou = record.get("train_iou")
         print(f"epoch {record['epoch']:>3}/{config.epochs}  train loss {record['train_loss']:.4f}  "
               f"val loss {record['val_loss']:.4f}  "
@@ -347,10 +347,10 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
               + f"val IoU {record['val_iou']:.4f}  val mIoU {record['val_miou']:.4f}  "
               f"({record['epoch_seconds']:.1f} s)", file=sys.stderr, flush=True)
 
-    (out / runs.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
+    (out / results.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     result = train(config, data, on_epoch=on_epoch)
-    runs.save_head(out / runs.HEAD_FILE, result.head_state)
-    runs.write_text_atomic(out / runs.TEXT_FILE, runs.evaluation_metrics_text(result.history))
+    runs.save_head(out / results.HEAD_FILE, result.head_state)
+    runs.write_text_atomic(out / results.TEXT_FILE, runs.evaluation_metrics_text(result.history))
     phase1_plots(out)
     report = write_report(out)
     best = result.best
@@ -376,13 +376,14 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
-    from sweeper import runs
+    from sweeper import results, runs
     from sweeper.device import gpu_count
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import find_space, load_space
-    from sweeper.tune import (SPACE_COPY, SWEEP_FILE, SearchOptions, check_address, check_dashboard, check_resources,
-                              check_trusted, local_nodes, run_search, start_ray, summary_table, trial_bytes)
+    from sweeper.results import SPACE_COPY, SWEEP_FILE
+    from sweeper.tune import (SearchOptions, check_address, check_dashboard, check_resources, check_trusted,
+                              local_nodes, run_search, start_ray, summary_table, trial_bytes)
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
@@ -404,7 +405,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         trials, seed = recorded["trials"], recorded["seed"]
         overrides: dict[str, Any] = dict(saved.get("trial_overrides") or {})
     else:
-        if any(p.name != runs.LOCK_FILE for p in run_dir.iterdir()):
+        if any(p.name != results.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
         space = load_space(find_space(args.space) if args.space else default_space_path())
         trials = args.trials or space.trials
@@ -446,7 +447,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": runs.file_sha256(space.source), "trials": trials, "seed": seed,
                     "max_concurrent": concurrent}
-    start_ray(opts, data_bytes=trial_bytes(p.data))
+    data_bytes = trial_bytes(p.data)
+    start_ray(opts, data_bytes=data_bytes)
     check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
     if not args.resume:
         import shutil
@@ -456,7 +458,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
                                              for k, v in opts.__dict__.items()},
             "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
             "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
-            **describe_inputs(p, args), "versions": runs.versions()}
+            **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": runs.versions()}
     runs.write_json(sweep_file, info)
     print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
           f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
@@ -524,7 +526,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:
 
-    from sweeper.tune import SWEEP_FILE
+    from sweeper.results import SWEEP_FILE
 
     path = Path(run_dir) / SWEEP_FILE
     if not path.is_file():
@@ -551,7 +553,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def _confirm_in(args: argparse.Namespace) -> int:
     """cmd_confirm's work, with the run folder owned by this process."""
     from sweeper.space import load_space
-    from sweeper.tune import SPACE_COPY, SearchOptions, check_address, run_confirm
+    from sweeper.results import SPACE_COPY
+    from sweeper.tune import SearchOptions, check_address, run_confirm
 
     if args.address:
         check_address(args.address)

@@ -45,7 +45,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 from torch import nn
 
-from sweeper import runs, synth
+from sweeper import results, runs, synth
 from sweeper.config import TrainConfig
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
@@ -56,18 +56,13 @@ from sweeper.progress import progress_bar
 from sweeper.report import new_figure, save_figure
 from sweeper.device import autocast, resolve_device
 from sweeper.train import batch_order, logits
-from sweeper.tune import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
-                          TrialRecord, latest_checkpoint, trial_groups)
+from sweeper.results import (BAR_CHART, BEST_KEY, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
+                             EVALUATION_DIR, EXPERIMENT_DIR, HISTORY_CSV, MASK_NAME, MASKS_DIR, METRICS_JSON,
+                             STATE_FILE, SWEEP_FILE, TEXT_FILE, TRIAL_CONFIG, TRIALS_CSV)
+from sweeper.tune import TrialRecord, latest_checkpoint, trial_groups
 
 log = logging.getLogger(__name__)
 
-EVALUATION_DIR = "evaluation"  # RUN_DIR/evaluation/<label>/ unless `out` is given
-METRICS_JSON = "test_metrics.json"
-TEXT_FILE = "evaluation_metrics.txt"  # the organisers' test-script summary, in their layout
-MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
-MASK_NAME, COLOR_NAME = "{}_pred.png", "{}_pred_color.png"  # of an image's stem, as the organisers name them
-COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order
-BAR_CHART = "per_class_metrics.png"
 COMPARISONS = 5  # default number of side-by-side figures, for the first images (sorted by name)
 PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
 PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
@@ -139,18 +134,18 @@ def _validation(record: dict[str, Any], source: str) -> dict[str, Any]:
 def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
     if str(trial) != "best":
         raise SweeperError(f"{run_dir}: a baseline run has one head; a trial ({trial}) applies to sweeps only")
-    record = runs.read_json(run_dir / runs.CONFIG_FILE)
+    record = runs.read_json(run_dir / results.CONFIG_FILE)
     if "config" not in record or "backbone" not in record:
-        raise SweeperError(f"{run_dir / runs.CONFIG_FILE}: no 'config' and 'backbone' records in it")
-    head_file = run_dir / runs.HEAD_FILE
+        raise SweeperError(f"{run_dir / results.CONFIG_FILE}: no 'config' and 'backbone' records in it")
+    head_file = run_dir / results.HEAD_FILE
     if not head_file.is_file():
-        raise SweeperError(f"{run_dir}: no {runs.HEAD_FILE} (did the run finish?)")
-    metrics = run_dir / runs.METRICS_FILE
+        raise SweeperError(f"{run_dir}: no {results.HEAD_FILE} (did the run finish?)")
+    metrics = run_dir / results.METRICS_FILE
     history = runs.read_jsonl(metrics) if metrics.is_file() else []
     # Phase 1 saves the final head, so its validation scores are the last epoch's.
-    validation = _validation(history[-1], runs.METRICS_FILE) if history else None
+    validation = _validation(history[-1], results.METRICS_FILE) if history else None
     return RunHead(run_dir=run_dir, kind="baseline", label="baseline", trial=None, trial_id=None,
-                   weights_file=head_file, config=_config(record["config"], str(run_dir / runs.CONFIG_FILE)),
+                   weights_file=head_file, config=_config(record["config"], str(run_dir / results.CONFIG_FILE)),
                    inputs={k: record.get(k) or {} for k in ("backbone", "data", "cache")},
                    validation=validation, selection={"by": "the run's final head"},
                    state=_load_state(head_file))
@@ -258,9 +253,9 @@ def load_run_head(run_dir: Path, *, trial: str | int = "best", epoch: str = "bes
     run_dir = Path(run_dir)
     if (run_dir / SWEEP_FILE).is_file() and (run_dir / TRIALS_CSV).is_file():
         return _sweep_head(run_dir, trial, epoch)
-    if (run_dir / runs.CONFIG_FILE).is_file():
+    if (run_dir / results.CONFIG_FILE).is_file():
         return _baseline_head(run_dir, trial)
-    raise SweeperError(f"{run_dir}: not a run folder (expected {runs.CONFIG_FILE} + {runs.HEAD_FILE} from "
+    raise SweeperError(f"{run_dir}: not a run folder (expected {results.CONFIG_FILE} + {results.HEAD_FILE} from "
                        f"'baseline', or {SWEEP_FILE} + {TRIALS_CSV} from 'search')")
 
 

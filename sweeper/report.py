@@ -39,17 +39,16 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from sweeper.errors import SweeperError  # noqa: E402
-from sweeper.runs import (CONFIG_FILE, METRICS_FILE, check_sqlite, ensure_writable_dir, read_csv,  # noqa: E402
+from sweeper.results import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
+                             METRICS_FILE, REPORT_DIR, SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
+from sweeper.runs import (check_sqlite, ensure_writable_dir, read_csv,  # noqa: E402
                           read_json, read_jsonl, write_atomic, write_text_atomic)
 from sweeper.config import PUBLISHED_BASELINE_IOU  # noqa: E402
-from sweeper.tune import (CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV,  # noqa: E402
-                          SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
 
 log = logging.getLogger(__name__)
 
 # Phase 1's val IoU per epoch on the real data (phase-1 report, section 5); ends at PUBLISHED_BASELINE_IOU.
 PHASE1_VAL_IOU: tuple[float, ...] = (0.2211, 0.2513, 0.2636, 0.2733, 0.2758, 0.2851, 0.2874, 0.2924, 0.2934, 0.2971)
-REPORT_DIR = "report"  # under the run folder
 SCORE = "best_val_iou"  # trials.csv column every ranking uses: phase 1's per-batch IoU, the one 0.2971 is in
 TOP_SUMMARY = 10  # trials in summary.md's table
 TOP_CLASS_TRIALS = 5  # trials compared per class against the baseline

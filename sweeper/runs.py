@@ -29,12 +29,8 @@ import torch
 
 from sweeper import __version__
 from sweeper.errors import SweeperError
+from sweeper.results import LOCK_FILE
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-TEXT_FILE = "evaluation_metrics.txt"
-HEAD_FILE = "segmentation_head.pth"
-LOCK_FILE = ".lock"  # JSON {pid, host, command, since}; present while one process owns the folder
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,9 @@ import torch
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.metrics import best_index
+from sweeper.results import (BEST_KEY, CONFIG_COLUMNS, CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV,
+                             EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, STUDY_FILE, TRIAL_CONFIG, TRIAL_END,
+                             TRIAL_EPOCHS, TRIAL_KEY, TRIALS_CSV)
 from sweeper.features import TrainData, drop_resident_pages
 from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.space import SearchSpace
@@ -46,27 +49,6 @@ from sweeper.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_DIR = "ray"
-STUDY_FILE = "study.db"
-SWEEP_FILE = "sweep.json"
-SPACE_COPY = "space.yaml"
-TRIALS_CSV = "trials.csv"
-HISTORY_CSV = "history.csv"
-STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict() plus BEST_KEY
-BEST_KEY = "best"  # in STATE_FILE: {"epoch", "val_iou", "head"} of the trial's best epoch so far
-CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
-CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
-CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
-CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs",
-                  "schedule_epochs", "batch_size", "class_weights", "class_weight_power", "class_weight_max",
-                  "label_mode")  # always in trials.csv
-CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
-TRIAL_KEY = "trial_number"  # config key: the trial's number in the Optuna study, which the tables use too
-# The project's own record of each trial, in its folder under ray/ (report, confirm and evaluate read only
-# these, never Ray's pickled experiment state, so a results folder is data, not code):
-TRIAL_CONFIG = "config.json"  # written by the trial when it starts: number, Ray trial id, config as run, start time
-TRIAL_EPOCHS = "epochs.jsonl"  # written by the trial: one JSON line per reported epoch, before its checkpoint
-TRIAL_END = "end.json"  # written by the driver when the trial ends: status (TERMINATED or ERROR) and error line
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.config import LabelMode  # noqa: E402
 from sweeper.features import load_train_data  # noqa: E402
 from sweeper.space import load_space  # noqa: E402
-from sweeper.tune import EXPERIMENT_DIR, TRIALS_CSV, SearchOptions, run_search  # noqa: E402
+from sweeper.results import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
+from sweeper.tune import SearchOptions, run_search  # noqa: E402
 
 from conftest import make_dataset  # noqa: E402
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sweeper import evaluate as ev
-from sweeper import runs, synth
+from sweeper import results, runs, synth
 from sweeper.config import TrainConfig
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
@@ -74,12 +74,12 @@ def val_record(epoch: int, class_iou: list[float | None]) -> dict:
 
 def make_baseline(folder: Path, state: dict, *, history=(), backbone=BACKBONE) -> Path:
     folder.mkdir(parents=True)
-    runs.write_json(folder / runs.CONFIG_FILE, {
+    runs.write_json(folder / results.CONFIG_FILE, {
         "command": "baseline", "config": TrainConfig(**SMALL).to_dict(), "backbone": backbone,
         "data": {"root": "/somewhere/train-set", "synthetic": True}, "cache": {"dtype": "float32"}})
-    torch.save(state, folder / runs.HEAD_FILE)
+    torch.save(state, folder / results.HEAD_FILE)
     for r in history:
-        runs.append_jsonl(folder / runs.METRICS_FILE, r)
+        runs.append_jsonl(folder / results.METRICS_FILE, r)
     return folder
 
 
@@ -263,11 +263,11 @@ def test_scores_on_val_folder_reproduce_the_training_record(tmp_path, dataset, c
     result = train(cfg, data)
     run = tmp_path / "trained"
     run.mkdir()
-    runs.write_json(run / runs.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
+    runs.write_json(run / results.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
         **BACKBONE, "weights_digest": backbone.weights_digest}, "data": {"synthetic": True}, "cache": {}})
-    runs.save_head(run / runs.HEAD_FILE, result.head_state)
+    runs.save_head(run / results.HEAD_FILE, result.head_state)
     for r in result.history:
-        runs.append_jsonl(run / runs.METRICS_FILE, r)
+        runs.append_jsonl(run / results.METRICS_FILE, r)
     out = ev.evaluate_run(run, data=dataset / "val", cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
     m = json.loads((out / "test_metrics.json").read_text())

@@ -88,7 +88,8 @@ def holder(tmp_path):
 
 
 def test_run_lock_names_the_owner_and_is_released(tmp_path):
-    from sweeper.runs import LOCK_FILE, run_lock
+    from sweeper.results import LOCK_FILE
+    from sweeper.runs import run_lock
 
     with run_lock(tmp_path, "sweeper search --name a") as lock:
         owner = json.loads(lock.read_text())
@@ -101,7 +102,8 @@ def test_run_lock_names_the_owner_and_is_released(tmp_path):
 
 
 def test_run_lock_is_released_when_the_body_fails(tmp_path):
-    from sweeper.runs import LOCK_FILE, run_lock
+    from sweeper.results import LOCK_FILE
+    from sweeper.runs import run_lock
 
     with pytest.raises(RuntimeError):
         with run_lock(tmp_path, "x"):
@@ -110,7 +112,8 @@ def test_run_lock_is_released_when_the_body_fails(tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    from sweeper.runs import LOCK_FILE, run_lock
+    from sweeper.results import LOCK_FILE
+    from sweeper.runs import run_lock
 
     pid = dead_pid()
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "command": "old"}))
@@ -122,7 +125,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
 
 
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
-    from sweeper.runs import LOCK_FILE, run_lock
+    from sweeper.results import LOCK_FILE
+    from sweeper.runs import run_lock
 
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "host": "elsewhere", "command": "old"}))
     with pytest.raises(SweeperError, match="on elsewhere"):

@@ -220,7 +220,7 @@ params:
     runs.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
     import torch
     from sweeper.evaluate import load_run_head
-    from sweeper.tune import BEST_KEY, STATE_FILE
+    from sweeper.results import BEST_KEY, STATE_FILE
 
     for row in table.itertuples():
         (ckpt,) = (tmp_path / "stop" / "ray").glob(f"*_{row.trial_id}_*/checkpoint_*/{STATE_FILE}")

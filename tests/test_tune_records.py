@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sweeper import evaluate as ev
-from sweeper import runs
+from sweeper import results, runs
 from sweeper import tune
 from sweeper.errors import SweeperError
 from sweeper.space import load_space
@@ -46,18 +46,18 @@ def trial_folder(exp: Path, name: str, *, number: int, config: dict, started: fl
     """A trial folder as a sweep leaves it: the trial's records, Ray's own pickles, maybe a checkpoint."""
     folder = exp / name
     folder.mkdir()
-    tune.write_trial_start(folder, {**config, tune.TRIAL_KEY: number}, trial_id=name.split("_")[2])
-    runs.write_json(folder / tune.TRIAL_CONFIG, {**runs.read_json(folder / tune.TRIAL_CONFIG), "started": started})
+    tune.write_trial_start(folder, {**config, results.TRIAL_KEY: number}, trial_id=name.split("_")[2])
+    runs.write_json(folder / results.TRIAL_CONFIG, {**runs.read_json(folder / results.TRIAL_CONFIG), "started": started})
     for r in epochs:
-        runs.append_jsonl(folder / tune.TRIAL_EPOCHS, r)
+        runs.append_jsonl(folder / results.TRIAL_EPOCHS, r)
     if end is not None:
-        runs.write_json(folder / tune.TRIAL_END, end)
+        runs.write_json(folder / results.TRIAL_END, end)
     (folder / "params.pkl").write_bytes(pickle.dumps(Touch(marker)))
     if head is not None:
         (folder / "checkpoint_000000").mkdir()
         history = [{"epoch": r["epoch"], "val_iou": r["val_iou"]} for r in epochs]
         torch.save({"head": {"w": torch.full((2,), head)}, "history": history},
-                   folder / "checkpoint_000000" / tune.STATE_FILE)
+                   folder / "checkpoint_000000" / results.STATE_FILE)
     return folder
 
 
@@ -70,10 +70,10 @@ def epoch(n: int, iou: float) -> dict:
 def sweep(tmp_path: Path) -> tuple[Path, Path]:
     """Trial 0 (baseline, done), trial 1 (killed after epoch 1, continued in a second folder), trial 2 (failed)."""
     run = tmp_path / "run"
-    exp = run / tune.EXPERIMENT_DIR
+    exp = run / results.EXPERIMENT_DIR
     exp.mkdir(parents=True)
     marker = tmp_path / "code-ran"
-    runs.write_json(run / tune.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
+    runs.write_json(run / results.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
     base = {"lr": 0.0001, "optimizer": "sgd", "momentum": 0.9, "epochs": 2, "train_metrics": False, "threads": 1}
     trial_folder(exp, "trial_main_aaaa_00000_1_lr=0.0001", number=0, config=base, started=1.0,
                  epochs=[epoch(1, 0.2), epoch(2, 0.3)], end={"status": "TERMINATED"}, head=0.0, marker=marker)
@@ -96,7 +96,7 @@ def test_poisoned_ray_state_is_live(sweep):
 
     run, marker = sweep
     try:
-        ExperimentAnalysis(str(run / tune.EXPERIMENT_DIR))
+        ExperimentAnalysis(str(run / results.EXPERIMENT_DIR))
     except Exception:  # what it makes of the rest does not matter: the code has run by then
         pass
     assert marker.exists()
@@ -117,7 +117,7 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
     assert history["val_class_iou/Trees"].tolist() == [0.2, 0.3, 0.4, 0.5]
 
     configs = tune.trial_configs(run)
-    assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and tune.TRIAL_KEY not in configs[1]
+    assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and results.TRIAL_KEY not in configs[1]
 
     tune.write_tables(run, space)
     head = ev.load_run_head(run, trial=1, epoch="last")
@@ -128,14 +128,14 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
 
 def test_a_damaged_trial_record_is_one_line(sweep):
     run, _ = sweep
-    path = next((run / tune.EXPERIMENT_DIR).glob(f"*/{tune.TRIAL_CONFIG}"))
+    path = next((run / results.EXPERIMENT_DIR).glob(f"*/{results.TRIAL_CONFIG}"))
     path.write_text('{"trial_id": 3}')
     with pytest.raises(SweeperError, match=f"{path}: not a trial record"):
         tune.collect(run, load_space(SPACE))
 
 
 def test_no_trial_records_is_one_line(tmp_path):
-    (tmp_path / "run" / tune.EXPERIMENT_DIR).mkdir(parents=True)
+    (tmp_path / "run" / results.EXPERIMENT_DIR).mkdir(parents=True)
     with pytest.raises(SweeperError, match="no trial records here"):
         tune.collect(tmp_path / "run", load_space(SPACE))
 
@@ -143,7 +143,7 @@ def test_no_trial_records_is_one_line(tmp_path):
 @pytest.mark.parametrize("what", ["run", "ray", "state"])
 def test_resume_refuses_a_folder_other_users_can_write(sweep, what):
     run, marker = sweep
-    exp = run / tune.EXPERIMENT_DIR
+    exp = run / results.EXPERIMENT_DIR
     tune.check_trusted(run)  # the owner's own folder, not world-writable: trusted
     path = {"run": run, "ray": exp, "state": exp / "tuner.pkl"}[what]
     os.chmod(path, path.stat().st_mode | 0o002)

@@ -42,6 +42,11 @@ class ClassWeighting(str, enum.Enum):
     EXPLICIT = "explicit"  # the per-class values in explicit_class_weights
 
 
+# The heads' names (sweeper.head.HEADS builds them). Listed here too because configs and search spaces are
+# validated without importing torch (`sweeper report` does not load it); head.py checks the two agree.
+HEAD_NAMES = ("convnext_phase1", "linear", "convnext_up")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how the head is trained; defaults reproduce phase 1."""
@@ -79,6 +84,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), _field_types()[f.name]))
         checks = [
+            (self.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.schedule_epochs >= 0, "schedule_epochs", "must be >= 0 (0 = the run's own epochs)"),

@@ -291,10 +291,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def in_run_folder(run_dir: Path, command: str, body: Callable[[], int]) -> int:
     """Run `body` owning `run_dir` (sweeper.runs.run_lock); a folder this call created and left empty goes."""
-    from sweeper import runs
+    from sweeper import files, runs
 
     fresh = not run_dir.exists()
-    runs.ensure_writable_dir(run_dir)
+    files.ensure_writable_dir(run_dir)
     try:
         with runs.run_lock(run_dir, command):
             return body()
@@ -319,7 +319,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
-    from sweeper import results, runs
+    from sweeper import files, results, runs
     from sweeper.report import phase1_plots, write_report
     from sweeper.train import train
 
@@ -330,7 +330,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
                 use_cache=not args.no_cache)
     data_src, backbone, data = p.source, p.backbone, p.data
-    runs.write_json(out / results.CONFIG_FILE, {
+    files.write_json(out / results.CONFIG_FILE, {
         "command": "baseline", "config": config.to_dict(), **describe_inputs(p, args),
         "feature_cache_used": not args.no_cache, "versions": runs.versions(),
     })
@@ -339,7 +339,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
           f"{config.epochs} epochs -> {out}", file=sys.stderr)
 
     def on_epoch(record: dict, head) -> None:
-        runs.append_jsonl(out / results.METRICS_FILE, record)
+        files.append_jsonl(out / results.METRICS_FILE, record)
         train_iou = record.get("train_iou")
         print(f"epoch {record['epoch']:>3}/{config.epochs}  train loss {record['train_loss']:.4f}  "
               f"val loss {record['val_loss']:.4f}  "
@@ -350,7 +350,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     (out / results.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     result = train(config, data, on_epoch=on_epoch)
     runs.save_head(out / results.HEAD_FILE, result.head_state)
-    runs.write_text_atomic(out / results.TEXT_FILE, runs.evaluation_metrics_text(result.history))
+    files.write_text_atomic(out / results.TEXT_FILE, runs.evaluation_metrics_text(result.history))
     phase1_plots(out)
     report = write_report(out)
     best = result.best
@@ -376,7 +376,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
-    from sweeper import results, runs
+    from sweeper import files, results, runs
     from sweeper.device import gpu_count
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
@@ -390,10 +390,10 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         if not sweep_file.is_file():
             raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
         check_trusted(run_dir)  # a resume unpickles Ray's state there: refuse before any work
-        saved = runs.read_json(sweep_file)
+        saved = files.read_json(sweep_file)
         recorded = _started_with(saved)
         space = load_space(run_dir / SPACE_COPY)
-        runs.check_resume(run_dir, recorded, {"space": runs.file_sha256(run_dir / SPACE_COPY)})
+        runs.check_resume(run_dir, recorded, {"space": files.file_sha256(run_dir / SPACE_COPY)})
         runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
         args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
         if args.weights is None and saved["backbone"].get("weights_path"):
@@ -428,7 +428,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
                          gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
-    runs.ensure_writable_dir(run_dir)
+    files.ensure_writable_dir(run_dir)
     if args.address:
         check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
     else:
@@ -445,7 +445,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
     else:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
-                    "space": runs.file_sha256(space.source), "trials": trials, "seed": seed,
+                    "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
                     "max_concurrent": concurrent}
     data_bytes = trial_bytes(p.data)
     start_ray(opts, data_bytes=data_bytes)
@@ -459,7 +459,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
             "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
             "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
             **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": runs.versions()}
-    runs.write_json(sweep_file, info)
+    files.write_json(sweep_file, info)
     print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
           f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
           f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
@@ -478,7 +478,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         return 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
-    runs.write_json(sweep_file, info)
+    files.write_json(sweep_file, info)
     from sweeper.report import write_report
 
     report = write_report(run_dir)
@@ -503,7 +503,7 @@ def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
 
 def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on a resume's command line that decide results: each must equal the sweep's."""
-    from sweeper import runs
+    from sweeper import files
 
     given: dict[str, Any] = {}
     if args.data is not None:
@@ -511,7 +511,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.backbone != "auto":
         given["backbone"] = args.backbone
     if args.space is not None:
-        given["space"] = runs.file_sha256(args.space)
+        given["space"] = files.file_sha256(args.space)
     for field in ("trials", "seed", "max_concurrent", "label_mode"):
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
@@ -531,7 +531,7 @@ def _load_sweep(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / SWEEP_FILE
     if not path.is_file():
         raise SweeperError(f"{run_dir}: not a sweep folder (missing {SWEEP_FILE})")
-    from sweeper.runs import read_json
+    from sweeper.files import read_json
 
     return read_json(path)
 
@@ -590,7 +590,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from sweeper.evaluate import evaluate_run, summary_lines
-    from sweeper.runs import read_json
+    from sweeper.files import read_json
 
     data = args.data
     if data is None:  # the run's own data root: the synthetic default and `synth` sets carry a test/ split

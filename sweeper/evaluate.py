@@ -45,7 +45,7 @@ from matplotlib.patches import Patch
 from PIL import Image
 from torch import nn
 
-from sweeper import results, runs, synth
+from sweeper import files, results, runs, synth
 from sweeper.config import TrainConfig
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
@@ -134,14 +134,14 @@ def _validation(record: dict[str, Any], source: str) -> dict[str, Any]:
 def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
     if str(trial) != "best":
         raise SweeperError(f"{run_dir}: a baseline run has one head; a trial ({trial}) applies to sweeps only")
-    record = runs.read_json(run_dir / results.CONFIG_FILE)
+    record = files.read_json(run_dir / results.CONFIG_FILE)
     if "config" not in record or "backbone" not in record:
         raise SweeperError(f"{run_dir / results.CONFIG_FILE}: no 'config' and 'backbone' records in it")
     head_file = run_dir / results.HEAD_FILE
     if not head_file.is_file():
         raise SweeperError(f"{run_dir}: no {results.HEAD_FILE} (did the run finish?)")
     metrics = run_dir / results.METRICS_FILE
-    history = runs.read_jsonl(metrics) if metrics.is_file() else []
+    history = files.read_jsonl(metrics) if metrics.is_file() else []
     # Phase 1 saves the final head, so its validation scores are the last epoch's.
     validation = _validation(history[-1], results.METRICS_FILE) if history else None
     return RunHead(run_dir=run_dir, kind="baseline", label="baseline", trial=None, trial_id=None,
@@ -156,7 +156,7 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
     path = run_dir / HISTORY_CSV
     if not path.is_file():
         return None
-    df = runs.read_csv(path)
+    df = files.read_csv(path)
     if df.empty:
         return None
     if not {"trial", "epoch"} <= set(df.columns):
@@ -175,8 +175,8 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
 
 
 def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead:
-    sweep = runs.read_json(run_dir / SWEEP_FILE)
-    table = runs.read_csv(run_dir / TRIALS_CSV)
+    sweep = files.read_json(run_dir / SWEEP_FILE)
+    table = files.read_csv(run_dir / TRIALS_CSV)
     missing = {"trial", "trial_id"} - set(table.columns)
     if missing:
         raise SweeperError(f"{run_dir / TRIALS_CSV}: missing column(s) {', '.join(sorted(missing))}")
@@ -457,7 +457,7 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
     started = time.perf_counter()
     run = load_run_head(Path(run_dir), trial=trial, epoch=epoch)
     cfg = run.config
-    out = runs.ensure_writable_dir(Path(out) if out is not None else run.run_dir / EVALUATION_DIR / run.label)
+    out = files.ensure_writable_dir(Path(out) if out is not None else run.run_dir / EVALUATION_DIR / run.label)
     split: Split = find_split(data, "test")
     synthetic = synth.is_synthetic(data)
     trained_synthetic = (run.inputs.get("data") or {}).get("synthetic")
@@ -506,8 +506,8 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
         "seconds": round(time.perf_counter() - started, 3),
         "versions": runs.versions(),
     }
-    runs.write_json(out / METRICS_JSON, metrics)
-    runs.write_text_atomic(out / TEXT_FILE, evaluation_text(scores["phase1"]["iou"], scores["phase1"]["class_iou"]))
+    files.write_json(out / METRICS_JSON, metrics)
+    files.write_text_atomic(out / TEXT_FILE, evaluation_text(scores["phase1"]["iou"], scores["phase1"]["class_iou"]))
 
     tag = _synthetic_tag(synthetic)
     for i in range(min(comparisons, len(split))):

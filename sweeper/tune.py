@@ -42,7 +42,7 @@ from sweeper.results import (BEST_KEY, CONFIG_COLUMNS, CONFIRM_CSV, CONFIRM_DIR,
                              EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, STUDY_FILE, TRIAL_CONFIG, TRIAL_END,
                              TRIAL_EPOCHS, TRIAL_KEY, TRIALS_CSV)
 from sweeper.features import TrainData, drop_resident_pages
-from sweeper.runs import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
+from sweeper.files import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.space import SearchSpace
 from sweeper.device import gpu_count, is_out_of_memory, release_memory, trial_device
 from sweeper.train import load_checkpoint, train

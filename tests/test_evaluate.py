@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sweeper import evaluate as ev
-from sweeper import results, runs, synth
+from sweeper import files, results, runs, synth
 from sweeper.config import TrainConfig
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
@@ -74,12 +74,12 @@ def val_record(epoch: int, class_iou: list[float | None]) -> dict:
 
 def make_baseline(folder: Path, state: dict, *, history=(), backbone=BACKBONE) -> Path:
     folder.mkdir(parents=True)
-    runs.write_json(folder / results.CONFIG_FILE, {
+    files.write_json(folder / results.CONFIG_FILE, {
         "command": "baseline", "config": TrainConfig(**SMALL).to_dict(), "backbone": backbone,
         "data": {"root": "/somewhere/train-set", "synthetic": True}, "cache": {"dtype": "float32"}})
     torch.save(state, folder / results.HEAD_FILE)
     for r in history:
-        runs.append_jsonl(folder / results.METRICS_FILE, r)
+        files.append_jsonl(folder / results.METRICS_FILE, r)
     return folder
 
 
@@ -87,7 +87,7 @@ def make_sweep(folder: Path) -> Path:
     """Trials 0 (class 8, checkpoint with history), 1 (class 3, checkpoint only), 2 (best score, no checkpoint)."""
     ray = folder / "ray"
     ray.mkdir(parents=True)
-    runs.write_json(folder / "sweep.json", {"backbone": BACKBONE, "data": {"root": "/x", "synthetic": True},
+    files.write_json(folder / "sweep.json", {"backbone": BACKBONE, "data": {"root": "/x", "synthetic": True},
                                             "cache": {"dtype": "float32"}})
     (folder / "trials.csv").write_text(
         "trial,trial_id,status,baseline,lr,best_val_iou,best_epoch\n"
@@ -103,7 +103,7 @@ def make_sweep(folder: Path) -> Path:
                                             ("bbbb1111", 2, 5e-5, 3, None), ("cccc2222", 3, 1e-2, None, None)):
         tdir = ray / f"trial_main_{tid}_{n}_lr={lr}_2026-01-01_00-00-00"
         tdir.mkdir()
-        runs.write_json(tdir / "config.json", {"trial_id": tid, "number": n - 1, "started": float(n),
+        files.write_json(tdir / "config.json", {"trial_id": tid, "number": n - 1, "started": float(n),
                                                "config": {"lr": lr, "epochs": 2, "threads": 1, **SMALL,
                                                           "trial_number": n - 1}})
         if head_class is not None:
@@ -263,11 +263,11 @@ def test_scores_on_val_folder_reproduce_the_training_record(tmp_path, dataset, c
     result = train(cfg, data)
     run = tmp_path / "trained"
     run.mkdir()
-    runs.write_json(run / results.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
+    files.write_json(run / results.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
         **BACKBONE, "weights_digest": backbone.weights_digest}, "data": {"synthetic": True}, "cache": {}})
     runs.save_head(run / results.HEAD_FILE, result.head_state)
     for r in result.history:
-        runs.append_jsonl(run / results.METRICS_FILE, r)
+        files.append_jsonl(run / results.METRICS_FILE, r)
     out = ev.evaluate_run(run, data=dataset / "val", cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
     m = json.loads((out / "test_metrics.json").read_text())

@@ -656,7 +656,7 @@ def test_dashboard_without_its_packages_is_one_line_and_leaves_no_folder(tmp_pat
 
 
 class FullDisk:
-    """Stands in for `open` in sweeper.runs: files whose name contains `target` take `room` bytes, then fail
+    """Stands in for `open` in sweeper.files: files whose name contains `target` take `room` bytes, then fail
     with ENOSPC, as a write on a full disk does (the partial bytes stay in the file)."""
 
     def __init__(self, target: str, room: int = 10):
@@ -703,14 +703,14 @@ def no_temporaries(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("target", ["index.html", "summary.md", ".png"])
 def test_report_on_a_full_disk_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, monkeypatch, target):
-    import sweeper.runs
+    import sweeper.files
     from test_report import make_sweep
 
     run = make_sweep(tmp_path)
     assert run_cli(capsys, "report", run)[0] == 0
     before = {p: p.read_bytes() for p in (run / "report").iterdir()}
     full = FullDisk(target)
-    monkeypatch.setattr(sweeper.runs, "open", full, raising=False)
+    monkeypatch.setattr(sweeper.files, "open", full, raising=False)
     code, _, err = run_cli(capsys, "report", run)
     assert full.hits and code == 2, err
     line = error_line(err)
@@ -721,8 +721,8 @@ def test_report_on_a_full_disk_is_one_line_and_keeps_the_earlier_report(tmp_path
 
 @pytest.mark.parametrize("target", ["segmentation_head.pth", "metrics.jsonl"])
 def test_baseline_on_a_full_disk_is_one_line_and_keeps_finished_epochs(tmp_path, capsys, monkeypatch, target):
-    import sweeper.runs
-    from sweeper.runs import read_jsonl
+    import sweeper.files
+    from sweeper.files import read_jsonl
 
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
     data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
@@ -737,9 +737,9 @@ def test_baseline_on_a_full_disk_is_one_line_and_keeps_finished_epochs(tmp_path,
                 calls.append(file)
             return real(file, mode, *a, **kw) if len(calls) > 1 else open(file, mode, *a, **kw)
 
-        monkeypatch.setattr(sweeper.runs, "open", second_on, raising=False)
+        monkeypatch.setattr(sweeper.files, "open", second_on, raising=False)
     else:
-        monkeypatch.setattr(sweeper.runs, "open", full, raising=False)
+        monkeypatch.setattr(sweeper.files, "open", full, raising=False)
     code, _, err = run_cli(capsys, *argv)
     assert full.hits and code == 2, err
     line = error_line(err)
@@ -754,7 +754,7 @@ def test_baseline_on_a_full_disk_is_one_line_and_keeps_finished_epochs(tmp_path,
 def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(tmp_path, monkeypatch, target):
     import pandas as pd
 
-    import sweeper.runs
+    import sweeper.files
     import sweeper.tune
 
     old = {"trials.csv": "trial,best_val_iou\n0,0.1\n", "history.csv": "trial,epoch\n0,1\n"}
@@ -762,7 +762,7 @@ def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(t
         (tmp_path / name).write_text(text)
     new = pd.DataFrame({"trial": [0, 1], "best_val_iou": [0.1, 0.2], "epoch": [1, 1]})
     monkeypatch.setattr(sweeper.tune, "collect", lambda run_dir, space: (new, new))
-    monkeypatch.setattr(sweeper.runs, "open", FullDisk(target), raising=False)
+    monkeypatch.setattr(sweeper.files, "open", FullDisk(target), raising=False)
     with pytest.raises(SweeperError, match=rf"{tmp_path / target}: .*No space left on device") as e:
         sweeper.tune.write_tables(tmp_path, space=None)
     assert "\n" not in str(e.value)
@@ -923,7 +923,7 @@ def test_other_errors_of_a_search_are_not_called_a_full_disk():
 
 def test_a_full_disk_under_torch_save_is_one_line(tmp_path):
     # torch.save reports a full disk as RuntimeError("... unexpected pos ...") raised while handling the OSError
-    from sweeper.runs import write_atomic
+    from sweeper.files import write_atomic
 
     def torch_like(f):
         f.write(b"partial")

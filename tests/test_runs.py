@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sweeper.errors import SweeperError
-from sweeper.runs import read_jsonl
+from sweeper.files import read_jsonl
 
 
 def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from sweeper.backbone import create_backbone
 from sweeper.config import LabelMode
 from sweeper.features import load_train_data
-from sweeper.runs import read_jsonl
+from sweeper.files import read_jsonl
 from sweeper.space import load_space
 from sweeper.tune import SearchOptions, run_search
 
@@ -216,8 +216,8 @@ params:
     assert table.stopped_early.tolist() == [False, True] and table.epochs_run.tolist() == [3, 2]
     assert_study_matches_tables(tmp_path / "stop", table, history)
     # every trial's checkpoint holds its best epoch's head beside the latest state
-    from sweeper import runs
-    runs.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
+    from sweeper import files
+    files.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
     import torch
     from sweeper.evaluate import load_run_head
     from sweeper.results import BEST_KEY, STATE_FILE

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sweeper import evaluate as ev
-from sweeper import results, runs
+from sweeper import files, results
 from sweeper import tune
 from sweeper.errors import SweeperError
 from sweeper.space import load_space
@@ -47,11 +47,11 @@ def trial_folder(exp: Path, name: str, *, number: int, config: dict, started: fl
     folder = exp / name
     folder.mkdir()
     tune.write_trial_start(folder, {**config, results.TRIAL_KEY: number}, trial_id=name.split("_")[2])
-    runs.write_json(folder / results.TRIAL_CONFIG, {**runs.read_json(folder / results.TRIAL_CONFIG), "started": started})
+    files.write_json(folder / results.TRIAL_CONFIG, {**files.read_json(folder / results.TRIAL_CONFIG), "started": started})
     for r in epochs:
-        runs.append_jsonl(folder / results.TRIAL_EPOCHS, r)
+        files.append_jsonl(folder / results.TRIAL_EPOCHS, r)
     if end is not None:
-        runs.write_json(folder / results.TRIAL_END, end)
+        files.write_json(folder / results.TRIAL_END, end)
     (folder / "params.pkl").write_bytes(pickle.dumps(Touch(marker)))
     if head is not None:
         (folder / "checkpoint_000000").mkdir()
@@ -73,7 +73,7 @@ def sweep(tmp_path: Path) -> tuple[Path, Path]:
     exp = run / results.EXPERIMENT_DIR
     exp.mkdir(parents=True)
     marker = tmp_path / "code-ran"
-    runs.write_json(run / results.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
+    files.write_json(run / results.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
     base = {"lr": 0.0001, "optimizer": "sgd", "momentum": 0.9, "epochs": 2, "train_metrics": False, "threads": 1}
     trial_folder(exp, "trial_main_aaaa_00000_1_lr=0.0001", number=0, config=base, started=1.0,
                  epochs=[epoch(1, 0.2), epoch(2, 0.3)], end={"status": "TERMINATED"}, head=0.0, marker=marker)

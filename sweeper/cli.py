@@ -350,7 +350,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     (out / results.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     result = train(config, data, on_epoch=on_epoch)
     runs.save_head(out / results.HEAD_FILE, result.head_state)
-    files.write_text_atomic(out / results.TEXT_FILE, runs.evaluation_metrics_text(result.history))
+    files.write_text_atomic(out / results.TEXT_FILE, results.evaluation_metrics_text(result.history))
     phase1_plots(out)
     report = write_report(out)
     best = result.best

@@ -16,11 +16,10 @@ from typing import Sequence
 
 import torch
 
-from sweeper.errors import SweeperError
+from sweeper.errors import OOM_MARK, SweeperError
 
 log = logging.getLogger(__name__)
 
-OOM_MARK = "GPU out of memory"  # starts every out-of-memory trial error; tables and progress count it apart
 TOKENS_SHARE_OF_BUDGET = 0.5  # cached tokens go onto the GPU only if they take at most this part of the share
 
 
@@ -108,11 +107,6 @@ def oom_message(share: float, cap_bytes: int | None, where: str) -> str:
     cap = f", capped at {cap_bytes / 2**30:.1f} GiB" if cap_bytes else ""
     return (f"{OOM_MARK} during {where} with a {share:g} GPU share{cap}: raise --gpus-per-trial, lower "
             f"--max-concurrent or --batch size, or use --cache-dtype float16 / --amp")
-
-
-def is_out_of_memory(error: str | None) -> bool:
-    """Whether a trial's error line is an out-of-memory failure (`oom_message`, maybe after its class name)."""
-    return bool(error) and (error.startswith(OOM_MARK) or f": {OOM_MARK}" in error)
 
 
 def release_memory() -> None:

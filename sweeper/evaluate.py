@@ -59,7 +59,7 @@ from sweeper.train import batch_order, logits
 from sweeper.results import (BAR_CHART, BEST_KEY, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
                              EVALUATION_DIR, EXPERIMENT_DIR, HISTORY_CSV, MASK_NAME, MASKS_DIR, METRICS_JSON,
                              STATE_FILE, SWEEP_FILE, TEXT_FILE, TRIAL_CONFIG, TRIALS_CSV)
-from sweeper.tune import TrialRecord, latest_checkpoint, trial_groups
+from sweeper.results import TrialRecord, latest_checkpoint, trial_groups
 
 log = logging.getLogger(__name__)
 

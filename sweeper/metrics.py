@@ -142,12 +142,3 @@ class Phase1Meter:
         }
 
 
-def best_index(values: Sequence[float | None], *, mode: str = "max") -> int | None:
-    """Index of the best value ('max' or 'min'), NaN and None skipped, the earliest on ties; None if none is a number.
-
-    Python's max() is not this: with a NaN first it returns the NaN, so a best epoch would depend on order.
-    """
-    arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
-    if np.isnan(arr).all():  # also true for no values at all
-        return None
-    return int(np.nanargmax(arr) if mode == "max" else np.nanargmin(arr))

@@ -1,4 +1,5 @@
-"""The run folder: every file name a run writes, defined here once.
+"""The run folder's one reader and writer: every file name a run writes (defined here once), the one best-epoch
+function, each trial's own record (config, epochs, end), a sweep's tables, and phase 1's text file.
 
 A baseline run (`sweeper baseline`) writes CONFIG_FILE, METRICS_FILE, TEXT_FILE and HEAD_FILE. A sweep
 (`sweeper search`) writes:
@@ -13,10 +14,26 @@ A baseline run (`sweeper baseline`) writes CONFIG_FILE, METRICS_FILE, TEXT_FILE 
     confirm/       `sweeper confirm`'s Ray experiment; confirm.csv and confirm_summary.csv beside it
     report/        `sweeper report`; evaluation/<label>/ from `sweeper evaluate`
 
-This module imports neither torch nor Ray: `sweeper report` reads a run folder without them.
+Report, confirm, evaluate and the tables read only the project's own files written here, never Ray's pickled
+state. This module imports neither torch nor Ray: `sweeper report` reads a run folder without them (the bytes
+go through `sweeper.files`).
 """
 
 from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
+from sweeper.errors import SweeperError, is_out_of_memory
+from sweeper.files import read_json, read_jsonl, write_json, write_text_atomic
+from sweeper.space import SearchSpace
 
 # --- any run folder
 LOCK_FILE = ".lock"  # JSON {pid, host, command, since}; present while one process owns the folder
@@ -58,3 +75,249 @@ MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
 MASK_NAME, COLOR_NAME = "{}_pred.png", "{}_pred_color.png"  # of an image's stem, as the organisers name them
 COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order
 BAR_CHART = "per_class_metrics.png"
+
+
+# --------------------------------------------------------------------------- the best epoch
+
+
+def best_index(values: Sequence[float | None], *, mode: str = "max") -> int | None:
+    """Index of the best value ('max' or 'min'), NaN and None skipped, the earliest on ties; None if none is a number.
+
+    Python's max() is not this: with a NaN first it returns the NaN, so a best epoch would depend on order.
+    """
+    arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
+    if np.isnan(arr).all():  # also true for no values at all
+        return None
+    return int(np.nanargmax(arr) if mode == "max" else np.nanargmin(arr))
+
+
+def best_value(values: list[Any], *, mode: str = "max") -> float:
+    """The best of an epoch series, NaN and missing values skipped (NaN when none is a number)."""
+    i = best_index(values, mode=mode)
+    return math.nan if i is None else float(values[i])
+
+
+# --------------------------------------------------------------------------- trial records
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial folder under ray/ as its own TRIAL_CONFIG describes it.
+
+    A trial's number can own several folders: a trial continued after its driver was killed before Ray's
+    snapshot knew it runs again as a new Ray trial; its epochs and checkpoint span both folders.
+    """
+
+    path: Path  # the trial folder
+    trial_id: str  # Ray's trial id of this folder
+    number: int | None  # the study's trial number; None for a confirm run
+    config: dict[str, Any]  # the config as the trial ran it (TRIAL_KEY included)
+    started: float  # time.time() when the trial started: orders a number's folders
+
+    @property
+    def end(self) -> dict[str, Any] | None:
+        """How the trial ended (TRIAL_END), None while it runs or when its driver was killed."""
+        path = self.path / TRIAL_END
+        return read_json(path) if path.is_file() else None
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The epochs this folder's trial reported (TRIAL_EPOCHS)."""
+        return read_epochs(self.path)
+
+    def checkpoint(self) -> Path | None:
+        """This folder's latest checkpoint state file."""
+        states = sorted(self.path.glob(f"checkpoint_*/{STATE_FILE}"))
+        return states[-1] if states else None
+
+
+def read_epochs(folder: Path) -> list[dict[str, Any]]:
+    """A trial folder's TRIAL_EPOCHS, one record per epoch in order (an epoch re-run in that folder: the last)."""
+    path = Path(folder) / TRIAL_EPOCHS
+    by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.is_file() else []) if "epoch" in r}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) -> None:
+    """The trial's own record of what it runs, in its folder (see TRIAL_CONFIG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / TRIAL_CONFIG, {"trial_id": trial_id, "number": config.get(TRIAL_KEY), "config": config,
+                                      "started": time.time()})
+
+
+def write_trial_end(folder: Path, status: str, error: str | None = None) -> None:
+    """The driver's record of how a trial ended (see TRIAL_END)."""
+    if folder.is_dir():
+        write_json(folder / TRIAL_END, {"status": status, "error": error, "ended": time.time()})
+
+
+def read_trial_records(exp_dir: Path) -> list[TrialRecord]:
+    """Every trial folder's record under an experiment folder, in start order; a damaged one is one line."""
+    out = []
+    for path in sorted(Path(exp_dir).glob(f"*/{TRIAL_CONFIG}")):
+        rec = read_json(path)
+        number, config = rec.get("number"), rec.get("config")
+        if (not isinstance(config, dict) or not isinstance(rec.get("trial_id"), str)
+                or not isinstance(rec.get("started"), (int, float))
+                or not (number is None or (isinstance(number, int) and number >= 0))):
+            raise SweeperError(f"{path}: not a trial record (expected trial_id, number, config and started)")
+        out.append(TrialRecord(path=path.parent, trial_id=rec["trial_id"], number=number, config=config,
+                               started=float(rec["started"])))
+    return sorted(out, key=lambda r: r.started)
+
+
+def trial_groups(exp_dir: Path) -> dict[int, list[TrialRecord]]:
+    """A sweep's trial folders by study number, each number's folders in start order."""
+    groups: dict[int, list[TrialRecord]] = {}
+    for r in read_trial_records(exp_dir):
+        if r.number is not None:
+            groups.setdefault(r.number, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def merged_epochs(records: list[TrialRecord]) -> list[dict[str, Any]]:
+    """A trial's epochs over all its folders; an epoch in a later folder replaces the earlier one."""
+    by_epoch = {int(r["epoch"]): r for rec in records for r in rec.epochs()}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def latest_checkpoint(records: list[TrialRecord]) -> tuple[TrialRecord, Path] | None:
+    """The checkpoint of a trial's latest-started folder that has one."""
+    for rec in reversed(records):
+        state = rec.checkpoint()
+        if state is not None:
+            return rec, state
+    return None
+
+
+def trial_configs(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Each sweep trial's full config (as it ran, its study number left out), by trial number, from the
+    trials' own records (never Ray's pickled state)."""
+    return {n: {k: v for k, v in records[-1].config.items() if k != TRIAL_KEY}
+            for n, records in trial_groups(Path(run_dir) / EXPERIMENT_DIR).items()}
+
+
+def is_baseline(config: dict[str, Any], baseline_point: dict[str, Any]) -> bool:
+    """Whether a trial config is the enqueued phase-1 point."""
+    return all(config.get(k) == v for k, v in baseline_point.items())
+
+
+# --------------------------------------------------------------------------- a sweep's tables (trials.csv, history.csv)
+
+
+def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials and history tables from a run folder's trial records (complete or not).
+
+    Only the project's own JSON files are read (TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_END), never Ray's pickled
+    experiment state: a results folder from elsewhere is data, not code. A trial without TRIAL_END is RUNNING
+    (its sweep was interrupted).
+    """
+    exp_dir = Path(run_dir) / EXPERIMENT_DIR
+    groups = trial_groups(exp_dir) if exp_dir.is_dir() else {}
+    if not groups:
+        raise SweeperError(f"{exp_dir}: no trial records here (trial folders with {TRIAL_CONFIG})")
+    baseline = space.baseline_point()
+    # Every trial row carries the resolved value of these (the TrainConfig default when the space
+    # neither searches nor fixes one), so tables and figures never depend on what a space declares.
+    config_keys = list(dict.fromkeys([*CONFIG_COLUMNS, *space.param_names, *sorted(space.fixed)]))
+    trials, history = [], []
+    for idx, records in groups.items():
+        t = records[-1]  # the folder it ran in last
+        epochs = merged_epochs(records)
+        end = t.end or {}
+        status = str(end.get("status") or "RUNNING")
+        source = str(t.path / TRIAL_CONFIG)
+        cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__},
+                                    source=source)
+        resolved = cfg.to_dict()
+        vals = [r.get(space.metric) for r in epochs]
+        best_i = best_index(vals, mode=space.mode)  # NaN epochs skipped; None when no epoch has a number
+        err = (end.get("error") or "error") if status == "ERROR" else None
+        row = {"trial": idx, "trial_id": t.trial_id, "status": status, "baseline": is_baseline(t.config, baseline),
+               # a searched param that its `when` switched off stays empty; anything else is as the trial ran
+               **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
+               "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
+               "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
+               f"best_{space.metric}": vals[best_i] if best_i is not None else None,
+               "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
+               f"last_{space.metric}": vals[-1] if vals else None,
+               "best_val_miou": best_value([r.get("val_miou") for r in epochs]),
+               "last_val_miou": epochs[-1].get("val_miou") if epochs else None,
+               "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
+               "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
+               "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
+               "node_id": epochs[-1].get("node_id") if epochs else None,
+               "device": epochs[-1].get("device") if epochs else None,
+               "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
+               "error": err, "out_of_memory": is_out_of_memory(err)}
+        trials.append(row)
+        for r in epochs:
+            h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": resolved["optimizer"],
+                 **{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "val_acc",
+                                          "val_miou", "lr", "epoch_seconds")}}
+            for name, v in (r.get("val_class_iou") or {}).items():
+                h[f"val_class_iou/{name}"] = v
+            history.append(h)
+    trials_df = pd.DataFrame(trials)
+    best_col = f"best_{space.metric}"
+    if not trials_df.empty:
+        base = trials_df.loc[trials_df.baseline & trials_df[best_col].notna(), best_col]
+        trials_df["delta_vs_published"] = trials_df[best_col] - PUBLISHED_BASELINE_IOU
+        trials_df["delta_vs_baseline_trial"] = trials_df[best_col] - (base.iloc[0] if len(base) else math.nan)
+    return trials_df, pd.DataFrame(history)
+
+
+def write_tables(run_dir: Path, space: SearchSpace) -> pd.DataFrame:
+    """Write trials.csv and history.csv into the run folder; return the trials table."""
+    trials, history = collect(run_dir, space)
+    write_text_atomic(run_dir / TRIALS_CSV, trials.to_csv(index=False))
+    write_text_atomic(run_dir / HISTORY_CSV, history.to_csv(index=False))
+    return trials
+
+
+def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> str:
+    """The top trials as aligned text, with deltas against the baseline trial and the published figure."""
+    best_col = f"best_{space.metric}"
+    if trials.empty:
+        return "(no trials)"
+    ranked = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last")
+    df = ranked.head(top)
+    if not df.baseline.any():  # the phase-1 reference row is always shown, last if it ranks below the top
+        df = pd.concat([df, ranked[ranked.baseline].head(1)])
+    cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
+            best_col, "best_epoch", "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
+    cols = [c for c in cols if c in df.columns]
+    shown = df[cols].copy()
+    shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+# --------------------------------------------------------------------------- a baseline run's text file
+
+
+def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:
+    """Phase 1's evaluation_metrics.txt byte for byte: final metrics, best results with epoch, per-epoch table."""
+    h = list(history)
+    col = lambda k: [r.get(k) for r in h]  # noqa: E731
+    num = lambda v: float("nan") if v is None else v  # noqa: E731
+    last = h[-1]
+    lines = ["TRAINING RESULTS", "=" * 50, "", "Final Metrics:"]
+    for label, key in [("Train Loss", "train_loss"), ("Val Loss", "val_loss"), ("Train IoU", "train_iou"),
+                       ("Val IoU", "val_iou"), ("Train Dice", "train_dice"), ("Val Dice", "val_dice"),
+                       ("Train Accuracy", "train_acc"), ("Val Accuracy", "val_acc")]:
+        lines.append(f"  Final {label + ':':<16}{num(last.get(key)):.4f}")
+    lines += ["=" * 50, "", "Best Results:"]
+    for label, key, low in [("Best Val IoU", "val_iou", False), ("Best Val Dice", "val_dice", False),
+                            ("Best Val Accuracy", "val_acc", False), ("Lowest Val Loss", "val_loss", True)]:
+        i = best_index(col(key), mode="min" if low else "max")
+        v, e = (math.nan, "-") if i is None else (float(h[i][key]), i + 1)
+        lines.append(f"  {label + ':':<19}{v:.4f} (Epoch {e})")
+    lines += ["=" * 50, "", "Per-Epoch History:", "-" * 100]
+    headers = ["Epoch", "Train Loss", "Val Loss", "Train IoU", "Val IoU", "Train Dice", "Val Dice", "Train Acc",
+               "Val Acc"]
+    # Every column padded to its width, the last one too: the organisers' rows end in spaces, and so do ours.
+    lines.append(" ".join(f"{x:<12}" if i else f"{x:<8}" for i, x in enumerate(headers)))
+    lines.append("-" * 100)
+    keys = ["train_loss", "val_loss", "train_iou", "val_iou", "train_dice", "val_dice", "train_acc", "val_acc"]
+    for r in h:
+        lines.append(f"{r['epoch']:<8} " + " ".join(f"{num(r.get(k)):<12.4f}" for k in keys))
+    return "\n".join(lines) + "\n"

@@ -29,7 +29,8 @@ from sweeper.errors import SweeperError
 from sweeper.features import ArrayTokens, SplitData, TrainData
 from sweeper.head import create_head
 from sweeper.losses import config_class_weights, lr_factor
-from sweeper.metrics import Phase1Meter, best_index, confusion_matrix
+from sweeper.metrics import Phase1Meter, confusion_matrix
+from sweeper.results import best_index
 
 log = logging.getLogger(__name__)
 

@@ -36,19 +36,18 @@ import pandas as pd
 import torch
 
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
-from sweeper.errors import SweeperError
-from sweeper.metrics import best_index
-from sweeper.results import (BEST_KEY, CONFIG_COLUMNS, CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV,
-                             EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, STUDY_FILE, TRIAL_CONFIG, TRIAL_END,
-                             TRIAL_EPOCHS, TRIAL_KEY, TRIALS_CSV)
+from sweeper.device import gpu_count, release_memory, trial_device
+from sweeper.errors import SweeperError, is_out_of_memory
 from sweeper.features import TrainData, drop_resident_pages
-from sweeper.files import append_jsonl, read_json, read_jsonl, write_json, write_text_atomic
+from sweeper.files import append_jsonl, write_text_atomic
+from sweeper.results import (BEST_KEY, CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR,
+                             STATE_FILE, STUDY_FILE, TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_KEY, TRIALS_CSV, best_index,
+                             best_value, is_baseline, merged_epochs, read_epochs, trial_configs, trial_groups,
+                             write_tables, write_trial_end, write_trial_start)
 from sweeper.space import SearchSpace
-from sweeper.device import gpu_count, is_out_of_memory, release_memory, trial_device
 from sweeper.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -186,95 +185,6 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
 # --------------------------------------------------------------------------- trial records
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial folder under ray/ as its own TRIAL_CONFIG describes it.
-
-    A trial's number can own several folders: a trial continued after its driver was killed before Ray's
-    snapshot knew it runs again as a new Ray trial; its epochs and checkpoint span both folders.
-    """
-
-    path: Path  # the trial folder
-    trial_id: str  # Ray's trial id of this folder
-    number: int | None  # the study's trial number; None for a confirm run
-    config: dict[str, Any]  # the config as the trial ran it (TRIAL_KEY included)
-    started: float  # time.time() when the trial started: orders a number's folders
-
-    @property
-    def end(self) -> dict[str, Any] | None:
-        """How the trial ended (TRIAL_END), None while it runs or when its driver was killed."""
-        path = self.path / TRIAL_END
-        return read_json(path) if path.is_file() else None
-
-    def epochs(self) -> list[dict[str, Any]]:
-        """The epochs this folder's trial reported (TRIAL_EPOCHS)."""
-        return read_epochs(self.path)
-
-    def checkpoint(self) -> Path | None:
-        """This folder's latest checkpoint state file."""
-        states = sorted(self.path.glob(f"checkpoint_*/{STATE_FILE}"))
-        return states[-1] if states else None
-
-
-def read_epochs(folder: Path) -> list[dict[str, Any]]:
-    """A trial folder's TRIAL_EPOCHS, one record per epoch in order (an epoch re-run in that folder: the last)."""
-    path = Path(folder) / TRIAL_EPOCHS
-    by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.is_file() else []) if "epoch" in r}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) -> None:
-    """The trial's own record of what it runs, in its folder (see TRIAL_CONFIG)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / TRIAL_CONFIG, {"trial_id": trial_id, "number": config.get(TRIAL_KEY), "config": config,
-                                      "started": time.time()})
-
-
-def write_trial_end(folder: Path, status: str, error: str | None = None) -> None:
-    """The driver's record of how a trial ended (see TRIAL_END)."""
-    if folder.is_dir():
-        write_json(folder / TRIAL_END, {"status": status, "error": error, "ended": time.time()})
-
-
-def read_trial_records(exp_dir: Path) -> list[TrialRecord]:
-    """Every trial folder's record under an experiment folder, in start order; a damaged one is one line."""
-    out = []
-    for path in sorted(Path(exp_dir).glob(f"*/{TRIAL_CONFIG}")):
-        rec = read_json(path)
-        number, config = rec.get("number"), rec.get("config")
-        if (not isinstance(config, dict) or not isinstance(rec.get("trial_id"), str)
-                or not isinstance(rec.get("started"), (int, float))
-                or not (number is None or (isinstance(number, int) and number >= 0))):
-            raise SweeperError(f"{path}: not a trial record (expected trial_id, number, config and started)")
-        out.append(TrialRecord(path=path.parent, trial_id=rec["trial_id"], number=number, config=config,
-                               started=float(rec["started"])))
-    return sorted(out, key=lambda r: r.started)
-
-
-def trial_groups(exp_dir: Path) -> dict[int, list[TrialRecord]]:
-    """A sweep's trial folders by study number, each number's folders in start order."""
-    groups: dict[int, list[TrialRecord]] = {}
-    for r in read_trial_records(exp_dir):
-        if r.number is not None:
-            groups.setdefault(r.number, []).append(r)
-    return dict(sorted(groups.items()))
-
-
-def merged_epochs(records: list[TrialRecord]) -> list[dict[str, Any]]:
-    """A trial's epochs over all its folders; an epoch in a later folder replaces the earlier one."""
-    by_epoch = {int(r["epoch"]): r for rec in records for r in rec.epochs()}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def latest_checkpoint(records: list[TrialRecord]) -> tuple[TrialRecord, Path] | None:
-    """The checkpoint of a trial's latest-started folder that has one."""
-    for rec in reversed(records):
-        state = rec.checkpoint()
-        if state is not None:
-            return rec, state
-    return None
-
-
 def continued_state(exp_dir: Path, number: int) -> Path | None:
     """The checkpoint a restarted trial `number` continues from: the one with most epochs in its folders."""
     best: tuple[int, Path] | None = None
@@ -332,11 +242,6 @@ def check_trusted(run_dir: Path) -> None:
         if st.st_mode & 0o002:
             raise SweeperError(f"{path}: writable by other users (mode {st.st_mode & 0o777:o}); --resume loads "
                                f"Ray's pickled state from here, which runs code: chmod o-w it first if you trust it")
-
-
-def is_baseline(config: dict[str, Any], baseline_point: dict[str, Any]) -> bool:
-    """Whether a trial config is the enqueued phase-1 point."""
-    return all(config.get(k) == v for k, v in baseline_point.items())
 
 
 def make_scheduler(space: SearchSpace):
@@ -489,8 +394,8 @@ class ProgressPrinter:
         self.space, self.stream = space, stream
         self.total = total or space.trials  # the sweep's budget (--trials overrides the space's)
         self.baseline = space.baseline_point()
-        self.best: tuple[float, int] | None = None
-        self.baseline_score: float | None = None
+        self.best: tuple[float, int] | None = None  # (score, trial) of the best epoch seen in any trial
+        self.baseline_score: float | None = None  # the baseline trial's best epoch so far
         self.oom: set[str] = set()  # trial ids that failed for lack of GPU memory: counted apart
         self.started = time.perf_counter()
 
@@ -538,11 +443,11 @@ class ProgressPrinter:
         idx = trial_index(trial)
         score = result.get(self.space.metric)
         if score is not None and not math.isnan(score):
-            better = self.best is None or (score > self.best[0] if self.space.mode == "max" else score < self.best[0])
-            if better:
-                self.best = (score, idx)
+            # the best so far against this epoch, by the one best-epoch rule (the earlier wins a tie)
+            pair = [p for p in (self.best, (score, idx)) if p is not None]
+            self.best = pair[best_index([v for v, _ in pair], mode=self.space.mode)]
             if is_baseline(trial.config, self.baseline):
-                self.baseline_score = max(score, self.baseline_score or -math.inf)
+                self.baseline_score = best_value([self.baseline_score, score], mode=self.space.mode)
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} epoch "
                           f"{result.get('epoch')}/{trial.config.get('epochs')}: {self.space.metric} "
                           f"{'-' if score is None else f'{score:.4f}'}  | {self._best()} | {self._counts(trials)}\n")
@@ -783,74 +688,6 @@ def disk_full(error: BaseException) -> str | None:
 # --------------------------------------------------------------------------- results
 
 
-def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials and history tables from a run folder's trial records (complete or not).
-
-    Only the project's own JSON files are read (TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_END), never Ray's pickled
-    experiment state: a results folder from elsewhere is data, not code. A trial without TRIAL_END is RUNNING
-    (its sweep was interrupted).
-    """
-    exp_dir = Path(run_dir) / EXPERIMENT_DIR
-    groups = trial_groups(exp_dir) if exp_dir.is_dir() else {}
-    if not groups:
-        raise SweeperError(f"{exp_dir}: no trial records here (trial folders with {TRIAL_CONFIG})")
-    baseline = space.baseline_point()
-    # Every trial row carries the resolved value of these (the TrainConfig default when the space
-    # neither searches nor fixes one), so tables and figures never depend on what a space declares.
-    config_keys = list(dict.fromkeys([*CONFIG_COLUMNS, *space.param_names, *sorted(space.fixed)]))
-    trials, history = [], []
-    for idx, records in groups.items():
-        t = records[-1]  # the folder it ran in last
-        epochs = merged_epochs(records)
-        end = t.end or {}
-        status = str(end.get("status") or "RUNNING")
-        source = str(t.path / TRIAL_CONFIG)
-        cfg = TrainConfig.from_dict({k: v for k, v in t.config.items() if k in TrainConfig.__dataclass_fields__},
-                                    source=source)
-        resolved = cfg.to_dict()
-        vals = [r.get(space.metric) for r in epochs]
-        best_i = best_index(vals, mode=space.mode)  # NaN epochs skipped; None when no epoch has a number
-        err = (end.get("error") or "error") if status == "ERROR" else None
-        row = {"trial": idx, "trial_id": t.trial_id, "status": status, "baseline": is_baseline(t.config, baseline),
-               # a searched param that its `when` switched off stays empty; anything else is as the trial ran
-               **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
-               "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
-               "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
-               f"best_{space.metric}": vals[best_i] if best_i is not None else None,
-               "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
-               f"last_{space.metric}": vals[-1] if vals else None,
-               "best_val_miou": _best_value([r.get("val_miou") for r in epochs]),
-               "last_val_miou": epochs[-1].get("val_miou") if epochs else None,
-               "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
-               "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
-               "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
-               "node_id": epochs[-1].get("node_id") if epochs else None,
-               "device": epochs[-1].get("device") if epochs else None,
-               "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
-               "error": err, "out_of_memory": is_out_of_memory(err)}
-        trials.append(row)
-        for r in epochs:
-            h = {"trial": idx, "trial_id": t.trial_id, "baseline": row["baseline"], "optimizer": resolved["optimizer"],
-                 **{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_iou", "val_dice", "val_acc",
-                                          "val_miou", "lr", "epoch_seconds")}}
-            for name, v in (r.get("val_class_iou") or {}).items():
-                h[f"val_class_iou/{name}"] = v
-            history.append(h)
-    trials_df = pd.DataFrame(trials)
-    best_col = f"best_{space.metric}"
-    if not trials_df.empty:
-        base = trials_df.loc[trials_df.baseline & trials_df[best_col].notna(), best_col]
-        trials_df["delta_vs_published"] = trials_df[best_col] - PUBLISHED_BASELINE_IOU
-        trials_df["delta_vs_baseline_trial"] = trials_df[best_col] - (base.iloc[0] if len(base) else math.nan)
-    return trials_df, pd.DataFrame(history)
-
-
-def _best_value(values: list[Any], *, mode: str = "max") -> float:
-    """The best of an epoch series, NaN and missing values skipped (NaN when none is a number)."""
-    i = best_index(values, mode=mode)
-    return math.nan if i is None else float(values[i])
-
-
 def _trial_error(trial) -> str:
     """The first line of a failed trial's error, from its error file."""
     # Ray writes it on the driver (error_file) and copies it into the trial folder (path) later
@@ -867,39 +704,7 @@ def _trial_error(trial) -> str:
     return str(getattr(trial, "error_msg", None) or "error")
 
 
-def write_tables(run_dir: Path, space: SearchSpace) -> pd.DataFrame:
-    """Write trials.csv and history.csv into the run folder; return the trials table."""
-    trials, history = collect(run_dir, space)
-    write_text_atomic(run_dir / TRIALS_CSV, trials.to_csv(index=False))
-    write_text_atomic(run_dir / HISTORY_CSV, history.to_csv(index=False))
-    return trials
-
-
-def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> str:
-    """The top trials as aligned text, with deltas against the baseline trial and the published figure."""
-    best_col = f"best_{space.metric}"
-    if trials.empty:
-        return "(no trials)"
-    ranked = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last")
-    df = ranked.head(top)
-    if not df.baseline.any():  # the phase-1 reference row is always shown, last if it ranks below the top
-        df = pd.concat([df, ranked[ranked.baseline].head(1)])
-    cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
-            best_col, "best_epoch", "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
-    cols = [c for c in cols if c in df.columns]
-    shown = df[cols].copy()
-    shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-
-
 # --------------------------------------------------------------------------- confirm
-
-
-def trial_configs(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Each sweep trial's full config (as it ran, its study number left out), by trial number, from the
-    trials' own records (never Ray's pickled state)."""
-    return {n: {k: v for k, v in records[-1].config.items() if k != TRIAL_KEY}
-            for n, records in trial_groups(Path(run_dir) / EXPERIMENT_DIR).items()}
 
 
 def pick_for_confirm(trials: pd.DataFrame, space: SearchSpace, top: int) -> list[int]:
@@ -963,8 +768,8 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
         hist = read_epochs(Path(r.path))  # the trial's own record of its epochs
         vals = [h[space.metric] for h in hist if h.get(space.metric) is not None]
         rows.append({"trial": cfg[CONFIRM_KEY], "seed": cfg["seed"], "status": "ERROR" if r.error else "TERMINATED",
-                     "epochs_run": len(hist), "best_val_iou": _best_value(vals, mode=space.mode),
-                     "best_val_miou": _best_value([h.get("val_miou") for h in hist]),
+                     "epochs_run": len(hist), "best_val_iou": best_value(vals, mode=space.mode),
+                     "best_val_miou": best_value([h.get("val_miou") for h in hist]),
                      "error": str(r.error).splitlines()[0] if r.error else None})
     runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
     write_text_atomic(run_dir / CONFIRM_CSV, runs.to_csv(index=False))

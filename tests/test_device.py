@@ -16,6 +16,7 @@ import torch
 
 from sweeper import device as dev
 from sweeper.config import LabelMode, TrainConfig
+from sweeper.errors import OOM_MARK
 from sweeper.features import TrainData
 from sweeper.train import load_checkpoint, train
 
@@ -89,7 +90,7 @@ def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
     with pytest.raises(dev.GpuOutOfMemoryError) as e:
         train(cfg, learnable_data(n_train=2, n_val=2))
     msg = str(e.value)
-    assert msg.startswith(dev.OOM_MARK) and "0.25 GPU share" in msg and "--gpus-per-trial" in msg
+    assert msg.startswith(OOM_MARK) and "0.25 GPU share" in msg and "--gpus-per-trial" in msg
     assert "\n" not in msg
 
 
@@ -106,7 +107,7 @@ def test_progress_counts_out_of_memory_failures_apart(tmp_path):
             if error:
                 (Path(self.path) / "error.txt").write_text(f"Traceback...\n{error}\n")
 
-    oom = FakeTrial(1, "ERROR", f"sweeper.device.GpuOutOfMemoryError: {dev.OOM_MARK} during training with a "
+    oom = FakeTrial(1, "ERROR", f"sweeper.device.GpuOutOfMemoryError: {OOM_MARK} during training with a "
                                 f"0.25 GPU share")
     other = FakeTrial(2, "ERROR", "sweeper.train.TrainingDiverged: training loss became nan")
     trials = [FakeTrial(0, "RUNNING"), oom, other]
@@ -116,7 +117,7 @@ def test_progress_counts_out_of_memory_failures_apart(tmp_path):
     printer.on_end(trials, oom, "FAILED")
     printer.on_end(trials, other, "FAILED")
     assert "failed 2 (1 out of GPU memory)" in lines[-1]
-    assert dev.OOM_MARK in lines[0] and "nan" in lines[1]
+    assert OOM_MARK in lines[0] and "nan" in lines[1]
 
 
 def test_checkpoint_tensors_are_cpu_copies():

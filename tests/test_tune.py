@@ -403,7 +403,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
 
 
 def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
-    from sweeper.tune import summary_table
+    from sweeper.results import summary_table
 
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     t = pd.DataFrame({"trial": [0, 1], "status": ["TERMINATED"] * 2, "baseline": [True, False],

@@ -46,7 +46,7 @@ def trial_folder(exp: Path, name: str, *, number: int, config: dict, started: fl
     """A trial folder as a sweep leaves it: the trial's records, Ray's own pickles, maybe a checkpoint."""
     folder = exp / name
     folder.mkdir()
-    tune.write_trial_start(folder, {**config, results.TRIAL_KEY: number}, trial_id=name.split("_")[2])
+    results.write_trial_start(folder, {**config, results.TRIAL_KEY: number}, trial_id=name.split("_")[2])
     files.write_json(folder / results.TRIAL_CONFIG, {**files.read_json(folder / results.TRIAL_CONFIG), "started": started})
     for r in epochs:
         files.append_jsonl(folder / results.TRIAL_EPOCHS, r)
@@ -105,7 +105,7 @@ def test_poisoned_ray_state_is_live(sweep):
 def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep):
     run, marker = sweep
     space = load_space(SPACE)
-    trials, history = tune.collect(run, space)
+    trials, history = results.collect(run, space)
     assert trials.trial.tolist() == [0, 1, 2]
     assert trials.status.tolist() == ["TERMINATED", "TERMINATED", "ERROR"]
     assert trials.baseline.tolist() == [True, False, False]
@@ -116,10 +116,10 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
     assert history[history.trial == 1].val_iou.tolist() == [0.4, 0.5]
     assert history["val_class_iou/Trees"].tolist() == [0.2, 0.3, 0.4, 0.5]
 
-    configs = tune.trial_configs(run)
+    configs = results.trial_configs(run)
     assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and results.TRIAL_KEY not in configs[1]
 
-    tune.write_tables(run, space)
+    results.write_tables(run, space)
     head = ev.load_run_head(run, trial=1, epoch="last")
     assert head.weights_file.parent.parent.name.startswith("trial_main_bbbb")  # the continued folder's checkpoint
     assert float(head.state["w"][0]) == 2.0 and head.config.lr == 0.003
@@ -131,13 +131,13 @@ def test_a_damaged_trial_record_is_one_line(sweep):
     path = next((run / results.EXPERIMENT_DIR).glob(f"*/{results.TRIAL_CONFIG}"))
     path.write_text('{"trial_id": 3}')
     with pytest.raises(SweeperError, match=f"{path}: not a trial record"):
-        tune.collect(run, load_space(SPACE))
+        results.collect(run, load_space(SPACE))
 
 
 def test_no_trial_records_is_one_line(tmp_path):
     (tmp_path / "run" / results.EXPERIMENT_DIR).mkdir(parents=True)
     with pytest.raises(SweeperError, match="no trial records here"):
-        tune.collect(tmp_path / "run", load_space(SPACE))
+        results.collect(tmp_path / "run", load_space(SPACE))
 
 
 @pytest.mark.parametrize("what", ["run", "ray", "state"])

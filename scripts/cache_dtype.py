@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import REPO, token_bytes  # noqa: E402
 from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.cli import default_space_path  # noqa: E402
 from sweeper.features import default_cache_root, load_train_data  # noqa: E402
+from sweeper.results import best_index  # noqa: E402
 from sweeper.space import load_space  # noqa: E402
 from sweeper.synth import default_dataset  # noqa: E402
 from sweeper.train import train  # noqa: E402
@@ -46,7 +48,8 @@ def sample_configs(space, n: int, seed: int) -> list[dict]:
 
 
 def best(history) -> tuple[float, int]:
-    rec = max(history, key=lambda r: (r["val_iou"], -r["epoch"]))
+    """A run's best val IoU and its epoch (the earliest on ties, NaN epochs skipped), as a sweep ranks it."""
+    rec = history[best_index([r["val_iou"] for r in history])]
     return rec["val_iou"], rec["epoch"]
 
 
@@ -89,7 +92,7 @@ def main() -> int:
         "same_best_epoch": int((df.best_epoch_float16 == df.best_epoch_float32).sum()),
         "winner": winner, "same_winner": winner["float32"] == winner["float16"],
         "rank_correlation": float(df.best_val_iou_float32.rank().corr(df.best_val_iou_float16.rank())),
-        "cache_bytes": {dt: int(d.train.tokens.array.nbytes + d.val.tokens.array.nbytes) for dt, d in data.items()},
+        "cache_bytes": {dt: token_bytes(d) for dt, d in data.items()},
         "seconds": round(time.perf_counter() - started, 1), "load_average": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

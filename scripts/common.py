@@ -1,11 +1,22 @@
-"""Helpers shared by the measurement scripts (rehearsal, GPU check): logging, the CLI as a subprocess, sizes."""
+"""Helpers shared by the measurement scripts (bench, rehearsal, GPU check, cache dtype): logging, timing,
+work folders, background samplers, the CLI as a subprocess, sizes.
+
+Light on purpose (no torch, no sweeper import): `scripts/gpu_check.py` imports it before it knows whether
+the machine has what the package needs.
+"""
 
 from __future__ import annotations
 
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -15,10 +26,72 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def median(xs: list[float]) -> float:
+    """The median as a plain float (JSON-ready): timings on a shared machine are reported as medians."""
+    return float(statistics.median(xs))
+
+
+def repeat(fn: Callable[[], Any], n: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of n calls of fn after `warmup` untimed calls (the first call pays for lazy set-up)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def du(path: Path) -> int:
     """Bytes on disk under a path (0 if it does not exist)."""
     path = Path(path)
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def token_bytes(data: Any) -> int:
+    """Bytes of a TrainData's cached tokens, train and val (the feature cache's size in memory; the
+    object store holds more: labels and pixel counts too, see sweeper's `trial_bytes`)."""
+    return int(data.train.tokens.array.nbytes + data.val.tokens.array.nbytes)
+
+
+@contextmanager
+def work_dir(given: Path | None, prefix: str) -> Iterator[Path]:
+    """The folder a script works in: `given` (created, kept) or a fresh temp folder removed at the end,
+    so that data, caches and runs of a measurement never pile up in /tmp."""
+    path = Path(given) if given is not None else Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if given is None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class Sampler(threading.Thread):
+    """Calls `sample()` at once, then every `interval` s, in a daemon thread while in a `with` block.
+    Subclasses keep what they read; `sample` returning False stops the sampling (the tool it reads is
+    missing)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.done = threading.Event()
+
+    def sample(self) -> bool | None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while self.sample() is not False and not self.done.wait(self.interval):
+            pass
+
+    def __enter__(self) -> "Sampler":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join(timeout=10)
 
 
 def sweeper_cli(*args: str, env: dict[str, str], check: bool = True) -> float:

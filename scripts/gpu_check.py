@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, log, sweeper_cli  # noqa: E402
+from common import REPO, log, sweeper_cli, work_dir  # noqa: E402
 
 OUT = REPO / "results" / "gpu"
 
@@ -50,7 +50,19 @@ def stage_tests(env: dict[str, str]) -> dict[str, Any]:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """A baseline run's per-epoch records."""
+    from sweeper.files import read_jsonl
+    from sweeper.results import METRICS_FILE
+
+    return read_jsonl(run / METRICS_FILE)
+
+
+def read_trials(run: Path):
+    """A sweep's trials table, None when the sweep wrote none (it failed before its tables)."""
+    from sweeper.files import read_csv
+    from sweeper.results import TRIALS_CSV
+
+    return read_csv(run / TRIALS_CSV) if (run / TRIALS_CSV).is_file() else None
 
 
 def max_diff(a: list[dict], b: list[dict], keys=("train_loss", "val_loss", "train_iou", "val_iou", "val_miou")):
@@ -82,16 +94,14 @@ def stage_ray(env: dict[str, str], work: Path) -> dict[str, Any]:
     missing = [m for m in ("ray", "optuna") if importlib.util.find_spec(m) is None]
     if missing:
         return {"skipped": f"{' and '.join(missing)} not installed: the Ray part was skipped"}
-    sys.path.insert(0, str(REPO / "scripts"))
     from gpu_trainers import GpuSampler
+    from sweeper.results import EXPERIMENT_DIR
 
     out: dict[str, Any] = {}
     with GpuSampler() as sampler:
         seconds = sweeper_cli("search", "--trials", "16", "--gpus-per-trial", "0.25", "--out", str(work),
                               "--name", "gpu16", env=env, check=False)
-    import pandas as pd
-
-    trials = pd.read_csv(work / "gpu16" / "trials.csv") if (work / "gpu16" / "trials.csv").exists() else None
+    trials = read_trials(work / "gpu16")
     out["search16"] = {"seconds": round(seconds, 1), **sampler.summary(),
                        "trials": None if trials is None else len(trials),
                        "statuses": None if trials is None else trials.status.value_counts().to_dict(),
@@ -102,12 +112,12 @@ def stage_ray(env: dict[str, str], work: Path) -> dict[str, Any]:
            str(work), "--name", "killed"]
     p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((work / "killed").glob("ray/*/checkpoint_*")):
+    while time.time() < deadline and not list((work / "killed").glob(f"{EXPERIMENT_DIR}/*/checkpoint_*")):
         time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     resume_seconds = sweeper_cli("search", "--resume", "--name", "killed", "--out", str(work), env=env, check=False)
-    trials = pd.read_csv(work / "killed" / "trials.csv") if (work / "killed" / "trials.csv").exists() else None
+    trials = read_trials(work / "killed")
     out["kill_resume"] = {"resume_seconds": round(resume_seconds, 1),
                           "trials": None if trials is None else len(trials),
                           "statuses": None if trials is None else trials.status.value_counts().to_dict()}
@@ -146,20 +156,20 @@ def main() -> int:
         print("gpu_check: torch sees no CUDA GPU here: nothing to check (run it on a machine with an NVIDIA GPU)",
               file=sys.stderr)
         return 2
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu_check-{os.getpid()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SWEEPER_CACHE": str(work / "cache")}
     started = time.perf_counter()
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "capability": list(torch.cuda.get_device_capability(0))}
-    for name, fn in (("tests", lambda: stage_tests(env)), ("baseline", lambda: stage_baseline(env, work)),
-                     ("trainers", lambda: stage_trainers(env)), ("ray", lambda: stage_ray(env, work / "runs"))):
-        log(f"gpu_check: {name}")
-        try:
-            result[name] = fn()
-        except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
-            result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+    with work_dir(None, prefix="gpu_check-") as work:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "SWEEPER_CACHE": str(work / "cache")}
+        for name, fn in (("tests", lambda: stage_tests(env)), ("baseline", lambda: stage_baseline(env, work)),
+                         ("trainers", lambda: stage_trainers(env)), ("ray", lambda: stage_ray(env, work / "runs"))):
+            log(f"gpu_check: {name}")
+            try:
+                result[name] = fn()
+            except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
+                result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            OUT.mkdir(parents=True, exist_ok=True)
+            (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
     result["seconds"] = round(time.perf_counter() - started, 1)
     (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
     try:

@@ -19,17 +19,19 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from common import Sampler, work_dir  # noqa: E402
 from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.config import TrainConfig  # noqa: E402
 from sweeper.features import default_cache_root, load_train_data  # noqa: E402
+from sweeper.files import write_atomic  # noqa: E402
 from sweeper.synth import default_dataset  # noqa: E402
 from sweeper.train import load_checkpoint, train  # noqa: E402
 
@@ -53,10 +55,8 @@ def trainer(rank: int, cfg: TrainConfig, queue, checkpoint: str | None = None, r
     state = load_checkpoint(resume) if resume else None
 
     def on_epoch(record, run):
-        if checkpoint:
-            tmp = f"{checkpoint}.tmp"
-            torch.save(run.state_dict(), tmp)
-            os.replace(tmp, checkpoint)
+        if checkpoint:  # whole or absent: the kill may land mid-write
+            write_atomic(Path(checkpoint), lambda f: torch.save(run.state_dict(), f))
 
     try:
         history = train(cfg, data, on_epoch=on_epoch, resume=state).history
@@ -70,33 +70,23 @@ def trainer(rank: int, cfg: TrainConfig, queue, checkpoint: str | None = None, r
         queue.put({"rank": rank, "ok": False, "error": f"{type(e).__name__}: {e}"})
 
 
-class GpuSampler:
+class GpuSampler(Sampler):
     """nvidia-smi every 0.5 s in a thread: peak memory used and utilisation of GPU 0."""
 
     def __init__(self) -> None:
+        super().__init__(interval=0.5)
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
-                                      "--format=csv,noheader,nounits", "-i", "0"],
-                                     capture_output=True, text=True, timeout=5).stdout
-                mem, util = (float(v) for v in out.strip().split(","))
-                self.samples.append((mem, util))
-            except (OSError, ValueError, subprocess.SubprocessError):
-                return
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> "GpuSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def sample(self) -> bool:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
+                                  "--format=csv,noheader,nounits", "-i", "0"],
+                                 capture_output=True, text=True, timeout=5).stdout
+            mem, util = (float(v) for v in out.strip().split(","))
+        except (OSError, ValueError, subprocess.SubprocessError):
+            return False  # no nvidia-smi (or no GPU 0): the summary says None
+        self.samples.append((mem, util))
+        return True
 
     def summary(self) -> dict[str, float | None]:
         if not self.samples:
@@ -158,7 +148,7 @@ def main() -> int:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--kill-resume", action="store_true", help="the SIGKILL / resume check instead")
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_trainers")
+    ap.add_argument("--work", type=Path, help="--kill-resume's checkpoint folder (default: a temp dir, removed)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_trainers: no CUDA GPU visible to torch (use --device cpu for a dry run)", file=sys.stderr)
@@ -167,9 +157,9 @@ def main() -> int:
     cfg = CONFIG.replace(device=args.device, epochs=args.epochs, amp=args.amp, gpu_share=min(1.0, args.share),
                          threads=1)
     if args.kill_resume:
-        args.work.mkdir(parents=True, exist_ok=True)
-        (args.work / "state.pt").unlink(missing_ok=True)
-        out = kill_resume(cfg.replace(epochs=max(3, args.epochs)), args.work)
+        with work_dir(args.work, prefix="gpu_trainers-") as work:
+            (work / "state.pt").unlink(missing_ok=True)
+            out = kill_resume(cfg.replace(epochs=max(3, args.epochs)), work)
     else:
         out = concurrent(args.procs, cfg)
     print(json.dumps(out))

@@ -320,7 +320,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
     from sweeper import files, results, runs
-    from sweeper.report import phase1_plots, write_report
+    from sweeper.report import write_report
+    from sweeper.report.run_figures import phase1_plots
     from sweeper.train import train
 
     kept = [f for f in (results.CONFIG_FILE, results.METRICS_FILE, results.HEAD_FILE) if (out / f).exists()]

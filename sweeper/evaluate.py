@@ -30,6 +30,7 @@ head, and test_metrics.json says which epoch that is.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -41,7 +42,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.patches import Patch
 from PIL import Image
 from torch import nn
 
@@ -53,7 +53,8 @@ from sweeper.features import cached_labels, cached_tokens, default_cache_root
 from sweeper.head import create_head
 from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
 from sweeper.progress import progress_bar
-from sweeper.report import new_figure, save_figure
+from sweeper.report.run_figures import PALETTE, colorize, comparison_figure, per_class_figure
+from sweeper.report.summary import fmt, synthetic_tag
 from sweeper.device import autocast, resolve_device
 from sweeper.train import batch_order, logits
 from sweeper.results import (BAR_CHART, BEST_KEY, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
@@ -69,22 +70,7 @@ PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val p
 BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
 EPOCH_CHOICES = ("best", "last")  # which of a sweep trial's kept heads to score: its best epoch's or its latest
 
-# The organisers' test-script palette (RGB), so our colour masks match theirs pixel for pixel. Not in the
-# reference files here: taken from public copies of their test_segmentation.py, which agree on it. Their
-# class 0 is "Background" (black); in practice it holds Flowers (the class table drops id 600).
-PALETTE = np.array([
-    (0, 0, 0),        # 0 Flowers/bg: black
-    (34, 139, 34),    # 1 Trees: forest green
-    (0, 255, 0),      # 2 Lush Bushes: lime
-    (210, 180, 140),  # 3 Dry Grass: tan
-    (139, 90, 43),    # 4 Dry Bushes: brown
-    (128, 128, 0),    # 5 Ground Clutter: olive
-    (139, 69, 19),    # 6 Logs: saddle brown
-    (128, 128, 128),  # 7 Rocks: grey
-    (160, 82, 45),    # 8 Landscape: sienna
-    (135, 206, 235),  # 9 Sky: sky blue
-], dtype=np.uint8)
-assert len(PALETTE) == NUM_CLASSES
+assert len(PALETTE) == NUM_CLASSES  # the organisers' mask colours: one per class
 
 
 @dataclass(frozen=True)
@@ -326,97 +312,6 @@ def evaluation_text(mean_iou: float, class_iou: dict[str, float | None]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class ids (H, W) -> (H, W, 3) uint8 RGB in PALETTE; ids outside the table are black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:len(PALETTE)] = PALETTE
-    return lut[mask.astype(np.uint8)]
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _synthetic_tag(synthetic: bool) -> str:
-    return " [SYNTHETIC data]" if synthetic else ""
-
-
-def _legend_handles() -> list[Patch]:
-    return [Patch(facecolor=PALETTE[i] / 255, edgecolor="0.3", label=f"{i} {n}") for i, n in enumerate(CLASS_NAMES)]
-
-
-def comparison_figure(image: np.ndarray, target: np.ndarray, pred: np.ndarray, *, title: str, path: Path) -> Path:
-    """Image, ground truth, prediction and an error map of one test sample, with the class legend."""
-    h, w = target.shape
-    fig, (placeholder,) = new_figure(1, width=12.0, height=12.0 * h / w + 1.6)
-    placeholder.remove()  # the house style and size from new_figure; the grid below adds a legend row
-    grid = fig.add_gridspec(3, 2, height_ratios=(1.0, 1.0, 0.22))
-    axes = [fig.add_subplot(grid[r, c]) for r in range(2) for c in range(2)]
-    wrong = pred != target
-    errors = (0.35 * image.mean(axis=2, keepdims=True).repeat(3, axis=2)).astype(np.uint8)  # dimmed grey image
-    errors[wrong] = (230, 30, 30)
-    panels = [(image, "Image (at evaluation size)"), (colorize(target), "Ground truth"),
-              (colorize(pred), f"Prediction (pixel accuracy {1.0 - wrong.mean():.1%})"),
-              (errors, f"Errors in red ({wrong.mean():.1%} of pixels)")]
-    for ax, (img, name) in zip(axes, panels):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(name, fontsize="medium")
-        ax.axis("off")
-    legend_ax = fig.add_subplot(grid[2, :])
-    legend_ax.axis("off")
-    legend_ax.legend(handles=_legend_handles(), loc="center", ncol=5, fontsize="small", frameon=False)
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-def per_class_figure(metrics: dict[str, Any], path: Path) -> Path:
-    """Grouped bars of per-class IoU: test in both flavours next to validation, from a test_metrics.json dict."""
-    names = list(metrics["dataset"]["class_iou"])
-    test = [metrics["dataset"]["class_iou"][n] for n in names]
-    val_rec = metrics.get("validation")
-    in_test = metrics["class_pixels"]["target"]
-    fig, (ax,) = new_figure(1, width=12.0, height=5.6)
-    x = np.arange(len(names))
-    series = [(f"test, dataset-level (mIoU {_fmt(metrics['dataset']['miou'])})", test, "#dd8452", True)]
-    per_batch = metrics["phase1"].get("class_iou") or {}
-    if per_batch:  # absent from a test_metrics.json written before both flavours were kept
-        series.append((f"test, phase-1 per-batch (mean IoU {_fmt(metrics['phase1']['iou'])})",
-                       [per_batch.get(n) for n in names], "#c44e52", True))
-    width = 0.8 / (len(series) + bool(val_rec))
-    if val_rec:
-        series.insert(0, (f"validation, dataset-level, epoch {val_rec.get('epoch')} "
-                          f"(mIoU {_fmt(val_rec.get('val_miou'))})",
-                          [val_rec["class_iou"].get(n) for n in names], "#4c72b0", False))
-    first_test = next(k for k, s in enumerate(series) if s[3])
-    for k, (label, values, color, is_test) in enumerate(series):
-        pos = x + (k - (len(series) - 1) / 2) * width
-        heights = np.array([0.0 if v is None else v for v in values], dtype=float)
-        ax.bar(pos, heights, width, label=label, color=color)
-        for i, (p, v) in enumerate(zip(pos, values)):
-            # Zero bars are invisible and NaN ones (class neither present nor predicted) have no bar:
-            # say which is which. A class with no test pixels has no meaningful test IoU at all (said once).
-            absent = is_test and not in_test.get(names[i])
-            text = (("absent\nin test" if k == first_test else "") if absent
-                    else "n/a" if v is None else f"{v:.2f}")
-            if not text:
-                continue
-            ax.annotate(text, (p, heights[i]), ha="center", va="bottom", fontsize="x-small",
-                        color="0.35" if text[0].isalpha() else "0.1", xytext=(0, 1), textcoords="offset points")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_ylim(0, 1.18)  # headroom for the legend above the tallest possible bar
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("IoU per class")
-    ax.set_title(f"Per-class IoU, validation vs test: {metrics['run']['label']}"
-                 f"{_synthetic_tag(metrics['data']['synthetic'])}")
-    ax.grid(axis="x", visible=False)  # vertical lines would cut through the bar pairs
-    ax.legend(loc="upper center", ncol=len(series), fontsize="x-small")
-    return save_figure(fig, path)
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 # --------------------------------------------------------------------------- the whole evaluation
 
 
@@ -509,11 +404,11 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
     files.write_json(out / METRICS_JSON, metrics)
     files.write_text_atomic(out / TEXT_FILE, evaluation_text(scores["phase1"]["iou"], scores["phase1"]["class_iou"]))
 
-    tag = _synthetic_tag(synthetic)
+    tag = synthetic_tag(synthetic)
     for i in range(min(comparisons, len(split))):
         image = _display_image(split.image_paths[i], height=height, width=width)
         comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i),
-                          title=f"{run.label}: test image {names[i]}{tag}")
+                          title=f"{run.label}: test image {names[i]}{tag}", class_names=CLASS_NAMES)
     per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART)
     log.info("test %s: phase-1 IoU %.4f, Dice %.4f, accuracy %.4f; dataset mIoU %.4f%s", run.label,
              metrics["phase1"]["iou"], metrics["phase1"]["dice"], metrics["phase1"]["acc"],
@@ -525,19 +420,20 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
 def summary_lines(metrics: dict[str, Any]) -> Sequence[str]:
     """A test_metrics.json dict as a few lines for the CLI to print."""
     p, d, v = metrics["phase1"], metrics["dataset"], metrics.get("validation")
+    short = functools.partial(fmt, digits=3, missing="n/a")  # the CLI's lines: 3 decimals
     run = metrics["run"]
     head = f" (head of epoch {run['epoch']}, its {run.get('weights', 'kept')})" if run.get("epoch") is not None else ""
     lines = [f"{run['label']}{head} on {metrics['data']['images']} test images"
-             f"{_synthetic_tag(metrics['data']['synthetic'])}: phase-1 IoU {_fmt(p['iou'])}, Dice {_fmt(p['dice'])}, "
-             f"accuracy {_fmt(p['acc'])}; dataset mIoU {_fmt(d['miou'])}"]
+             f"{synthetic_tag(metrics['data']['synthetic'])}: phase-1 IoU {short(p['iou'])}, Dice {short(p['dice'])}, "
+             f"accuracy {short(p['acc'])}; dataset mIoU {short(d['miou'])}"]
     if v:
-        lines.append(f"validation (epoch {v.get('epoch')}): IoU {_fmt(v.get('val_iou'))}, "
-                     f"mIoU {_fmt(v.get('val_miou'))}")
+        lines.append(f"validation (epoch {v.get('epoch')}): IoU {short(v.get('val_iou'))}, "
+                     f"mIoU {short(v.get('val_miou'))}")
     width = max(len(n) for n in d["class_iou"])
     per_batch = p.get("class_iou") or {}
     lines.append(f"  {'per-class IoU':<{width}}  {'test, phase-1 per-batch':>23}  {'test, dataset':>13}  "
                  f"{'val, dataset':>12}")
     for n, t in d["class_iou"].items():
-        val = _fmt(v["class_iou"].get(n)) if v else "n/a"
-        lines.append(f"  {n:<{width}}  {_fmt(per_batch.get(n)):>23}  {_fmt(t):>13}  {val:>12}")
+        val = short(v["class_iou"].get(n)) if v else "n/a"
+        lines.append(f"  {n:<{width}}  {short(per_batch.get(n)):>23}  {short(t):>13}  {val:>12}")
     return lines

@@ -17,6 +17,7 @@ from sweeper.config import TrainConfig
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.head import create_head
+from sweeper.report.run_figures import colorize
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")  # 4x8 token grid: fast on CPU
 BACKBONE = {"name": "random_vits14", "weights_path": None}
@@ -159,7 +160,7 @@ ORGANISERS_PALETTE = [(0, 0, 0), (34, 139, 34), (0, 255, 0), (210, 180, 140), (1
 
 def test_colorize_uses_the_organisers_palette():
     mask = np.arange(10, dtype=np.uint8).reshape(2, 5)
-    rgb = ev.colorize(mask)
+    rgb = colorize(mask)
     assert rgb.shape == (2, 5, 3) and rgb.dtype == np.uint8
     assert [tuple(c) for c in rgb.reshape(10, 3).tolist()] == ORGANISERS_PALETTE
 

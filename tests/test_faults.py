@@ -519,15 +519,15 @@ def test_synth_with_no_train_images_is_refused(tmp_path, capsys):
 
 
 def test_summary_md_shows_user_strings_as_text_not_markup():
-    from sweeper import report
+    from sweeper.report import summary
 
     evil = "run_1 <img src=x onerror=alert(1)> [link](http://x) | cell\n# heading"
-    md = "\n".join(report._md(f"Sweep report: {evil}", None, [("Data", evil)], [evil]))
+    md = "\n".join(summary._md(f"Sweep report: {evil}", None, [("Data", evil)], [evil]))
     import re
 
     assert not re.search(r"(?<!\\)[<>\[\]|]", md) and "\n# heading" not in md  # each one escaped
     assert "run\\_1 \\<img src=x onerror=alert(1)\\> \\[link\\](http://x) \\| cell \\# heading" in md
-    table = report._md_table(["error"], [[evil]])
+    table = summary._md_table(["error"], [[evil]])
     assert table.splitlines()[-1].count(" | ") == 0  # one cell: the pipe inside it is escaped
 
 

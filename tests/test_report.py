@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -13,10 +15,16 @@ import optuna
 import pandas as pd
 import pytest
 
-from sweeper import report
 from sweeper.errors import SweeperError
-from sweeper.report import (PHASE1_VAL_IOU, SWEEP_FIGURES, SYNTHETIC_BANNER, NoData, class_iou_table, load_sweep,
-                            reference_lines, write_report)
+from sweeper.report import write_report
+from sweeper.report.figures import PHASE1_VAL_IOU, NoData, reference_lines, render_figures
+from sweeper.report.load import load_baseline, load_sweep
+from sweeper.report.page import sweep_html, trials_table_html
+from sweeper.report.run_figures import BASELINE_FIGURES, phase1_figure, phase1_plots, plot_baseline_val_iou
+from sweeper.report.summary import SYNTHETIC_BANNER, sweep_summary_md
+from sweeper.report.sweep_figures import (SWEEP_FIGURES, VERDICT_COLORS, class_iou_table, param_importances,
+                                          plot_asha_budget, plot_lr_vs_iou, plot_param_importance,
+                                          plot_ranked_trials, plot_val_iou_curves)
 from sweeper.tune import PUBLISHED_BASELINE_IOU
 
 CLASSES = ("Trees", "Rocks", "Sky")
@@ -149,7 +157,7 @@ def test_failed_trial_is_listed_with_its_error(sweep_report):
 @pytest.mark.parametrize("synthetic", [True, False])
 def test_synthetic_banner_iff_synthetic(tmp_path, synthetic):
     run = load_sweep(make_sweep(tmp_path, synthetic=synthetic, study_trials=0))
-    page, summary = report.sweep_html(run, figures=[]), report.sweep_summary_md(run)
+    page, summary = sweep_html(run, figures=[]), sweep_summary_md(run)
     assert (SYNTHETIC_BANNER in page) is synthetic
     assert (SYNTHETIC_BANNER in summary) is synthetic
     assert ('id="banner"' in page) is synthetic  # real data with a trained backbone: no warning at all
@@ -158,13 +166,13 @@ def test_synthetic_banner_iff_synthetic(tmp_path, synthetic):
 
 def test_reference_lines_are_published_figure_and_baseline_trial(sweep_report):
     run = load_sweep(sweep_report[0])
-    for plot in (report.plot_ranked_trials, report.plot_lr_vs_iou):
+    for plot in (plot_ranked_trials, plot_lr_vs_iou):
         fig = plot(run)
         refs = reference_lines(fig.axes[0])
         plt.close(fig)
         assert set(refs["published"]) == {PUBLISHED_BASELINE_IOU}, plot.__name__
         assert set(refs["baseline"]) == {BASELINE_BEST}, plot.__name__
-    fig = report.plot_val_iou_curves(run)
+    fig = plot_val_iou_curves(run)
     refs = reference_lines(fig.axes[0])
     plt.close(fig)
     assert refs["published"] == list(PHASE1_VAL_IOU)
@@ -174,7 +182,7 @@ def test_reference_lines_are_published_figure_and_baseline_trial(sweep_report):
 
 def test_ranked_bars_are_in_score_order_and_marked(sweep_report):
     run = load_sweep(sweep_report[0])
-    fig = report.plot_ranked_trials(run)
+    fig = plot_ranked_trials(run)
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches[:len(TRIALS)]]
     labels = [t.get_text() for t in ax.get_xticklabels()]
@@ -188,12 +196,12 @@ def test_ranked_bars_are_in_score_order_and_marked(sweep_report):
 
 def test_on_real_data_bars_are_judged_against_both_references(tmp_path):
     run = load_sweep(make_sweep(tmp_path, synthetic=False, study_trials=0))
-    fig = report.plot_ranked_trials(run)
+    fig = plot_ranked_trials(run)
     ax = fig.axes[0]
     colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches[:len(TRIALS)]]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
-    c = report.VERDICT_COLORS
+    c = VERDICT_COLORS
     # ranked 1 (0.35), 4 (0.25), 0 (baseline 0.20), 2 (0.15), 3 (failed)
     assert colours == [c["all"], c["some"], c["baseline"], c["none"], c["failed"]]
     assert {"beats the baseline trial and 0.2971", "beats the baseline trial only",
@@ -209,7 +217,7 @@ def test_class_iou_delta_uses_each_trials_best_epoch(sweep_report):
 
 
 def test_asha_budget_counts_saved_epochs(sweep_report):
-    fig = report.plot_asha_budget(load_sweep(sweep_report[0]))
+    fig = plot_asha_budget(load_sweep(sweep_report[0]))
     title = fig.axes[0].get_title()
     plt.close(fig)
     assert "saved 2 of 20 planned epochs (10%)" in title  # trial 2 stopped at 2 of 4; failed trial 3 not counted
@@ -230,10 +238,10 @@ def test_summary_md_shows_at_most_ten(tmp_path):
     many = {i: ("adam", 1e-3 * (i + 1), "none", "TERMINATED", 2, [0.1 + 0.01 * i, 0.1 + 0.02 * i], None)
             for i in range(12)}
     run = load_sweep(make_sweep(tmp_path, trials=many, study_trials=0))
-    md = report.sweep_summary_md(run)
+    md = sweep_summary_md(run)
     rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| rank")]
     assert len(rows) == 10 and rows[0].startswith("| 1 | trial 11 ")
-    assert len(tbody_rows(report.trials_table_html(run))) == 12
+    assert len(tbody_rows(trials_table_html(run))) == 12
 
 
 def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path, caplog):
@@ -244,11 +252,11 @@ def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path, caplog):
 
     run = load_sweep(make_sweep(tmp_path, study_trials=2))
     with pytest.raises(NoData, match="too few completed trials"):
-        report.plot_param_importance(run)
+        plot_param_importance(run)
     (tmp_path / "out").mkdir()
     spec = next(s for s in SWEEP_FIGURES if s.file == "param_importance.png")
     with caplog.at_level(logging.INFO, logger="sweeper.report"):
-        [(_, png)] = report.render_figures([spec], run, tmp_path / "out")
+        [(_, png)] = render_figures([spec], run, tmp_path / "out")
     assert any("param_importance.png: too few completed trials" in r.getMessage() for r in caplog.records)
     with Image.open(png) as im:
         assert im.format == "PNG"
@@ -257,12 +265,12 @@ def test_too_few_study_trials_draws_a_figure_that_says_so(tmp_path, caplog):
 
 
 def test_importance_ranks_the_param_that_drives_the_objective(tmp_path):
-    imp = report.param_importances(make_sweep(tmp_path) / "study.db", "fake-sweep")
+    imp = param_importances(make_sweep(tmp_path) / "study.db", "fake-sweep")
     assert imp.trials == 8 and set(imp.values) == {"lr", "optimizer", "batch_size"}
     assert imp.conditional == ("momentum",)  # sgd-only: not ranked against params every trial has
     assert max(imp.values, key=imp.values.get) == "lr"
     assert sum(imp.values.values()) == pytest.approx(1.0)
-    again = report.param_importances(make_sweep(tmp_path / "again") / "study.db", "fake-sweep")
+    again = param_importances(make_sweep(tmp_path / "again") / "study.db", "fake-sweep")
     assert again.values == imp.values  # deterministic: the figure is stable
 
 
@@ -284,7 +292,7 @@ def test_fewer_trials_than_planned_and_unfinished_trials_are_listed(tmp_path):
     sweep = load_sweep(run)
     assert "3 of 8 planned trials have no results (never started)" in sweep.missing
     assert any("did not finish (RUNNING): trial 4" in m for m in sweep.missing)
-    md = report.sweep_summary_md(sweep)
+    md = sweep_summary_md(sweep)
     assert "## Missing or unfinished" in md and "3 of 8 planned trials" in md
 
 
@@ -295,7 +303,7 @@ def test_missing_baseline_trial_is_reported(tmp_path):
     assert any(m.startswith("no baseline trial") for m in sweep.missing)
     with pytest.raises(NoData):
         class_iou_table(sweep)
-    fig = report.plot_ranked_trials(sweep)
+    fig = plot_ranked_trials(sweep)
     refs = reference_lines(fig.axes[0])
     plt.close(fig)
     assert refs == {"published": [PUBLISHED_BASELINE_IOU, PUBLISHED_BASELINE_IOU]}
@@ -322,6 +330,18 @@ def test_unreadable_trials_csv_raises_one_line_error(tmp_path):
     with pytest.raises(SweeperError, match="best_val_iou"):
         write_report(run)
     assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("kind", ["sweep", "baseline"])
+def test_report_command_imports_neither_torch_nor_ray(tmp_path, kind):
+    """`sweeper report` reads saved results only, so it runs where torch and Ray are not loaded (or installed)."""
+    run = make_sweep(tmp_path) if kind == "sweep" else make_baseline(tmp_path, synthetic=True)
+    code = ("import sys; from sweeper.cli import main; assert main(['report', sys.argv[1]]) == 0; "
+            "print('heavy modules:', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "heavy modules: []" in out.stdout.splitlines()
+    assert (run / "report" / "index.html").is_file()
 
 
 # --------------------------------------------------------------------------- baseline run folders
@@ -352,11 +372,11 @@ def test_baseline_run_report(tmp_path, synthetic):
     assert f"{0.28 - PUBLISHED_BASELINE_IOU:+.4f} ({(0.28 - PUBLISHED_BASELINE_IOU) / PUBLISHED_BASELINE_IOU:+.1%})" \
         in headline
     assert (SYNTHETIC_BANNER in page) is synthetic
-    assert page.count("data:image/png;base64,") == len(report.BASELINE_FIGURES)
+    assert page.count("data:image/png;base64,") == len(BASELINE_FIGURES)
     assert (run / "report" / "summary.md").read_text().startswith("# Baseline run report")
     assert not (run / "iou_curves.png").exists()  # the report writes only under report/
 
-    fig = report.plot_baseline_val_iou(report.load_baseline(run))
+    fig = plot_baseline_val_iou(load_baseline(run))
     refs = reference_lines(fig.axes[0])
     plt.close(fig)
     assert refs == {"baseline": [0.21, 0.28, 0.26], "published": list(PHASE1_VAL_IOU)}
@@ -405,7 +425,7 @@ TWO_EPOCHS = [
                                         ("Pixel Accuracy vs Epoch", [[0.6, 0.7], [0.65, 0.62]])]),
 ])
 def test_phase1_figures_have_the_organisers_panels(name, grid, panels):
-    fig = report.phase1_figure(TWO_EPOCHS, name)
+    fig = phase1_figure(TWO_EPOCHS, name)
     try:
         axes = fig.axes
         assert [ax.get_title() for ax in axes] == [title for title, _ in panels]
@@ -424,7 +444,7 @@ def test_phase1_figures_have_the_organisers_panels(name, grid, panels):
 def test_phase1_plots_writes_the_four_figures(tmp_path):
     with open(tmp_path / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in TWO_EPOCHS)
-    paths = report.phase1_plots(tmp_path)
+    paths = phase1_plots(tmp_path)
     assert [p.name for p in paths] == ["training_curves.png", "iou_curves.png", "dice_curves.png",
                                        "all_metrics_curves.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
@@ -432,4 +452,4 @@ def test_phase1_plots_writes_the_four_figures(tmp_path):
 
 def test_phase1_figure_unknown_name_is_a_one_line_error():
     with pytest.raises(SweeperError, match="loss_curves.png.*training_curves.png"):
-        report.phase1_figure(TWO_EPOCHS, "loss_curves.png")
+        phase1_figure(TWO_EPOCHS, "loss_curves.png")

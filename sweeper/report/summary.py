@@ -1,0 +1,254 @@
+"""The report's words and numbers: the banner, the headline, numbers as text, and summary.md.
+
+index.html (`page.py`) and summary.md say the same things in the same words, so both take them from here;
+`sweeper evaluate` formats its scores with the same `fmt`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+
+from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.report.load import SCORE, BaselineRun, SweepRun, num
+
+TOP_SUMMARY = 10  # trials in summary.md's table
+PUBLISHED_LABEL = "published phase-1 figure on the real data"
+SYNTHETIC_BANNER = ("SYNTHETIC data and an UNTRAINED random backbone: numbers show the machinery works, "
+                    "they say nothing about the real task")
+
+
+# --------------------------------------------------------------------------- numbers as text
+
+
+def fmt(v: Any, digits: int = 4, *, missing: str = "—") -> str:
+    """A number with `digits` decimals, or `missing` for None, NaN and non-numbers (the one number format)."""
+    f = num(v)
+    return missing if f is None else f"{f:.{digits}f}"
+
+
+def delta(value: float | None, ref: float | None) -> str:
+    """'+0.0123 (+4.1%)': absolute and relative difference, or '—'."""
+    if value is None or ref is None:
+        return "—"
+    rel = f" ({(value - ref) / ref:+.1%})" if ref else ""
+    return f"{value - ref:+.4f}{rel}"
+
+
+def cell(v: Any, kind: str) -> tuple[str, str]:
+    """(text shown, sort key) of a table cell; kind: 'int', 'num', 'sci', 'signed', 'bool' or 'text'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or (kind not in ("text", "bool") and num(v) is None):
+        return "—", ""
+    if kind == "bool":
+        return ("yes" if v else "no"), ("1" if v else "0")
+    if kind == "text":
+        return str(v), str(v)
+    f = float(v)
+    text = {"int": f"{f:.0f}", "sci": f"{f:.2e}", "signed": f"{f:+.4f}"}.get(kind, f"{f:.4f}")
+    return text, repr(f)
+
+
+# --------------------------------------------------------------------------- wording shared by page and summary
+
+
+def describe_trial(row: pd.Series) -> str:
+    """'adamw, lr 1.2e-03, cosine, class weights log, batch 8': what sets a trial apart, in a few words."""
+    parts = [str(row.get("optimizer", "?"))]
+    if num(row.get("lr")) is not None:
+        parts.append(f"lr {row['lr']:.1e}")
+    for key, label in (("schedule", ""), ("class_weights", "class weights "), ("batch_size", "batch ")):
+        v = row.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            parts.append(f"{label}{int(v) if isinstance(v, float) and v.is_integer() else v}")
+    return ", ".join(parts)
+
+
+def trial_label(row: pd.Series) -> str:
+    return f"trial {int(row.trial)}" + (" (baseline)" if row.get("baseline") else "")
+
+
+def banner(synthetic: bool | None, trained: bool | None) -> str | None:
+    """The warning a reader must see before any number, or None for real data and a trained backbone."""
+    if synthetic and trained is False:
+        return SYNTHETIC_BANNER
+    if synthetic:
+        return "SYNTHETIC data: numbers show the machinery works, they say nothing about the real task"
+    if trained is False:
+        return "UNTRAINED random backbone: numbers say nothing about what DINOv2 features can do"
+    if synthetic is None:
+        return "Data kind unknown (no run description): the numbers may come from synthetic data"
+    return None
+
+
+def synthetic_tag(synthetic: bool) -> str:
+    """' [SYNTHETIC data]' after a title or a line of scores, when they come from synthetic data."""
+    return " [SYNTHETIC data]" if synthetic else ""
+
+
+def comparability(synthetic: bool | None, trained: bool | None) -> str:
+    """What a difference from 0.2971 means here: '' when it compares like with like."""
+    if synthetic or trained is False:
+        what = " and ".join(w for w, on in (("data", synthetic), ("backbone", trained is False)) if on)
+        return f"; not comparable: different {what}, shown for orientation only"
+    if synthetic is None:
+        return "; comparable only if this ran on the real data with a trained backbone (no run description)"
+    return ""
+
+
+# --------------------------------------------------------------------------- headlines
+
+
+def sweep_headline(run: SweepRun) -> list[tuple[str, str]]:
+    """(label, text) lines: best trial vs the sweep's baseline trial and vs the published figure, both metrics."""
+    lines: list[tuple[str, str]] = []
+    scored = run.scored()
+    base, base_score = run.baseline, run.baseline_score
+    base_miou = None if base is None else num(base.get("best_val_miou"))
+    if scored.empty:
+        return [("Best trial", "no trial has a score yet"), ("Trials", trial_counts(run))]
+    best = scored.iloc[0]
+    best_score, best_miou = float(best[SCORE]), num(best.get("best_val_miou"))
+    best_epoch = num(best.get("best_epoch"))
+    at = f" at epoch {int(best_epoch)}" if best_epoch is not None else ""
+    who = f"{trial_label(best)}: {describe_trial(best)}"
+    if base is not None and best.trial == base.trial:
+        who += " — no sampled trial beat the baseline trial"
+    lines.append(("Best trial", f"{who}; val IoU {best_score:.4f}{at} (phase-1 per-batch), "
+                                f"val mIoU {fmt(best_miou)} (dataset-level)"))
+    if base_score is not None:
+        lines.append((f"vs this sweep's baseline trial {int(base.trial)} (phase-1 settings; IoU {base_score:.4f}, "
+                      f"mIoU {fmt(base_miou)})",
+                      f"IoU {delta(best_score, base_score)}; mIoU {delta(best_miou, base_miou)}"))
+    else:
+        lines.append(("vs this sweep's baseline trial", "— (no baseline trial with a score)"))
+    published = (f"IoU {delta(best_score, PUBLISHED_BASELINE_IOU)} (phase 1 published no mIoU)"
+                 + comparability(run.synthetic, run.backbone_trained))
+    lines.append((f"vs the {PUBLISHED_LABEL} ({PUBLISHED_BASELINE_IOU})", published))
+    lines.append(("Trials", trial_counts(run)))
+    return lines
+
+
+def trial_counts(run: SweepRun) -> str:
+    """'12 of 20 planned: 9 finished (3 stopped early by ASHA), 1 failed, 2 unfinished'."""
+    t = run.trials
+    status = t.status if "status" in t else pd.Series([], dtype=str)
+    done = int((status == "TERMINATED").sum())
+    stopped = int((t.stopped_early & (status == "TERMINATED")).sum()) if "stopped_early" in t else 0
+    failed = int((status == "ERROR").sum())
+    other = len(t) - done - failed
+    planned = f" of {run.planned_trials} planned" if run.planned_trials else ""
+    text = f"{len(t)}{planned}: {done} finished ({stopped} stopped early by ASHA), {failed} failed"
+    return text + (f", {other} unfinished" if other else "")
+
+
+def baseline_headline(run: BaselineRun) -> list[tuple[str, str]]:
+    """(label, text) lines: best val IoU vs the published figure, and mIoU."""
+    if not run.history:
+        return [("Best val IoU", "no epoch finished")]
+    best = max(run.history, key=lambda r: (num(r.get("val_iou")) or -1.0, -r["epoch"]))
+    iou = num(best.get("val_iou"))
+    vs = delta(iou, PUBLISHED_BASELINE_IOU) + comparability(run.synthetic, run.backbone_trained)
+    planned = (run.info.get("config") or {}).get("epochs", "?")
+    return [("Best val IoU", f"{fmt(iou)} at epoch {best['epoch']} (phase-1 per-batch); "
+                             f"val mIoU {fmt(best.get('val_miou'))} (dataset-level)"),
+            (f"vs the {PUBLISHED_LABEL} ({PUBLISHED_BASELINE_IOU})", vs),
+            ("Epochs", f"{len(run.history)} of {planned} run")]
+
+
+def baseline_title(run: BaselineRun) -> str:
+    return f"Baseline run report: {run.run_dir.resolve().name}"
+
+
+def sweep_title(run: SweepRun) -> str:
+    return f"Sweep report: {run.name}"
+
+
+# --------------------------------------------------------------------------- tables shared by page and summary
+
+
+def table_frame(run: SweepRun) -> pd.DataFrame:
+    """The trials with deltas recomputed from the scores (the same numbers as the headline)."""
+    t = run.ranked().copy()
+    if t.empty:
+        return t
+    base = run.baseline_score
+    t["delta_vs_baseline"] = t[SCORE] - base if base is not None else math.nan
+    t["delta_vs_published"] = t[SCORE] - PUBLISHED_BASELINE_IOU
+    return t
+
+
+def confirm_rows(run: SweepRun) -> tuple[list[str], list[list[str]]]:
+    """The confirm summary as table rows: each config's mean and spread over seeds, gain, verdict."""
+    header = ["trial", "seeds", "mean best val IoU", "std", "min", "max", "gain vs baseline", "verdict"]
+    rows = []
+    for _, r in run.confirm.iterrows():
+        is_base = str(r.get("baseline")).lower() == "true"
+        verdict = ("reference" if is_base else
+                   "real: gain > 2x seed spread" if str(r.get("gain_exceeds_spread")).lower() == "true"
+                   else "within seed noise")
+        rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}", str(int(r.seeds)), fmt(r["mean"]),
+                     fmt(r["std"]), fmt(r["min"]), fmt(r["max"]), cell(r["gain_vs_baseline"], "signed")[0],
+                     verdict])
+    return header, rows
+
+
+# --------------------------------------------------------------------------- summary.md
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~!&{}"} | {"\n": " ", "\r": " "})
+
+
+def md_text(text: object) -> str:
+    """Text as literal Markdown on one line: run names, paths and error messages render as written, never
+    as markup or HTML (index.html escapes the same strings with html.escape)."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _md(title: str, warning: str | None, headline: Sequence[tuple[str, str]], missing: Sequence[str]) -> list[str]:
+    """The top both kinds of summary.md share: title, banner, headline, what is missing."""
+    out = [f"# {md_text(title)}", ""]
+    if warning:
+        out += [f"> **{md_text(warning)}**", ""]
+    out += ["## Headline", ""] + [f"- **{md_text(k)}**: {md_text(v)}" for k, v in headline] + [""]
+    if missing:
+        out += ["## Missing or unfinished", ""] + [f"- {md_text(m)}" for m in missing] + [""]
+    return out
+
+
+def sweep_summary_md(run: SweepRun, top: int = TOP_SUMMARY) -> str:
+    """summary.md: the headline and the top trials as a Markdown table."""
+    out = _md(sweep_title(run), banner(run.synthetic, run.backbone_trained), sweep_headline(run), run.missing)
+    t = table_frame(run)
+    t = t[t[SCORE].notna()].head(top) if not t.empty else t
+    out += [f"## Top {top} trials by best val IoU", ""]
+    if t.empty:
+        out += ["No trial has a score yet.", ""]
+    else:
+        header = ["rank", "trial", "status", "settings", "epochs run", "best val IoU", "best val mIoU",
+                  "Δ vs baseline trial", "Δ vs 0.2971"]
+        rows = [[str(i), trial_label(r), str(r.get("status", "")), describe_trial(r),
+                 cell(r.get("epochs_run"), "int")[0],
+                 fmt(r[SCORE]), fmt(r.get("best_val_miou")), cell(r.get("delta_vs_baseline"), "signed")[0],
+                 cell(r.get("delta_vs_published"), "signed")[0]] for i, (_, r) in enumerate(t.iterrows(), 1)]
+        out += [_md_table(header, rows), ""]
+    if run.confirm is not None and not run.confirm.empty:
+        out += ["## Is the winner real? (sweeper confirm)", "", _md_table(*confirm_rows(run)), ""]
+    failed = run.failed()
+    if len(failed):
+        out += ["## Failed trials", ""]
+        out += [f"- trial {int(r.trial)}: {md_text(r.get('error'))}" for _, r in failed.iterrows()]
+        out.append("")
+    return "\n".join(out)
+
+
+def baseline_summary_md(run: BaselineRun) -> str:
+    """summary.md of a baseline run: the headline and what is missing."""
+    return "\n".join(_md(baseline_title(run), banner(run.synthetic, run.backbone_trained), baseline_headline(run),
+                         run.missing))

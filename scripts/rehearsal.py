@@ -36,7 +36,8 @@ from common import REPO, du, log, sweeper_cli  # noqa: E402
 from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.config import TrainConfig  # noqa: E402
 from sweeper.data import find_split  # noqa: E402
-from sweeper.features import BackboneTokens, SplitData, TrainData, cached_tokens  # noqa: E402
+from sweeper.features import cached_tokens  # noqa: E402
+from sweeper.tokens import BackboneTokens, SplitData, TrainData  # noqa: E402
 from sweeper.train import train  # noqa: E402
 
 SIZES = {"full": (2857, 317, 1002), "small": (48, 16, 16)}

@@ -349,6 +349,9 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
               f"({record['epoch_seconds']:.1f} s)", file=sys.stderr, flush=True)
 
     (out / results.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
+    if config.threads:  # this process's torch threads: set here, `train` changes no global state
+        import torch
+        torch.set_num_threads(config.threads)
     result = train(config, data, on_epoch=on_epoch)
     runs.save_head(out / results.HEAD_FILE, result.head_state)
     files.write_text_atomic(out / results.TEXT_FILE, results.evaluation_metrics_text(result.history))

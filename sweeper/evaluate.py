@@ -55,8 +55,9 @@ from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, 
 from sweeper.progress import progress_bar
 from sweeper.report.run_figures import PALETTE, colorize, comparison_figure, per_class_figure
 from sweeper.report.summary import fmt, synthetic_tag
-from sweeper.device import autocast, resolve_device
-from sweeper.train import batch_order, logits
+from sweeper.device import resolve_device
+from sweeper.tokens import ArrayTokens
+from sweeper.train import TokenBatches, batch_order, eval_logits
 from sweeper.results import (BAR_CHART, BEST_KEY, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
                              EVALUATION_DIR, EXPERIMENT_DIR, HISTORY_CSV, MASK_NAME, MASKS_DIR, METRICS_JSON,
                              STATE_FILE, SWEEP_FILE, TEXT_FILE, TRIAL_CONFIG, TRIALS_CSV)
@@ -263,15 +264,14 @@ def build_head(run: RunHead, *, in_channels: int) -> nn.Module:
 @torch.inference_mode()
 def predict(head: nn.Module, tokens: np.ndarray, *, size: tuple[int, int], device: torch.device,
             amp: bool = False, batch_size: int = PREDICT_BATCH, show_progress: bool = True) -> np.ndarray:
-    """Argmax class ids (N, H, W) uint8 of the head on (N, h, w, C) tokens, logits upsampled as in training."""
-    head = head.to(device).eval()
+    """Argmax class ids (N, H, W) uint8 of the head on (N, h, w, C) tokens, by training's inference loop."""
+    head = head.to(device)
+    batches = TokenBatches(ArrayTokens(tokens), device)
     out = np.empty((len(tokens), *size), dtype=np.uint8)
     with progress_bar(total=len(tokens), desc="predicting test masks", enabled=show_progress) as bar:
-        for idx in batch_order(len(tokens), batch_size, None):
-            x = torch.from_numpy(np.ascontiguousarray(tokens[idx], dtype=np.float32)).to(device)
-            with autocast(device, amp):
-                scores = logits(head, x, size)
-            out[idx] = scores.float().argmax(1).to(torch.uint8).cpu().numpy()
+        for idx, scores, _ in eval_logits(head, batches, batch_order(len(tokens), batch_size, None), size=size,
+                                          amp=amp):
+            out[idx] = scores.argmax(1).to(torch.uint8).cpu().numpy()
             bar.update(len(idx))
     return out
 

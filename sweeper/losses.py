@@ -1,16 +1,14 @@
-"""Class-weight schemes for the cross-entropy loss, and learning-rate schedules.
+"""Class-weight schemes for the cross-entropy loss (learning-rate schedules live in `sweeper.optim`).
 
 Small pure functions: a scheme maps the train split's class pixel counts to
-one weight per class; a schedule maps a step to a learning-rate multiplier.
+one weight per class.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from sweeper.config import ClassWeighting, Schedule, TrainConfig
+from sweeper.config import ClassWeighting, TrainConfig
 from sweeper.errors import SweeperError
 
 LOG_SMOOTHING = 1.02  # ENet's c in 1 / ln(c + f): bounds the weight of a vanishing class near 50
@@ -55,17 +53,3 @@ def config_class_weights(config: TrainConfig, counts: np.ndarray) -> np.ndarray:
     """The class weights a config asks for, given the train split's pixel counts."""
     return class_weights(counts, scheme=config.class_weights, power=config.class_weight_power,
                          max_weight=config.class_weight_max, explicit=config.explicit_class_weights)
-
-
-def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: Schedule, min_ratio: float = 0.0) -> float:
-    """Multiplier on the peak lr at optimiser step `step` (0-based) of `total_steps`."""
-    if schedule == Schedule.CONSTANT:
-        return 1.0
-    start = 0
-    if schedule == Schedule.WARMUP and warmup_steps > 0:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        start = warmup_steps
-    span = max(total_steps - start, 1)
-    progress = min(max(step - start, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

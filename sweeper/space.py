@@ -38,7 +38,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from sweeper.config import PHASE1, TrainConfig
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, one_line
 
 TOP_KEYS = ("metric", "mode", "trials", "max_concurrent", "asha", "fixed", "params")
 REQUIRED_TOP_KEYS = ("metric", "mode", "trials", "asha", "params")
@@ -243,7 +243,7 @@ def _read_yaml(path: Path, src: str) -> Any:
     except IsADirectoryError:
         raise SweeperError(f"{src}: is a directory, not a search-space file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SweeperError(f"{src}: cannot read: {_one_line(str(e))}") from None
+        raise SweeperError(f"{src}: cannot read: {one_line(str(e))}") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:
@@ -252,11 +252,7 @@ def _read_yaml(path: Path, src: str) -> Any:
         problem = getattr(e, "problem", None) or str(e)
         context = getattr(e, "context", None)
         detail = f"{context}: {problem}" if context else problem
-        raise SweeperError(f"{src}: YAML error at {where}: {_one_line(detail)}") from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+        raise SweeperError(f"{src}: YAML error at {where}: {one_line(detail)}") from None
 
 
 def _check_keys(mapping: Mapping[Any, Any], known: tuple[str, ...], src: str, prefix: str,

@@ -6,7 +6,10 @@ train split (optional: search trials skip it) and the val split, all in eval
 mode with batches of `eval_batch_size`. With cached tokens the validation
 loss and metrics come from one forward pass (the same logits, so the same
 numbers); with the backbone in the loop they are separate passes, as in
-phase 1. No Ray import here: the search adapter lives in `sweeper.tune`.
+phase 1. Every eval pass, and `sweeper.evaluate.predict`, runs the head
+through `eval_logits`, the one inference loop. No Ray import here: the
+search adapter lives in `sweeper.tune`. `train` changes no process-wide
+state: the caller that owns the process sets torch's thread count.
 """
 
 from __future__ import annotations
@@ -15,22 +18,23 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.config import ClassWeighting, Optimizer, TrainConfig
+from sweeper.config import ClassWeighting, TrainConfig
 from sweeper.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message, resolve_device,
                             tokens_fit)
 from sweeper.errors import SweeperError
-from sweeper.features import ArrayTokens, SplitData, TrainData
 from sweeper.head import create_head
-from sweeper.losses import config_class_weights, lr_factor
+from sweeper.losses import config_class_weights
 from sweeper.metrics import Phase1Meter, confusion_matrix
+from sweeper.optim import config_lr, make_optimizer
 from sweeper.results import best_index
+from sweeper.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +127,35 @@ def batch_order(n: int, batch_size: int, generator: torch.Generator | None) -> l
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW at the config's peak lr."""
-    if config.optimizer == Optimizer.SGD:
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == Optimizer.ADAM:
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def logits(head: nn.Module, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Head logits upsampled to the label size, as phase 1 does (bilinear, align_corners False)."""
     return F.interpolate(head(tokens), size=size, mode="bilinear", align_corners=False)
+
+
+class EvalBatches(Protocol):
+    """What `eval_logits` runs over: batches of tokens (and labels, when known) on a device."""
+
+    device: torch.device
+
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class TokenBatches:
+    """A token source's batches copied to a device, without labels (images to predict).
+
+    On a GPU each batch goes through page-locked memory, so the copy runs asynchronously;
+    `Batches` copies the tokens it does not stage the same way.
+    """
+
+    def __init__(self, tokens: TokenSource, device: torch.device) -> None:
+        self.tokens, self.device = tokens, device
+
+    def get(self, idx: np.ndarray) -> tuple[torch.Tensor, None]:
+        """Tokens (B, h, w, C) float32 of the items `idx`, on the device (no labels)."""
+        x = self.tokens.get(idx)
+        if self.device.type == "cuda" and x.device.type == "cpu":  # live backbone tokens are already there
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True), None
 
 
 class Batches:
@@ -148,6 +169,7 @@ class Batches:
 
     def __init__(self, split: SplitData, device: torch.device, budget_bytes: int | None) -> None:
         self.split, self.device = split, device
+        self.host_tokens = TokenBatches(split.tokens, device)
         self.tokens_on_device: torch.Tensor | None = None
         self.labels_on_device: torch.Tensor | None = None
         cached = isinstance(split.tokens, ArrayTokens)
@@ -162,12 +184,11 @@ class Batches:
         if self.tokens_on_device is not None:
             i = torch.as_tensor(idx, device=self.device)
             return self.tokens_on_device[i].float(), self.labels_on_device[i].long()
-        x = self.split.tokens.get(idx)
+        x, _ = self.host_tokens.get(idx)
         y = torch.from_numpy(self.split.labels[idx])
-        if self.pin:  # page-locked: the copies below really run asynchronously
-            x = x.pin_memory() if x.device.type == "cpu" else x  # live backbone tokens are already there
+        if self.pin:  # page-locked: the copy below really runs asynchronously
             y = y.pin_memory()
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
+        return x, y.to(self.device, non_blocking=True).long()
 
 
 def _upload(array: np.ndarray, device: torch.device, chunk: int = 64) -> torch.Tensor:
@@ -179,6 +200,28 @@ def _upload(array: np.ndarray, device: torch.device, chunk: int = 64) -> torch.T
 
 
 @torch.inference_mode()
+def eval_logits(head: nn.Module, batches: EvalBatches, order: Sequence[np.ndarray], *, size: tuple[int, int],
+                amp: bool = False) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    """The head in eval mode over `order`'s batches: per batch its indices, its float32 logits upsampled
+    to `size` and its labels on the device (None for `TokenBatches`).
+
+    The one inference loop: training's eval passes and `sweeper.evaluate.predict` both run it, so a
+    prediction made later from a saved head is computed as the one training scored. The head's
+    train/eval mode is restored when the loop ends.
+    """
+    was_training = head.training
+    head.eval()
+    try:
+        for idx in order:
+            x, y = batches.get(idx)
+            with autocast(batches.device, amp):
+                out = logits(head, x, size)
+            yield idx, out.float(), y
+    finally:
+        head.train(was_training)
+
+
+@torch.inference_mode()
 def evaluate(head: nn.Module, batches: Batches, order: Sequence[np.ndarray], *, criterion: nn.Module,
              num_classes: int, amp: bool = False, want_loss: bool = True,
              want_metrics: bool = True) -> tuple[float, Phase1Meter]:
@@ -186,22 +229,14 @@ def evaluate(head: nn.Module, batches: Batches, order: Sequence[np.ndarray], *, 
 
     Losses and confusion matrices stay on the device; the host waits once, at the end.
     """
-    was_training = head.training
-    head.eval()
-    device = batches.device
     size = batches.split.labels.shape[1:]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=batches.device)
     meter = Phase1Meter(num_classes)
-    for idx in order:
-        x, y = batches.get(idx)
-        with autocast(device, amp):
-            out = logits(head, x, size)
-        out = out.float()
+    for _, out, y in eval_logits(head, batches, order, size=size, amp=amp):
         if want_loss:
             loss_sum += criterion(out, y)
         if want_metrics:
             meter.add(confusion_matrix(out.argmax(1), y, num_classes))
-    head.train(was_training)
     mean_loss = float(loss_sum / len(order)) if (want_loss and order) else math.nan
     return mean_loss, meter
 
@@ -213,11 +248,10 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
     training continues after its last epoch with the same weights, optimiser and shuffles.
     On CUDA the run's allocator is capped at `config.gpu_share` of the GPU, and running out
-    of it raises `GpuOutOfMemoryError` naming the share.
+    of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
+    the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
     """
     started = time.perf_counter()
-    if config.threads:
-        torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     cap = cap_memory(device, config.gpu_share)
     if device.type == "cuda":
@@ -236,8 +270,12 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
         raise SweeperError(f"labels are {data.train.labels.shape[1:]} but the config asks for "
                            f"{config.image_height}x{config.image_width}")
 
-    torch.manual_seed(config.seed)  # head initialisation, as phase 1 drew it from the global RNG
-    head = create_head(config.head, in_channels=data.embed_dim, num_classes=data.num_classes).to(device)
+    # The head's init comes from the global CPU generator seeded with config.seed, as phase 1 drew it, inside a
+    # fork that restores the generator after: no global RNG state leaks out (CUDA's is never touched).
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(config.seed)
+        head = create_head(config.head, in_channels=data.embed_dim, num_classes=data.num_classes)
+    head = head.to(device)
     weights = config_class_weights(config, data.train_pixel_counts())
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device)
                                     if config.class_weights != ClassWeighting.NONE else None)
@@ -251,8 +289,6 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
 
     n_train = len(data.train.labels)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    total_steps = steps_per_epoch * (config.schedule_epochs or config.epochs)  # the schedule's span
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     # Cached tokens: the val loss and val metrics come from the same logits, so one pass gives both.
     # Backbone in the loop: keep phase 1's separate passes (and their cost).
     fused_val = isinstance(data.val.tokens, ArrayTokens)
@@ -262,8 +298,7 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
     size = (config.image_height, config.image_width)
 
     def lr_at(step: int) -> float:
-        return config.lr * lr_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
-                                     schedule=config.schedule, min_ratio=config.min_lr_ratio)
+        return config_lr(config, step, steps_per_epoch=steps_per_epoch)
 
     for epoch in range(len(run.history) + 1, config.epochs + 1):
         epoch_start = time.perf_counter()

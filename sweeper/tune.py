@@ -38,7 +38,8 @@ import torch
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.device import gpu_count, release_memory, trial_device
 from sweeper.errors import SweeperError, is_out_of_memory
-from sweeper.features import TrainData, drop_resident_pages
+from sweeper.features import drop_resident_pages
+from sweeper.tokens import TrainData
 from sweeper.files import append_jsonl, write_text_atomic
 from sweeper.results import (BEST_KEY, CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR,
                              STATE_FILE, STUDY_FILE, TRIAL_CONFIG, TRIAL_EPOCHS, TRIAL_KEY, TRIALS_CSV, best_index,
@@ -145,6 +146,8 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
             torch.save(state, Path(d) / STATE_FILE)
             tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if cfg.threads:  # this trial process's torch threads: set here, `train` changes no global state
+        torch.set_num_threads(cfg.threads)
     run_trial(cfg, data, report=report, resume=resume)
 
 

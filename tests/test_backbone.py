@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sweeper import backbone as bb
-from sweeper.backbone import BACKBONES, FrozenBackbone, build_vit, create_backbone, weights_digest
+from sweeper.backbone import BACKBONES, FrozenBackbone, create_backbone, weights_digest
+from sweeper.vit import DinoVisionTransformer, build_vit
 from sweeper.errors import SweeperError
 
 H, W = 266, 476  # phase-1 input size: a 19x34 patch grid, not square, so pos_embed is resampled
@@ -77,7 +78,7 @@ def _shape_only_checkpoint(path: Path, name: str, value: float = 0.01) -> Path:
     """A checkpoint with the keys and shapes of `name` but one stored number per tensor (tiny and fast)."""
     with torch.device("meta"):
         spec = BACKBONES[name]
-        shapes = {k: v.shape for k, v in bb.DinoVisionTransformer(
+        shapes = {k: v.shape for k, v in DinoVisionTransformer(
             embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads
         ).state_dict().items()}
     torch.save({k: torch.full((), value).expand(s) for k, s in shapes.items()}, path)

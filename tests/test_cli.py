@@ -88,7 +88,8 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         Image.fromarray(raw).save(mask)
         return args, f"{mask}: 15 pixels have unknown raw ids 4242 (15 px)"
     if case == "wrong_weights":
-        from sweeper.backbone import build_vit, BACKBONES
+        from sweeper.backbone import BACKBONES
+        from sweeper.vit import build_vit
         path = tmp_path / "vitb.pth"
         torch.save(build_vit(BACKBONES["dinov2_vitb14"]).state_dict(), path)
         args[3:5] = ["--backbone", "dinov2_vits14", "--weights", str(path)]

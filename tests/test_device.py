@@ -17,7 +17,7 @@ import torch
 from sweeper import device as dev
 from sweeper.config import LabelMode, TrainConfig
 from sweeper.errors import OOM_MARK
-from sweeper.features import TrainData
+from sweeper.tokens import TrainData
 from sweeper.train import load_checkpoint, train
 
 from conftest import make_dataset
@@ -181,7 +181,7 @@ def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
 
 
 def test_class_counts_are_computed_once_in_the_driver(monkeypatch):
-    import sweeper.features as ft
+    import sweeper.tokens as ft
     from sweeper.data import class_pixel_counts
     from sweeper.tune import trial_arrays
 

@@ -5,7 +5,8 @@ from PIL import Image
 from sweeper.backbone import create_backbone
 from sweeper.config import LabelMode, TrainConfig
 from sweeper.data import find_split
-from sweeper.features import ArrayTokens, BackboneTokens, cached_tokens, load_train_data
+from sweeper.features import cached_tokens, load_train_data
+from sweeper.tokens import ArrayTokens, BackboneTokens
 from sweeper.train import train
 
 from conftest import make_dataset

@@ -23,7 +23,8 @@ except ImportError:  # the GPU box may have no pytest: see __main__ below
 from sweeper import device as dev
 from sweeper.backbone import create_backbone
 from sweeper.config import LabelMode, TrainConfig
-from sweeper.features import TrainData, load_train_data
+from sweeper.features import load_train_data
+from sweeper.tokens import TrainData
 from sweeper.synth import generate
 from sweeper.train import Batches, load_checkpoint, train
 

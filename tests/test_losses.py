@@ -5,7 +5,8 @@ import pytest
 
 from sweeper.config import ClassWeighting, Schedule
 from sweeper.errors import SweeperError
-from sweeper.losses import class_weights, lr_factor
+from sweeper.losses import class_weights
+from sweeper.optim import lr_factor
 
 COUNTS = np.array([10, 30, 60, 0])
 

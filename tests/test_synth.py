@@ -1,4 +1,4 @@
-"""Tests for sweeper.synth: the file layout and formats, determinism, class shares and safe writing."""
+"""Tests for sweeper.synth, synth_scene and synth_places: layout and formats, determinism, class shares, safe writing."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper import synth
+from sweeper import synth, synth_places, synth_scene
 from sweeper.errors import SweeperError
 
-RAW_IDS = [raw for raw, _ in synth.RAW_CLASSES]
+RAW_IDS = [raw for raw, _ in synth_places.RAW_CLASSES]
 SMALL = (64, 36)  # width, height: enough pixels for every format check, a few ms per image
 
 
@@ -25,7 +25,7 @@ def _shares(n: int, *, width: int, height: int, shifted: bool = False, seed: int
     counts = np.zeros(len(RAW_IDS))
     brightness = 0.0
     for i in range(n):
-        rgb, mask = synth.render_scene(np.random.default_rng([seed, 2 if shifted else 0, i]), width=width,
+        rgb, mask = synth_scene.render_scene(np.random.default_rng([seed, 2 if shifted else 0, i]), width=width,
                                        height=height, shifted=shifted)
         counts += [(mask == raw).mean() for raw in RAW_IDS]
         brightness += rgb.mean() / 255
@@ -33,13 +33,13 @@ def _shares(n: int, *, width: int, height: int, shifted: bool = False, seed: int
 
 
 def test_reference_shares_cover_every_class() -> None:
-    assert [name for _, name in synth.RAW_CLASSES] == list(synth.REFERENCE_TRAIN_SHARES)
-    assert sum(synth.REFERENCE_TRAIN_SHARES.values()) == pytest.approx(100, abs=0.1)
+    assert [name for _, name in synth_places.RAW_CLASSES] == list(synth_places.REFERENCE_TRAIN_SHARES)
+    assert sum(synth_places.REFERENCE_TRAIN_SHARES.values()) == pytest.approx(100, abs=0.1)
     assert RAW_IDS == [100, 200, 300, 500, 550, 600, 700, 800, 7100, 10000]
 
 
 def test_render_scene_types_and_ids() -> None:
-    rgb, mask = synth.render_scene(np.random.default_rng(0), width=50, height=30)
+    rgb, mask = synth_scene.render_scene(np.random.default_rng(0), width=50, height=30)
     assert rgb.shape == (30, 50, 3) and rgb.dtype == np.uint8
     assert mask.shape == (30, 50) and mask.dtype == np.uint16
     assert set(np.unique(mask)) <= set(RAW_IDS)
@@ -86,8 +86,8 @@ def test_larger_set_extends_smaller(tmp_path: Path) -> None:
 
 def test_train_class_shares_match_reference() -> None:
     shares, brightness = _shares(100, width=160, height=90)
-    reference = np.array([synth.REFERENCE_TRAIN_SHARES[name] for _, name in synth.RAW_CLASSES])
-    assert np.abs(shares - reference).max() < 3.0, dict(zip(synth.REFERENCE_TRAIN_SHARES, shares.round(2)))
+    reference = np.array([synth_places.REFERENCE_TRAIN_SHARES[name] for _, name in synth_places.RAW_CLASSES])
+    assert np.abs(shares - reference).max() < 3.0, dict(zip(synth_places.REFERENCE_TRAIN_SHARES, shares.round(2)))
     assert shares[RAW_IDS.index(700)] < 0.5  # logs stay rare
     assert shares.min() > 0  # every class shows up
     assert 0.46 < brightness < 0.56

@@ -4,7 +4,7 @@ import torch
 
 from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.features import TrainData
+from sweeper.tokens import TrainData
 from sweeper.train import TrainingDiverged, batch_order, train
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")
@@ -154,3 +154,12 @@ def test_schedule_epochs_make_a_shorter_run_the_start_of_the_longer_one():
     assert strip(short.history) == strip(full.history)[:2]  # `epochs` only truncates the same schedule
     with pytest.raises(SweeperError, match="schedule_epochs"):
         TrainConfig(schedule_epochs=-1)
+
+
+def test_train_leaves_torch_threads_and_the_global_rng_alone():
+    """`train` changes no process-wide state: the thread count is its caller's, and the head's seeded init
+    comes from a forked global generator that is restored afterwards."""
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    train(TrainConfig(**SMALL, epochs=1, threads=threads + 1), learnable_data())
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -305,7 +305,7 @@ def test_cache_is_built_once_then_read_back(tmp_path):
 def test_trials_receive_the_cached_arrays_without_a_copy():
     # What a trial gets through the object store: read-only views of Ray's shared memory, wrapped
     # by TrainData.from_arrays without a copy (a copy per trial is what the object store avoids).
-    from sweeper.features import TrainData
+    from sweeper.tokens import TrainData
     from sweeper.tune import trial_arrays
 
     data = learnable_data()

@@ -284,7 +284,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
         out = synth.generate(args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                             size=args.size, progress=lambda done, _total: bar.update(done - bar.done))
+                             size=args.size, progress=lambda done, _total: bar.update(done - bar.n))
     print(f"wrote {args.train} train, {args.val} val, {args.test} test synthetic scenes to {out}")
     return 0
 
@@ -386,8 +386,10 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     from sweeper.data import dataset_fingerprint
     from sweeper.space import find_space, load_space
     from sweeper.results import SPACE_COPY, SWEEP_FILE
-    from sweeper.tune import (SearchOptions, check_address, check_dashboard, check_resources, check_trusted,
-                              local_nodes, run_search, start_ray, summary_table, trial_bytes)
+    from sweeper.cluster import check_address, check_dashboard, check_resources, local_nodes, start_ray
+    from sweeper.results import summary_table
+    from sweeper.trial import trial_bytes
+    from sweeper.tune import SearchOptions, check_trusted, run_search
 
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
@@ -558,7 +560,9 @@ def _confirm_in(args: argparse.Namespace) -> int:
     """cmd_confirm's work, with the run folder owned by this process."""
     from sweeper.space import load_space
     from sweeper.results import SPACE_COPY
-    from sweeper.tune import SearchOptions, check_address, run_confirm
+    from sweeper.cluster import check_address
+    from sweeper.confirm import run_confirm
+    from sweeper.tune import SearchOptions
 
     if args.address:
         check_address(args.address)

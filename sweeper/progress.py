@@ -1,60 +1,166 @@
-"""A minimal progress bar on stderr: redraws in place on a terminal, prints a few lines in a log."""
+"""Progress on stderr: a bar for long loops (tqdm), and a sweep's live lines (`ProgressPrinter`).
+
+On a terminal the bar redraws in place; in a log (not a TTY) it prints a line per tenth of the work, never
+a carriage-return-joined line per item. A sweep prints one line per finished epoch and per trial end.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, TextIO
 
+from tqdm import tqdm
 
-class ProgressBar:
-    """Counts work done against a total and shows rate and time left."""
+from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.errors import is_out_of_memory
+from sweeper.results import TRIAL_KEY, best_index, best_value, is_baseline
+from sweeper.space import SearchSpace
 
-    def __init__(self, total: int, desc: str, stream: TextIO, enabled: bool) -> None:
-        self.total, self.desc, self.stream, self.enabled = max(total, 1), desc, stream, enabled
-        self.done = 0
-        self.started = time.perf_counter()
-        self._tty = enabled and getattr(stream, "isatty", lambda: False)()
-        self._last_draw = 0.0
-        self._last_logged_tenth = -1
+LOG_LINES = 10  # lines a bar prints into a log over its whole run (one per tenth)
 
-    def update(self, n: int = 1) -> None:
-        """Record n more units of work."""
-        self.done += n
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self._tty and (now - self._last_draw > 0.1 or self.done >= self.total):
-            self._last_draw = now
-            self.stream.write("\r" + self._line(now))
-            self.stream.flush()
-        elif not self._tty:
-            tenth = 10 * self.done // self.total  # a log gets a line per 10%, not a line per item
-            if tenth > self._last_logged_tenth:
-                self._last_logged_tenth = tenth
-                self.stream.write(self._line(now) + "\n")
-                self.stream.flush()
 
-    def _line(self, now: float) -> str:
-        elapsed = now - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        filled = int(24 * self.done / self.total)
-        return (f"{self.desc} [{'#' * filled}{'.' * (24 - filled)}] {self.done}/{self.total} "
-                f"{rate:.1f}/s {elapsed:.0f}s elapsed, ~{left:.0f}s left")
+class _LogLines:
+    """A stream for tqdm in a log: each redraw as its own line (tqdm redraws with a carriage return), and the
+    closing redraw only when it says something new."""
 
-    def close(self) -> None:
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line and line != self.last:
+            self.last = line
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 @contextmanager
-def progress_bar(*, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Iterator[ProgressBar]:
-    """A progress bar for `total` units of work, closed on exit."""
-    bar = ProgressBar(total, desc, stream or sys.stderr, enabled)
+def progress_bar(*, total: int, desc: str, enabled: bool = True, stream: TextIO | None = None) -> Iterator[tqdm]:
+    """A bar for `total` units of work, closed on exit: `bar.update(n)` records n more, `bar.n` is the count."""
+    stream = stream or sys.stderr
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+    if tty or not enabled:
+        bar = tqdm(total=total, desc=desc, file=stream, disable=not enabled, dynamic_ncols=True)
+    else:  # a line per tenth: miniters fixed, and no time-based redraws (maxinterval would lower miniters to 1)
+        bar = tqdm(total=total, desc=desc, file=_LogLines(stream), miniters=max(1, math.ceil(total / LOG_LINES)),
+                   mininterval=0, maxinterval=math.inf, ncols=100, ascii=True)
     try:
         yield bar
     finally:
         bar.close()
+
+
+# --------------------------------------------------------------------------- a sweep's lines
+
+
+def trial_index(trial) -> int:
+    """A Ray trial's number: the study's (TRIAL_KEY in its config), else its 0-based creation order (its
+    experiment tag starts with a 1-based counter, '3_lr=...')."""
+    number = (getattr(trial, "config", None) or {}).get(TRIAL_KEY)
+    if isinstance(number, int):
+        return number
+    m = re.match(r"(\d+)", str(getattr(trial, "experiment_tag", "") or ""))
+    return int(m.group(1)) - 1 if m else -1
+
+
+def trial_error(trial) -> str:
+    """The first line of a failed trial's error, from its error file."""
+    # Ray writes it on the driver (error_file) and copies it into the trial folder (path) later
+    found = [p for p in (getattr(trial, "error_file", None), Path(trial.path or "") / "error.txt")
+             if p and Path(p).is_file()]
+    if found:
+        path = Path(found[0])
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        # Ray's error text ends with the exception line; keep the last one that names an error.
+        for ln in reversed(lines):
+            if "Error" in ln or "Exception" in ln:
+                return ln.strip()[:300]
+        return lines[-1][:300] if lines else "error"
+    return str(getattr(trial, "error_msg", None) or "error")
+
+
+class ProgressPrinter:
+    """Live progress on stderr: one line per finished epoch and per trial end, with counts and best."""
+
+    def __init__(self, space: SearchSpace, stream=sys.stderr, *, total: int | None = None) -> None:
+        self.space, self.stream = space, stream
+        self.total = total or space.trials  # the sweep's budget (--trials overrides the space's)
+        self.baseline = space.baseline_point()
+        self.best: tuple[float, int] | None = None  # (score, trial) of the best epoch seen in any trial
+        self.baseline_score: float | None = None  # the baseline trial's best epoch so far
+        self.oom: set[str] = set()  # trial ids that failed for lack of GPU memory: counted apart
+        self.started = time.perf_counter()
+
+    def callback(self):
+        """A Ray Tune Callback that forwards events to this printer."""
+        from ray.tune import Callback
+
+        printer = self
+
+        class _Cb(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                printer.on_result(trials, trial, result)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                printer.on_end(trials, trial, "done")
+
+            def ontrial_error(self, iteration, trials, trial, **info):
+                printer.on_end(trials, trial, "FAILED")
+
+        return _Cb()
+
+    def _counts(self, trials, ending=None) -> str:
+        # Callbacks run before Ray updates the ending trial's status: count it as finished here.
+        status = [("TERMINATED" if t is ending else t.status) for t in trials]
+        stopped = sum(1 for t, s in zip(trials, status) if s == "TERMINATED" and self._stopped_early(t))
+        return (f"running {status.count('RUNNING')} | done {status.count('TERMINATED') - stopped} | "
+                f"stopped early {stopped} | failed {status.count('ERROR')}"
+                f"{f' ({len(self.oom)} out of GPU memory)' if self.oom else ''} | of {self.total}")
+
+    @staticmethod
+    def _stopped_early(trial) -> bool:
+        last = trial.last_result or {}
+        return last.get("epoch", 0) < trial.config.get("epochs", 0)
+
+    def _best(self) -> str:
+        parts = []
+        if self.best:
+            parts.append(f"best {self.best[0]:.4f} (trial {self.best[1]})")
+        if self.baseline_score is not None:
+            parts.append(f"baseline trial {self.baseline_score:.4f}")
+        parts.append(f"published {PUBLISHED_BASELINE_IOU}")
+        return ", ".join(parts)
+
+    def on_result(self, trials, trial, result) -> None:
+        idx = trial_index(trial)
+        score = result.get(self.space.metric)
+        if score is not None and not math.isnan(score):
+            # the best so far against this epoch, by the one best-epoch rule (the earlier wins a tie)
+            pair = [p for p in (self.best, (score, idx)) if p is not None]
+            self.best = pair[best_index([v for v, _ in pair], mode=self.space.mode)]
+            if is_baseline(trial.config, self.baseline):
+                self.baseline_score = best_value([self.baseline_score, score], mode=self.space.mode)
+        self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} epoch "
+                          f"{result.get('epoch')}/{trial.config.get('epochs')}: {self.space.metric} "
+                          f"{'-' if score is None else f'{score:.4f}'}  | {self._best()} | {self._counts(trials)}\n")
+        self.stream.flush()
+
+    def on_end(self, trials, trial, what: str) -> None:
+        idx = trial_index(trial)
+        if what == "FAILED":
+            error = trial_error(trial)
+            if is_out_of_memory(error):
+                self.oom.add(trial.trial_id)
+            what = f"FAILED: {error}"
+        if what == "done" and self._stopped_early(trial):
+            what = f"stopped early by ASHA at epoch {(trial.last_result or {}).get('epoch')}"
+        self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} {what} | "
+                          f"{self._counts(trials, ending=trial if not what.startswith('FAILED') else None)}\n")
+        self.stream.flush()

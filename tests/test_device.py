@@ -96,7 +96,7 @@ def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
 
 def test_progress_counts_out_of_memory_failures_apart(tmp_path):
     from sweeper.space import load_space
-    from sweeper.tune import ProgressPrinter
+    from sweeper.progress import ProgressPrinter
 
     class FakeTrial:
         def __init__(self, i, status, error=None):
@@ -161,7 +161,7 @@ def test_no_torch_load_in_the_package_without_map_location():
 
 
 def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
-    import sweeper.tune as tn
+    import sweeper.trial as tn
 
     released = []
     monkeypatch.setattr(tn, "release_memory", lambda: released.append(True))
@@ -183,7 +183,7 @@ def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
 def test_class_counts_are_computed_once_in_the_driver(monkeypatch):
     import sweeper.tokens as ft
     from sweeper.data import class_pixel_counts
-    from sweeper.tune import trial_arrays
+    from sweeper.trial import trial_arrays
 
     data = learnable_data(n_train=4, n_val=2).with_counts()
     arrays = trial_arrays(data)
@@ -218,7 +218,7 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
 
 
 def test_object_store_is_sized_from_the_cache():
-    from sweeper.tune import object_store_bytes
+    from sweeper.cluster import object_store_bytes
 
     gb = 10**9
     full = object_store_bytes(int(3.15 * gb), memory_bytes=16 * 2**30)  # full-size float32 cache, 16 GB laptop

@@ -417,7 +417,7 @@ def search_cli(tmp_path: Path, *extra: str, timeout: float = 120) -> subprocess.
 
 
 def test_missing_resources_names_what_the_cluster_has():
-    from sweeper.tune import missing_resources
+    from sweeper.cluster import missing_resources
 
     nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
     assert missing_resources(1, 0.25, nodes) is None and missing_resources(8, 1, nodes) is None
@@ -473,7 +473,7 @@ def test_search_on_cuda_without_cuda_is_refused(tmp_path):
 
 def test_progress_counts_the_trials_asked_for_not_the_space_default():
     from sweeper.space import load_space
-    from sweeper.tune import ProgressPrinter
+    from sweeper.progress import ProgressPrinter
 
     space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     assert space.trials == 3
@@ -840,7 +840,8 @@ def test_a_local_ray_does_not_outlive_a_killed_driver(tmp_path):
     code = textwrap.dedent("""
         import time
         from pathlib import Path
-        from sweeper.tune import SearchOptions, start_ray
+        from sweeper.cluster import start_ray
+        from sweeper.tune import SearchOptions
         start_ray(SearchOptions(name="k", out_root=Path("."), trials=1, max_concurrent=1, gpus_per_trial=0,
                                 cpus_per_trial=1, seed=0))
         time.sleep(3)  # the raylet's agents are up
@@ -888,6 +889,7 @@ def disk_full_chain() -> Exception:
 def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
     import ray.tune
 
+    import sweeper.trial
     import sweeper.tune
     from sweeper.space import load_space
 
@@ -900,7 +902,7 @@ def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_pat
 
     monkeypatch.setattr(sweeper.tune, "start_ray", lambda *a, **kw: None)
     monkeypatch.setattr(sweeper.tune, "make_trainable", lambda *a, **kw: None)
-    monkeypatch.setattr(sweeper.tune, "trial_arrays", lambda data: {})
+    monkeypatch.setattr(sweeper.trial, "trial_arrays", lambda data: {})
     monkeypatch.setattr(ray.tune, "Tuner", Tuner)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(SPACE)
@@ -914,7 +916,7 @@ def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_pat
 
 
 def test_other_errors_of_a_search_are_not_called_a_full_disk():
-    from sweeper.tune import disk_full
+    from sweeper.cluster import disk_full
 
     assert disk_full(disk_full_chain()) is not None
     assert disk_full(RuntimeError("training loss became nan")) is None

@@ -25,7 +25,7 @@ from sweeper.report.summary import SYNTHETIC_BANNER, sweep_summary_md
 from sweeper.report.sweep_figures import (SWEEP_FIGURES, VERDICT_COLORS, class_iou_table, param_importances,
                                           plot_asha_budget, plot_lr_vs_iou, plot_param_importance,
                                           plot_ranked_trials, plot_val_iou_curves)
-from sweeper.tune import PUBLISHED_BASELINE_IOU
+from sweeper.config import PUBLISHED_BASELINE_IOU
 
 CLASSES = ("Trees", "Rocks", "Sky")
 # trial: (optimizer, lr, class_weights, status, planned, per-epoch val IoU, error)
@@ -389,7 +389,7 @@ def test_unfinished_baseline_run_reports_missing_epochs(tmp_path):
 
 
 def test_confirm_summary_appears_in_page_and_markdown(tmp_path):
-    from sweeper.tune import summarise_confirm
+    from sweeper.confirm import summarise_confirm
 
     run = make_sweep(tmp_path / "run")
     runs = pd.DataFrame({"trial": [0, 0, 0, 3, 3, 3], "best_val_iou": [0.20, 0.21, 0.19, 0.30, 0.31, 0.29]})

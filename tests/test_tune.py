@@ -95,7 +95,7 @@ def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
 def test_trial_checkpoints_carry_the_best_epochs_head_across_a_resume():
     import torch
     from sweeper.config import TrainConfig
-    from sweeper.tune import run_trial
+    from sweeper.trial import run_trial
 
     data = learnable_data()
     # adamw at a high lr overshoots on this task: its val IoU goes up and down, so best != last somewhere
@@ -306,7 +306,7 @@ def test_trials_receive_the_cached_arrays_without_a_copy():
     # What a trial gets through the object store: read-only views of Ray's shared memory, wrapped
     # by TrainData.from_arrays without a copy (a copy per trial is what the object store avoids).
     from sweeper.tokens import TrainData
-    from sweeper.tune import trial_arrays
+    from sweeper.trial import trial_arrays
 
     data = learnable_data()
     arrays = trial_arrays(data)
@@ -319,7 +319,7 @@ def test_trials_receive_the_cached_arrays_without_a_copy():
 
 
 def test_summarise_confirm_on_known_numbers():
-    from sweeper.tune import summarise_confirm
+    from sweeper.confirm import summarise_confirm
 
     runs = pd.DataFrame({"trial": [0, 0, 0, 5, 5, 5, 7, 7, 7],
                          "best_val_iou": [0.30, 0.31, 0.29, 0.40, 0.41, 0.39, 0.31, 0.33, 0.29]})
@@ -332,7 +332,7 @@ def test_summarise_confirm_on_known_numbers():
 
 @pytest.mark.slow
 def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
-    from sweeper.tune import run_confirm
+    from sweeper.confirm import run_confirm
 
     data = learnable_data()
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
@@ -354,7 +354,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
     import io
     from types import SimpleNamespace
 
-    from sweeper.tune import ProgressPrinter
+    from sweeper.progress import ProgressPrinter
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=2, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}

@@ -1,0 +1,165 @@
+"""Ray for a sweep: the environment Ray reads at import, a local Ray started on loopback (or a cluster joined),
+its object store sized for the cached arrays, and the checks that turn what Ray would wait on for ever (an
+address nobody answers, a trial no node can hold, a dashboard without its packages, a full disk) into one
+line before or after the work.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from sweeper.device import gpu_count
+from sweeper.errors import SweeperError
+
+if TYPE_CHECKING:  # tune imports this module: the options type only for annotations
+    from sweeper.tune import SearchOptions
+
+log = logging.getLogger(__name__)
+
+
+def ray_environment() -> None:
+    """Settings Ray reads when it is first imported: call before any `import ray` in the process."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # then a local Ray binds 127.0.0.1 only
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then really is quiet; ProgressPrinter reports
+    # one checkpoint per epoch forces a state snapshot each time; that is intended (resume), not a problem
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)
+
+
+def object_store_bytes(data_bytes: int, *, memory_bytes: int) -> int:
+    """A local Ray's object store size: the sweep's cached arrays plus headroom, at least Ray's default
+    (30% of memory), at most 60% of memory (beyond that the arrays spill to disk; see --cache-dtype float16)."""
+    want = int(data_bytes * 1.2) + 256 * 2**20
+    return min(max(want, int(0.3 * memory_bytes)), int(0.6 * memory_bytes))
+
+
+def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
+    """Join --address, or start a local Ray on loopback only (dashboard off unless asked for), its object
+    store sized to hold `data_bytes` of cached arrays."""
+    ray_environment()
+    import ray
+
+    if ray.is_initialized():
+        return
+    if opts.address:
+        ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
+        return
+    num_gpus = gpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    store = object_store_bytes(data_bytes, memory_bytes=memory)
+    if data_bytes * 1.2 > store:
+        log.warning("the cached arrays (%.2f GB) exceed the object store Ray can have here (%.2f GB): they will "
+                    "spill to disk; --cache-dtype float16 halves them", data_bytes / 1e9, store / 1e9)
+    # address="local": always a fresh private instance, never a cluster someone else left running here
+    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
+             object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
+    from sweeper.reaper import watch_driver
+
+    watch_driver()  # this local Ray's agents would outlive a kill -9 of this process by a minute
+
+
+def check_dashboard(opts: SearchOptions) -> None:
+    """Refuse --dashboard, before any work, where this Ray lacks the dashboard's packages (a plain `ray`
+    install, not `ray[default]`): ray.init would fail after the cache is built, with a traceback."""
+    if not opts.dashboard or opts.address:
+        return
+    ray_environment()
+    from ray._private.utils import get_dashboard_dependency_error
+
+    missing = get_dashboard_dependency_error()
+    if missing is not None:
+        raise SweeperError(f"--dashboard: this Ray lacks the dashboard's packages ({missing}); install them with "
+                           f"pip install 'ray[default]=={_ray_version()}', or run without --dashboard")
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}{'' if n == 1 else 's'}"
+
+
+def missing_resources(cpus: float, gpus: float, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node of a cluster can run a trial of `cpus` CPUs and `gpus` GPUs (Ray would wait forever);
+    None when one can. `nodes` are Ray resource dicts ({"CPU": 8.0, "GPU": 1.0, ...}), one per live node."""
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return None
+    total_cpu, total_gpu = sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes)
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    enough_gpu = any(n.get("GPU", 0) >= gpus for n in nodes)
+    enough_cpu = any(n.get("CPU", 0) >= cpus for n in nodes)
+    asked = (f"--gpus-per-trial {gpus:g}" if not enough_gpu else f"--cpus-per-trial {cpus:g}" if not enough_cpu
+             else f"--cpus-per-trial {cpus:g} with --gpus-per-trial {gpus:g}")
+    has = (f"{_count(total_cpu, 'CPU')} and {'no GPU' if not total_gpu else _count(total_gpu, 'GPU')} in all"
+           + (f", largest node: {_count(largest.get('CPU', 0), 'CPU')}, {_count(largest.get('GPU', 0), 'GPU')}"
+              if len(nodes) > 1 else ""))
+    want = _count(cpus, "CPU") + (f" and {_count(gpus, 'GPU')}" if gpus else "")
+    return f"{asked}: no node of the Ray cluster has {want} for one trial (it has {has}); ask for less"
+
+
+def check_resources(opts: SearchOptions, nodes: list[dict[str, float]] | None = None) -> None:
+    """Refuse a per-trial request that no node can grant, in one line, before any trial starts.
+
+    `nodes` defaults to the live nodes of the Ray cluster this process joined.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problem = missing_resources(opts.cpus_per_trial, opts.gpus_per_trial, nodes)
+    if problem:
+        raise SweeperError(problem)
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """The resources a local Ray started by `start_ray` will have: this machine's CPUs and GPUs."""
+    return [{"CPU": float(os.cpu_count() or 1),
+             "GPU": float(gpu_count())}]
+
+
+def check_address(address: str, timeout: float = 15.0) -> None:
+    """Fail in one line when nothing answers at --address; ray.init would retry for ever.
+
+    'auto' (Ray finds a cluster started on this machine) is left to Ray.
+    """
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweeperError(f"--address '{address}': expected HOST:PORT (e.g. 10.0.0.5:6379) or 'auto'")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise SweeperError(f"--address {address}: no Ray cluster answers there ({reason} within {timeout:g} s); "
+                           f"start one with `ray start --head` or check the address") from None
+
+
+def disk_full(error: BaseException) -> str | None:
+    """Why `error` (or an error it was raised from) is a full disk, in a few words; None when it is not one.
+
+    Ray passes a trial's OSError on as text inside RayTaskError/TuneError, and SQLite (the study) raises its own
+    OperationalError, so the messages are read as well as the errno."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(e.errno)
+        text = str(e)
+        for marker in ("No space left on device", "database or disk is full", "Disk quota exceeded"):
+            if marker in text:
+                return marker
+        e = e.__cause__ or e.__context__
+    return None
+

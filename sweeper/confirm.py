@@ -1,0 +1,96 @@
+"""`sweeper confirm`: is a sweep's winner better than the baseline, or lucky?
+
+The baseline trial and the top-K trials by the space's metric are re-trained with several seeds each, as Ray
+trials without early stopping (RUN_DIR/confirm/), and a gain counts only when it exceeds the seed-to-seed
+spread. The configs come from the trials' own records (`sweeper.results.trial_configs`), never Ray's state.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sweeper.cluster import ray_environment, start_ray
+from sweeper.errors import SweeperError
+from sweeper.files import read_csv, write_text_atomic
+from sweeper.results import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG,
+                             TRIALS_CSV, best_value, read_epochs, trial_configs)
+from sweeper.space import SearchSpace
+from sweeper.tokens import TrainData
+from sweeper.trial import trial_bytes
+from sweeper.tune import SearchOptions, make_trainable
+
+
+def pick_for_confirm(trials: pd.DataFrame, space: SearchSpace, top: int) -> list[int]:
+    """The baseline trial plus the top-K finished trials by the space's metric."""
+    best_col = f"best_{space.metric}"
+    done = trials[(trials.status == "TERMINATED") & trials[best_col].notna()]
+    base = done[done.baseline].trial.tolist()[:1]
+    if not base:
+        raise SweeperError("the sweep has no finished baseline trial (trial 0) to compare against")
+    others = done[~done.baseline].sort_values(best_col, ascending=space.mode == "min").trial.tolist()[:top]
+    return base + others
+
+
+def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, metric: str = "best_val_iou") -> pd.DataFrame:
+    """Per config: mean, std, min, max over seeds; gain over the baseline's mean; whether it beats the noise.
+
+    A gain counts as real when it is larger than twice the larger of the two seed-to-seed standard deviations.
+    """
+    g = runs.groupby("trial")[metric]
+    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "min": g.min(),
+                        "max": g.max()}).reset_index()
+    base = out[out.trial == baseline_trial].iloc[0]
+    out["baseline"] = out.trial == baseline_trial
+    out["gain_vs_baseline"] = out["mean"] - base["mean"]
+    out["noise"] = np.maximum(out["std"], base["std"])
+    out["gain_exceeds_spread"] = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    return out
+
+
+def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: SearchOptions, *, top: int,
+                seeds: int, progress: bool = True) -> pd.DataFrame:
+    """Re-train the baseline and the top-K configs with `seeds` seeds each, as Ray trials (no early stopping)."""
+    ray_environment()
+    from ray import tune
+
+    run_dir = Path(run_dir).resolve()
+    trials_path = run_dir / TRIALS_CSV
+    if not trials_path.is_file():
+        raise SweeperError(f"{run_dir}: no {TRIALS_CSV}; run or resume the sweep first")
+    picks = pick_for_confirm(read_csv(trials_path), space, top)
+    configs = trial_configs(run_dir)
+    missing = [t for t in picks if t not in configs]
+    if missing:
+        raise SweeperError(f"{run_dir / EXPERIMENT_DIR}: no {TRIAL_CONFIG} for trial(s) "
+                           f"{', '.join(map(str, missing))}: their configs are unknown")
+    grid = [{**configs[t], "seed": s, CONFIRM_KEY: t} for t in picks for s in range(seeds)]
+    start_ray(opts, data_bytes=trial_bytes(data))
+    trainable = make_trainable(data, opts)
+    shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=str(run_dir), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    results = tuner.fit()
+    rows = []
+    for r in results:
+        cfg = r.config["run"]
+        hist = read_epochs(Path(r.path))  # the trial's own record of its epochs
+        vals = [h[space.metric] for h in hist if h.get(space.metric) is not None]
+        rows.append({"trial": cfg[CONFIRM_KEY], "seed": cfg["seed"], "status": "ERROR" if r.error else "TERMINATED",
+                     "epochs_run": len(hist), "best_val_iou": best_value(vals, mode=space.mode),
+                     "best_val_miou": best_value([h.get("val_miou") for h in hist]),
+                     "error": str(r.error).splitlines()[0] if r.error else None})
+    runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
+    write_text_atomic(run_dir / CONFIRM_CSV, runs.to_csv(index=False))
+    summary = summarise_confirm(runs[runs.status == "TERMINATED"], picks[0])
+    write_text_atomic(run_dir / CONFIRM_SUMMARY_CSV, summary.to_csv(index=False))
+    return summary
+

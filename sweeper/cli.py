@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=5, help="side-by-side figures to draw (default 5)")
     p.add_argument("--allow-unknown-ids", action="store_true", help="map unknown mask ids to class 0")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a run's head as segmentation_head.pth + config.json for use elsewhere")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a baseline folder or a sweep folder")
+    p.add_argument("--trial", default="best", help="sweep trial number, or 'best' (default)")
+    p.add_argument("--epoch", choices=("best", "last"), default="best",
+                   help="a sweep trial's head from its best epoch (default) or its last")
+    p.add_argument("--out", type=Path, required=True, help="output folder (refused if it holds an export)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -613,6 +621,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for line in summary_lines(read_json(out / "test_metrics.json")):
         print(line)
     print(f"outputs in {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sweeper.export import export_head
+    from sweeper.files import read_json
+    from sweeper.results import CONFIG_FILE
+
+    out = export_head(args.run, out=args.out, trial=args.trial, epoch=args.epoch)
+    info = read_json(out / CONFIG_FILE)
+    print(f"exported head {info['head']} ({info['parameters']:,} parameters; val IoU {info['val_iou']} at epoch "
+          f"{info['val_epoch']}) to {out}")
+    print(("the organisers' test script loads it as it is" if info["organisers_test_script"]
+           else "build it with: " + info["build"]))
     return 0
 
 

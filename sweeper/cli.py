@@ -251,7 +251,8 @@ class Prepared:
     cache_root: Path
 
 
-def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, use_cache: bool = True) -> Prepared:
+def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, use_cache: bool = True,
+            train_variants=()) -> Prepared:
     """Resolve --data and --backbone and load train/val, building the feature cache on --device if needed.
 
     With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
@@ -265,7 +266,8 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
     cache_root = args.cache_dir or default_cache_root()
     data = load_train_data(source.root, backbone, height=height, width=width, label_mode=label_mode,
                            cache_root=cache_root, use_cache=use_cache, dtype=args.cache_dtype,
-                           allow_unknown=args.allow_unknown_ids, show_progress=not args.quiet)
+                           allow_unknown=args.allow_unknown_ids, show_progress=not args.quiet,
+                           train_variants=train_variants)
     if use_cache:
         backbone.to("cpu")
         release_memory()
@@ -450,7 +452,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         check_dashboard(opts)
 
     started = time.perf_counter()
-    p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
+    p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
+                train_variants=space.train_variants(base.label_mode.value))
     inputs = {"data_root": str(p.source.root.resolve()), "backbone": p.backbone.name,
               "weights_digest": p.backbone.weights_digest, "label_mode": LabelMode(base.label_mode).value,
               "image_size": [base.image_height, base.image_width], "cache_dtype": str(args.cache_dtype),
@@ -579,7 +582,8 @@ def _confirm_in(args: argparse.Namespace) -> int:
     inputs = _sweep_inputs(args.run, saved)
     inputs.quiet = args.quiet
     base = space.to_config(space.baseline_point())
-    p = prepare(inputs, height=base.image_height, width=base.image_width, label_mode=base.label_mode)
+    p = prepare(inputs, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
+                train_variants=space.train_variants(base.label_mode.value))
     o = saved["options"]
     opts = SearchOptions(name=args.run.name, out_root=args.run.parent.resolve(), trials=0,
                          max_concurrent=args.max_concurrent or o["max_concurrent"],

@@ -33,6 +33,14 @@ class LabelMode(str, enum.Enum):
     NEAREST = "nearest"  # nearest-neighbour resize: every pixel keeps an exact class id
 
 
+class TrainLabels(str, enum.Enum):
+    """The labels a run trains on; validation is always scored on `label_mode`'s, so runs stay comparable."""
+
+    SAME = "same"  # the labels of `label_mode` (phase 1: train and val alike)
+    PHASE1 = "phase1"
+    NEAREST = "nearest"
+
+
 class ClassWeighting(str, enum.Enum):
     NONE = "none"  # phase 1: unweighted cross-entropy
     INVERSE = "inverse"  # w_c proportional to 1 / f_c
@@ -52,7 +60,9 @@ class TrainConfig:
     """Everything that decides how the head is trained; defaults reproduce phase 1."""
 
     head: str = "convnext_phase1"  # name in sweeper.head.HEADS
-    label_mode: LabelMode = LabelMode.PHASE1  # how masks are resized to the training size
+    label_mode: LabelMode = LabelMode.PHASE1  # how masks are resized to the training size (val is scored on these)
+    train_labels: TrainLabels = TrainLabels.SAME  # the labels training uses: 'same' = label_mode's
+    flip_prob: float = 0.0  # chance a training image is drawn mirrored (its cached flipped tokens and labels)
     image_height: int = 266  # px, (540 / 2) // 14 * 14 as in phase 1
     image_width: int = 476  # px, (960 / 2) // 14 * 14 as in phase 1
     optimizer: Optimizer = Optimizer.SGD
@@ -86,6 +96,7 @@ class TrainConfig:
         checks = [
             (self.head in HEAD_NAMES, "head", f"must be one of {', '.join(HEAD_NAMES)}"),
             (self.lr > 0, "lr", "must be > 0"),
+            (0 <= self.flip_prob <= 1, "flip_prob", "must be in [0, 1]"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.schedule_epochs >= 0, "schedule_epochs", "must be >= 0 (0 = the run's own epochs)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
@@ -118,6 +129,11 @@ class TrainConfig:
         if unknown:
             raise SweeperError(f"{source}: unknown config key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
         return cls(**dict(values))
+
+    @property
+    def train_label_mode(self) -> LabelMode:
+        """The label mode training uses (`train_labels` resolved against `label_mode`)."""
+        return self.label_mode if self.train_labels == TrainLabels.SAME else LabelMode(self.train_labels.value)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed, validated like a new config."""

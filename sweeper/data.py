@@ -109,9 +109,13 @@ def _open(path: Path) -> Image.Image:
         raise SweeperError(f"{path}: not a readable PNG ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
 
 
-def load_image(path: Path, *, height: int, width: int) -> torch.Tensor:
-    """Phase-1 image transform: bilinear resize, [0,1] floats, ImageNet normalisation -> (3, H, W)."""
+def load_image(path: Path, *, height: int, width: int, flip: bool = False) -> torch.Tensor:
+    """Phase-1 image transform: bilinear resize, [0,1] floats, ImageNet normalisation -> (3, H, W).
+
+    `flip` mirrors the image left to right first (the flip augmentation's images)."""
     img = _open(path).convert("RGB")
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     img = img.resize((width, height), Image.BILINEAR)  # what torchvision's Resize does for a PIL image
     x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
     x = x.to(torch.float32).div(255)
@@ -165,9 +169,14 @@ def resize_labels(classes: np.ndarray, *, height: int, width: int, mode: LabelMo
 
 
 def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, mode: LabelMode,
-                allow_unknown: bool = False) -> np.ndarray:
-    """A mask file as training labels: checked against its image, class-mapped, resized."""
+                allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
+    """A mask file as training labels: checked against its image, class-mapped, resized.
+
+    `flip` mirrors the mask before it is resized, as `load_image` mirrors the image: the labels of the
+    flipped image, by construction (not a flip of the resized labels)."""
     raw = load_raw_mask(mask_path, expect_size=image_size(image_path))
+    if flip:
+        raw = np.ascontiguousarray(raw[:, ::-1])
     classes, unknown = map_classes(raw)
     if unknown and not allow_unknown:
         total = sum(unknown.values())
@@ -181,11 +190,12 @@ def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, m
 
 
 def load_split_labels(split: Split, *, height: int, width: int, mode: LabelMode,
-                      allow_unknown: bool = False) -> np.ndarray:
-    """All of a split's labels as one (N, H, W) uint8 array."""
+                      allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
+    """All of a split's labels as one (N, H, W) uint8 array (of the mirrored images with `flip`)."""
     out = np.empty((len(split), height, width), dtype=np.uint8)
     for i, (img, mask) in enumerate(zip(split.image_paths, split.mask_paths)):
-        out[i] = load_labels(mask, image_path=img, height=height, width=width, mode=mode, allow_unknown=allow_unknown)
+        out[i] = load_labels(mask, image_path=img, height=height, width=width, mode=mode, allow_unknown=allow_unknown,
+                             flip=flip)
     return out
 
 

@@ -19,6 +19,7 @@ import os
 import time
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.progress import progress_bar
-from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData
+from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +135,28 @@ def _verified(path: Path) -> bool:
     return False
 
 
-def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: str) -> str:
-    """The cache key: backbone name and weights digest, input size, dtype and the images' content."""
+def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: str, flip: bool = False) -> str:
+    """The cache key: backbone name and weights digest, input size, dtype, mirrored or not, and the images'
+    content (plain entries keep the keys they had before flipped ones existed)."""
     return files_digest(split.image_paths, extra=(
         f"format={CACHE_FORMAT}", f"backbone={backbone.name}", f"weights={backbone.weights_digest}",
-        f"size={height}x{width}", f"dtype={dtype}"))
+        f"size={height}x{width}", f"dtype={dtype}", *(("flip=1",) if flip else ())))
 
 
 def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str = "float32",
-                  batch_size: int | None = None, show_progress: bool = True) -> tuple[np.ndarray, bool]:
+                  batch_size: int | None = None, show_progress: bool = True,
+                  flip: bool = False) -> tuple[np.ndarray, bool]:
     """The split's tokens as a read-only memory map, built first if absent; returns (array, was_cached).
 
     The entry is built on the backbone's device (move the backbone first: a GPU does in a minute what
     a CPU does in twenty), in batches of `batch_size` (default: 32 on a GPU, 4 on the CPU).
+    `flip`: the tokens of the mirrored images, an entry of its own (mirroring a token grid is not the
+    same: the position embeddings and the patch contents would not be mirrored).
     """
     if dtype not in DTYPES:
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype)
-    path = Path(cache_root) / "tokens" / f"{split.name}-{backbone.name}-{key}.npy"
+    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype, flip=flip)
+    path = Path(cache_root) / "tokens" / f"{split.name}{'-flip' if flip else ''}-{backbone.name}-{key}.npy"
     if path.exists() and _verified(path):
         log.info("feature cache hit: %s", path)
         return np.load(path, mmap_mode="r"), True
@@ -165,28 +170,30 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
         with progress_bar(total=len(split), desc=f"caching {split.name} tokens", enabled=show_progress) as bar:
             for lo in range(0, len(split), batch_size):  # the backbone runs under torch.inference_mode
                 idx = range(lo, min(lo + batch_size, len(split)))
-                images = torch.stack([load_image(split.image_paths[i], height=height, width=width) for i in idx])
+                images = torch.stack([load_image(split.image_paths[i], height=height, width=width, flip=flip)
+                                      for i in idx])
                 arr[lo:lo + len(idx)] = backbone(images.to(device)).float().cpu().numpy().astype(arr.dtype)
                 bar.update(len(idx))
 
     _write_atomically(path, fill, shape, DTYPES[dtype])
     meta = {"split": split.name, "root": str(split.root), "images": len(split), "backbone": backbone.name,
             "weights_digest": backbone.weights_digest, "height": height, "width": width, "dtype": dtype,
-            "shape": list(shape), "seconds": round(time.perf_counter() - started, 3)}
+            "flip": flip, "shape": list(shape), "seconds": round(time.perf_counter() - started, 3)}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     log.info("feature cache built: %s (%.1f s)", path, meta["seconds"])
     return np.load(path, mmap_mode="r"), False
 
 
 def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
-                  allow_unknown: bool = False) -> np.ndarray:
-    """The split's (N, H, W) uint8 labels, decoded once per (mode, size, mask content) and cached."""
+                  allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
+    """The split's (N, H, W) uint8 labels, decoded once per (mode, size, mask content, flip) and cached."""
     key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
-                                                f"size={height}x{width}", f"unknown={allow_unknown}"))
-    path = Path(cache_root) / "labels" / f"{split.name}-{mode.value}-{key}.npy"
+                                                f"size={height}x{width}", f"unknown={allow_unknown}",
+                                                *(("flip=1",) if flip else ())))
+    path = Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
     if path.exists() and _verified(path):
         return np.load(path)
-    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown)
+    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip)
 
     def fill(arr: np.ndarray) -> None:
         arr[:] = labels
@@ -197,8 +204,12 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
 
 def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode: LabelMode, cache_root: Path,
                     use_cache: bool = True, dtype: str = "float32", allow_unknown: bool = False,
-                    show_progress: bool = True) -> TrainData:
-    """Train and val splits of a dataset root, tokens from the cache (built if needed) or from the backbone."""
+                    show_progress: bool = True, train_variants: Sequence[tuple[LabelMode, bool]] = ()) -> TrainData:
+    """Train and val splits of a dataset root, tokens from the cache (built if needed) or from the backbone.
+
+    `train_variants`: other (label mode, mirrored) train splits a sweep's space can ask for (phase 3's
+    `train_labels`, `flip_prob`), cached like the plain one; they need the cache (tokens as arrays).
+    """
     splits = {name: find_split(root, name) for name in ("train", "val")}
     parts = {}
     for name, split in splits.items():
@@ -211,5 +222,18 @@ def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode
         else:
             source = BackboneTokens(split, backbone, height, width)
         parts[name] = SplitData(name, labels, source)
+    variants, flipped = {}, None
+    for mode, flip in train_variants:
+        key = variant_key(LabelMode(mode).value, flip)
+        if key == LabelMode(label_mode).value or key in variants:
+            continue
+        if not use_cache:
+            raise SweeperError(f"train split '{key}' needs the feature cache (drop --no-cache)")
+        if flip and flipped is None:
+            flipped = ArrayTokens(cached_tokens(splits["train"], backbone, cache_root=cache_root, height=height,
+                                                width=width, dtype=dtype, show_progress=show_progress, flip=True)[0])
+        labels = cached_labels(splits["train"], cache_root=cache_root, height=height, width=width, mode=LabelMode(mode),
+                               allow_unknown=allow_unknown, flip=flip)
+        variants[key] = SplitData("train", labels, flipped if flip else parts["train"].tokens)
     return TrainData(train=parts["train"], val=parts["val"], embed_dim=backbone.embed_dim,
-                     class_names=CLASS_NAMES[:NUM_CLASSES])
+                     class_names=CLASS_NAMES[:NUM_CLASSES], label_mode=LabelMode(label_mode).value, variants=variants)

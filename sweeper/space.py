@@ -149,6 +149,20 @@ class SearchSpace:
         """TrainConfig defaults, overridden by `fixed`, overridden by the given params."""
         return TrainConfig.from_dict({**self.fixed, **params}, source=self.source)
 
+    def train_variants(self, label_mode: str) -> list[tuple[str, bool]]:
+        """The train splits (label mode, mirrored) this space's trials can ask for besides `label_mode`'s plain
+        one: each `train_labels` value it fixes or searches, and mirrored ones when `flip_prob` can exceed 0.
+        The sweep caches them before trials start (phase 3's dimensions train on the same cache)."""
+        def values(name: str) -> list[Any]:
+            spec = next((p for p in self.params if p.name == name), None)
+            if spec is None:
+                return [self.fixed[name]] if name in self.fixed else []
+            return list(spec.choices) if spec.type == ParamType.CATEGORICAL else [spec.low, spec.high]
+
+        modes = {label_mode, *(label_mode if v == "same" else str(v) for v in values("train_labels"))}
+        flips = (False, True) if any(float(v) > 0 for v in values("flip_prob")) else (False,)
+        return [(m, f) for m in sorted(modes) for f in flips if (m, f) != (label_mode, False)]
+
     @property
     def param_names(self) -> tuple[str, ...]:
         """Names of the searched fields, in sampling order."""

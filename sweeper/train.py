@@ -39,6 +39,7 @@ from sweeper.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 log = logging.getLogger(__name__)
 
 METRICS_SHUFFLE_OFFSET = 7919  # seed offset of the train-metrics shuffle (see RunState)
+FLIPS_OFFSET = 104729  # seed offset of the flip draws (flip_prob > 0 only, so other runs draw nothing new)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RunState:
     metrics_shuffle: torch.Generator
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    flips: torch.Generator | None = None  # which training images are drawn mirrored (flip_prob > 0)
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint: weights, optimiser, generators, step and history (torch.save-able, weights_only).
@@ -65,7 +67,8 @@ class RunState:
         return {"head": to_cpu(self.head.state_dict()),
                 "optimizer": to_cpu(self.optimizer.state_dict()), "shuffle": self.shuffle.get_state(),
                 "metrics_shuffle": self.metrics_shuffle.get_state(), "step": self.step,
-                "history": [dict(r) for r in self.history]}
+                "history": [dict(r) for r in self.history],
+                **({"flips": self.flips.get_state()} if self.flips is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict()` checkpoint (the optimiser moves its state to the head's device)."""
@@ -75,6 +78,8 @@ class RunState:
         self.metrics_shuffle.set_state(state["metrics_shuffle"])
         self.step = int(state["step"])
         self.history = [dict(r) for r in state["history"]]
+        if self.flips is not None and "flips" in state:
+            self.flips.set_state(state["flips"])
 
 
 def to_cpu(obj: Any) -> Any:
@@ -276,12 +281,14 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
         torch.default_generator.manual_seed(config.seed)
         head = create_head(config.head, in_channels=data.embed_dim, num_classes=data.num_classes)
     head = head.to(device)
-    weights = config_class_weights(config, data.train_pixel_counts())
+    mode = config.train_label_mode.value  # validation stays on data.val: the labels of config.label_mode
+    weights = config_class_weights(config, data.pixel_counts(mode))
     criterion = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device)
                                     if config.class_weights != ClassWeighting.NONE else None)
     run = RunState(head=head, optimizer=make_optimizer(config, head.parameters()),
                    shuffle=torch.Generator().manual_seed(config.seed),
-                   metrics_shuffle=torch.Generator().manual_seed(config.seed + METRICS_SHUFFLE_OFFSET))
+                   metrics_shuffle=torch.Generator().manual_seed(config.seed + METRICS_SHUFFLE_OFFSET),
+                   flips=torch.Generator().manual_seed(config.seed + FLIPS_OFFSET) if config.flip_prob > 0 else None)
     if resume is not None:
         run.load_state_dict(resume)
     optimizer = run.optimizer
@@ -292,8 +299,12 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
     # Cached tokens: the val loss and val metrics come from the same logits, so one pass gives both.
     # Backbone in the loop: keep phase 1's separate passes (and their cost).
     fused_val = isinstance(data.val.tokens, ArrayTokens)
-    train_batches = Batches(data.train, device, budget)
-    val_batches = Batches(data.val, device, None if budget is None else budget - _staged_bytes(train_batches))
+    train_batches = Batches(data.train_split(mode), device, budget)
+    left = None if budget is None else budget - _staged_bytes(train_batches)
+    flip_batches = Batches(data.train_split(mode, flip=True), device, left) if config.flip_prob > 0 else None
+    if flip_batches is not None and left is not None:
+        left -= _staged_bytes(flip_batches)
+    val_batches = Batches(data.val, device, left)
     val_order = batch_order(len(data.val.labels), config.eval_batch_size, None)
     size = (config.image_height, config.image_width)
 
@@ -312,7 +323,8 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
             lr = lr_at(run.step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = train_batches.get(idx)
+            x, y = (train_batches.get(idx) if flip_batches is None
+                    else mixed_batch(train_batches, flip_batches, idx, config.flip_prob, run.flips))
             with autocast(device, config.amp):
                 out = logits(head, x, size)
             loss = criterion(out.float(), y)
@@ -363,6 +375,15 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
 
     return TrainResult(config=config, history=tuple(run.history), head_state=to_cpu(head.state_dict()),
                        class_weights=tuple(float(w) for w in weights), seconds=time.perf_counter() - started)
+
+
+def mixed_batch(plain: Batches, flipped: Batches, idx: np.ndarray, flip_prob: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch whose images are each drawn mirrored with `flip_prob` (their cached flipped tokens
+    and labels), the others plain; the loss is a mean over pixels, so their order in the batch is free."""
+    mirrored = (torch.rand(len(idx), generator=generator) < flip_prob).numpy()
+    parts = [b.get(i) for b, i in ((plain, idx[~mirrored]), (flipped, idx[mirrored])) if len(i)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def _staged_bytes(batches: Batches) -> int:

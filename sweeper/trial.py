@@ -71,9 +71,10 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     gpu_ids = ray.get_gpu_ids()  # the GPU(s) Ray granted this trial a share of
     share = float(context.get_assigned_resources().get("GPU", 0.0))
     node_id = context.get_node_id()  # which machine of a cluster ran it
-    data = TrainData.from_arrays(**arrays)  # zero-copy views of the object store's shared memory
     if isinstance(config.get("run"), dict):  # a confirm run: one grid point per (config, seed)
         config = config["run"]
+    # zero-copy views of the object store's shared memory; train/val labels are those of the sweep's label mode
+    data = TrainData.from_arrays(**arrays, label_mode=str(config.get("label_mode", "phase1")))
     folder = Path(tune.get_context().get_storage().trial_fs_path)  # this trial's folder under ray/ (storage)
     write_trial_start(folder, config, trial_id=tune.get_context().get_trial_id())
     number = config.get(TRIAL_KEY)  # the study's number; none in a confirm run
@@ -162,9 +163,7 @@ def continued_state(exp_dir: Path, number: int) -> Path | None:
 def trial_arrays(data: TrainData) -> dict[str, np.ndarray]:
     """What every trial receives through the object store: cached tokens and labels, and the class
     pixel counts computed once here (not in every trial: that pass peaks at 8 bytes per label byte)."""
-    return {"train_tokens": np.asarray(data.train.tokens.array), "train_labels": data.train.labels,
-            "val_tokens": np.asarray(data.val.tokens.array), "val_labels": data.val.labels,
-            "train_counts": np.asarray(data.train_pixel_counts())}
+    return data.to_arrays()
 
 
 def trial_bytes(data: TrainData) -> int:

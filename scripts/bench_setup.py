@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, log
-from sweeper.cli import default_space_path
+from sweeper.space import default_space_path
 
 PHASE2 = default_space_path()  # the space the timed sweep runs (search_spaces/phase2.yaml)
 HEIGHT, WIDTH = 266, 476  # px, phase 1's training size

@@ -114,7 +114,7 @@ def write_space(path: Path, trials: int, max_epochs: int) -> Path:
     """The default phase-2 space with ASHA's max epochs (and every trial's epochs) lowered to fit."""
     import yaml
 
-    from sweeper.cli import default_space_path
+    from sweeper.space import default_space_path
 
     raw = yaml.safe_load(default_space_path().read_text())
     raw["trials"] = trials

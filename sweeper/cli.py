@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeper {synth,baseline,search,report,confirm,evaluate}`.
+"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export}`.
 
 The CLI is the only place that prints. Input errors (`SweeperError`) become
 one line on stderr and exit code 2, with no traceback.
@@ -7,27 +7,18 @@ one line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-from sweeper.errors import SweeperError
+from typing import Any, Sequence
 
 from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.errors import SweeperError
+from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
+from sweeper.search_command import cmd_confirm, cmd_search
 
 log = logging.getLogger("sweeper")
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Where a command's data comes from and what it is."""
-
-    root: Path
-    synthetic: bool  # True for the embedded synthetic default or any `synth` output
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -48,11 +39,6 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
     return v
-
-
-class _Default(str):
-    """A string option's default, told apart from the same value given on the command line (a resume
-    refuses options that differ from the sweep's, and must know which ones were given)."""
 
 
 def _positive_float(text: str) -> float:
@@ -77,7 +63,7 @@ def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False, 
                    help="mask resizing: phase1 (bilinear quirk, default) or nearest (exact ids)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--cache-dir", type=Path, help="feature and data cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
-    g.add_argument("--cache-dtype", choices=["float32", "float16"], default=_Default(cache_dtype),
+    g.add_argument("--cache-dtype", choices=["float32", "float16"], default=Default(cache_dtype),
                    help=f"storage type of cached tokens (float16 halves disk and memory; default {cache_dtype})")
     g.add_argument("--allow-unknown-ids", action="store_true",
                    help="map unknown raw mask ids to class 0 as phase 1 does, instead of failing")
@@ -168,38 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_space_path() -> Path:
-    """The phase-2 space shipped inside the package (found from any folder, installed or not)."""
-    from sweeper.space import SPACES_DIR
-
-    return SPACES_DIR / "phase2.yaml"
-
-
-def resolve_data(args: argparse.Namespace) -> DataSource:
-    """The dataset root: --data, or the embedded synthetic set (generated once into the cache)."""
-    from sweeper import synth
-    from sweeper.features import default_cache_root
-
-    if args.data is None:
-        cache_root = args.cache_dir or default_cache_root()
-        log.info("no --data given: using the embedded SYNTHETIC desert set (not the real Duality data)")
-        return DataSource(root=synth.default_dataset(cache_root / "data"), synthetic=True)
-    root = Path(args.data)
-    if not root.is_dir():
-        raise SweeperError(f"{root}: --data folder does not exist")
-    return DataSource(root=root, synthetic=synth.is_synthetic(root))
-
-
-def resolve_backbone(args: argparse.Namespace, data: DataSource):
-    """The frozen backbone named by --backbone ('auto' picks by the kind of data)."""
-    from sweeper.backbone import create_backbone
-
-    name = args.backbone
-    if name == "auto":
-        name = "random_vits14" if data.synthetic and args.weights is None else "dinov2_vits14"
-    return create_backbone(name, weights=args.weights)  # an untrained backbone warns about itself
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (tests and notebooks swap it, and close the old one)."""
 
@@ -241,52 +195,6 @@ def _configure_logging(quiet: bool) -> None:
     log.propagate = False
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A command's resolved inputs: data source, backbone, train/val data, cache folder."""
-
-    source: DataSource
-    backbone: Any
-    data: Any  # sweeper.features.TrainData
-    cache_root: Path
-
-
-def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, use_cache: bool = True,
-            train_variants=()) -> Prepared:
-    """Resolve --data and --backbone and load train/val, building the feature cache on --device if needed.
-
-    With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
-    """
-    from sweeper.device import release_memory, resolve_device
-    from sweeper.features import default_cache_root, load_train_data
-
-    source = resolve_data(args)
-    device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads
-    backbone = resolve_backbone(args, source).to(device)
-    cache_root = args.cache_dir or default_cache_root()
-    data = load_train_data(source.root, backbone, height=height, width=width, label_mode=label_mode,
-                           cache_root=cache_root, use_cache=use_cache, dtype=args.cache_dtype,
-                           allow_unknown=args.allow_unknown_ids, show_progress=not args.quiet,
-                           train_variants=train_variants)
-    if use_cache:
-        backbone.to("cpu")
-        release_memory()
-    return Prepared(source, backbone, data.with_counts(), cache_root)
-
-
-def describe_inputs(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
-    """The data and backbone facts written next to every result."""
-    return {
-        "backbone": {"name": p.backbone.name, "description": p.backbone.description, "trained": p.backbone.trained,
-                     "weights_digest": p.backbone.weights_digest,
-                     "weights_path": str(Path(args.weights).resolve()) if args.weights else None},
-        "cache": {"root": str(Path(p.cache_root).resolve()), "dtype": args.cache_dtype},
-        "data": {"root": str(p.source.root.resolve()), "synthetic": p.source.synthetic,
-                 "train_images": len(p.data.train.labels), "val_images": len(p.data.val.labels),
-                 "class_names": list(p.data.class_names), "train_pixel_counts": p.data.train_pixel_counts().tolist()},
-    }
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from sweeper import synth
     from sweeper.progress import progress_bar
@@ -297,21 +205,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
                              size=args.size, progress=lambda done, _total: bar.update(done - bar.n))
     print(f"wrote {args.train} train, {args.val} val, {args.test} test synthetic scenes to {out}")
     return 0
-
-
-def in_run_folder(run_dir: Path, command: str, body: Callable[[], int]) -> int:
-    """Run `body` owning `run_dir` (sweeper.runs.run_lock); a folder this call created and left empty goes."""
-    from sweeper import files, runs
-
-    fresh = not run_dir.exists()
-    files.ensure_writable_dir(run_dir)
-    try:
-        with runs.run_lock(run_dir, command):
-            return body()
-    finally:
-        if fresh:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # a start that failed before writing anything leaves no empty folder
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -372,231 +265,6 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
           f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
           f"{result.seconds:.0f} s; outputs in {out}; report {report}")
-    return 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    if args.resume and not args.name:
-        raise SweeperError("--resume needs --name NAME of the sweep to continue")
-    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    if name in (".", "..") or not all(c.isalnum() or c in "-_." for c in name):
-        raise SweeperError(f"--name '{name}' must be a folder name of letters, digits, '-', '_' and '.' "
-                           f"(not '.' or '..')")
-    run_dir = args.out / name
-    return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir))
-
-
-def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
-    """cmd_search's work, with `run_dir` owned by this process."""
-    import resource
-
-    from sweeper import files, results, runs
-    from sweeper.device import gpu_count
-    from sweeper.config import LabelMode
-    from sweeper.data import dataset_fingerprint
-    from sweeper.space import find_space, load_space
-    from sweeper.results import SPACE_COPY, SWEEP_FILE
-    from sweeper.cluster import check_address, check_dashboard, check_resources, local_nodes, start_ray
-    from sweeper.results import summary_table
-    from sweeper.trial import trial_bytes
-    from sweeper.tune import SearchOptions, check_trusted, run_search
-
-    sweep_file = run_dir / SWEEP_FILE
-    if args.resume:
-        if not sweep_file.is_file():
-            raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
-        check_trusted(run_dir)  # a resume unpickles Ray's state there: refuse before any work
-        saved = files.read_json(sweep_file)
-        recorded = _started_with(saved)
-        space = load_space(run_dir / SPACE_COPY)
-        runs.check_resume(run_dir, recorded, {"space": files.file_sha256(run_dir / SPACE_COPY)})
-        runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
-        args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
-        if args.weights is None and saved["backbone"].get("weights_path"):
-            args.weights = Path(saved["backbone"]["weights_path"])
-        args.cache_dtype = recorded.get("cache_dtype", args.cache_dtype)
-        args.allow_unknown_ids = recorded.get("allow_unknown_ids", args.allow_unknown_ids)
-        if "data_fingerprint" in recorded:  # the same folder, but are its files still the same?
-            runs.check_resume(run_dir, recorded, {"data_fingerprint": dataset_fingerprint(args.data)})
-        trials, seed = recorded["trials"], recorded["seed"]
-        overrides: dict[str, Any] = dict(saved.get("trial_overrides") or {})
-    else:
-        if any(p.name != results.LOCK_FILE for p in run_dir.iterdir()):
-            raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
-        space = load_space(find_space(args.space) if args.space else default_space_path())
-        trials = args.trials or space.trials
-        seed = args.seed if args.seed is not None else 0
-        overrides = {}  # trial settings from the command line, on top of the space
-        if args.label_mode:
-            overrides["label_mode"] = args.label_mode
-        if args.amp:
-            overrides["amp"] = True
-    if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
-        raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
-                           f"set them under 'fixed', not 'params'")
-    base = space.to_config(space.baseline_point()).replace(**overrides)
-    has_gpu = gpu_count() > 0 and args.device != "cpu"
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
-    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
-    concurrent = args.max_concurrent or (max(1, int(gpu_count() / gpus)) if gpus > 0
-                                         else space.max_concurrent)
-    opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
-                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
-                         address=args.address, resume=args.resume, dashboard=args.dashboard)
-    files.ensure_writable_dir(run_dir)
-    if args.address:
-        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
-    else:
-        check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
-        check_dashboard(opts)
-
-    started = time.perf_counter()
-    p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
-                train_variants=space.train_variants(base.label_mode.value))
-    inputs = {"data_root": str(p.source.root.resolve()), "backbone": p.backbone.name,
-              "weights_digest": p.backbone.weights_digest, "label_mode": LabelMode(base.label_mode).value,
-              "image_size": [base.image_height, base.image_width], "cache_dtype": str(args.cache_dtype),
-              "allow_unknown_ids": bool(args.allow_unknown_ids), "amp": bool(base.amp)}
-    if args.resume:
-        runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
-    else:
-        recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
-                    "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
-                    "max_concurrent": concurrent}
-    data_bytes = trial_bytes(p.data)
-    start_ray(opts, data_bytes=data_bytes)
-    check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
-    if not args.resume:
-        import shutil
-
-        shutil.copyfile(space.source, run_dir / SPACE_COPY)
-    info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
-                                             for k, v in opts.__dict__.items()},
-            "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
-            "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
-            **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": runs.versions()}
-    files.write_json(sweep_file, info)
-    print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
-          f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
-          f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
-          f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
-          f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
-    resume = f"sweeper search --resume --name {name} --out {args.out}"
-    try:
-        table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray's own handler
-        table = None
-    # Ray Tune ends the sweep early on Ctrl-C (its state saved) and returns as if it had finished.
-    ended = None if table is None else int(table.status.isin(["TERMINATED", "ERROR"]).sum()) if len(table) else 0
-    if ended is None or ended < trials:
-        print(f"interrupted: {'?' if ended is None else ended} of {trials} trials ended; continue with: {resume}",
-              file=sys.stderr)
-        return 130
-    info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    info["wall_seconds"] = time.perf_counter() - started
-    files.write_json(sweep_file, info)
-    from sweeper.report import write_report
-
-    report = write_report(run_dir)
-    print(summary_table(table, space))
-    print(f"trials: {run_dir / 'trials.csv'}; per epoch: {run_dir / 'history.csv'}; "
-          f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
-    print(f"report: {report}")
-    return 0
-
-
-def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
-    """What a sweep was started with (sweep.json's `started_with`; older sweeps: what their sweep.json says)."""
-    try:
-        legacy = {"data_root": saved["data"]["root"], "backbone": saved["backbone"]["name"],
-                  "weights_digest": saved["backbone"]["weights_digest"], "trials": saved["options"]["trials"],
-                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"],
-                  "cache_dtype": saved["cache"]["dtype"]}
-    except (KeyError, TypeError) as e:
-        raise SweeperError(f"sweep.json: field {e} is missing; this folder cannot be resumed") from None
-    return {**legacy, **(saved.get("started_with") or {})}
-
-
-def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given on a resume's command line that decide results: each must equal the sweep's."""
-    from sweeper import files
-
-    given: dict[str, Any] = {}
-    if args.data is not None:
-        given["data_root"] = str(Path(args.data).resolve())
-    if args.backbone != "auto":
-        given["backbone"] = args.backbone
-    if args.space is not None:
-        given["space"] = files.file_sha256(args.space)
-    for field in ("trials", "seed", "max_concurrent", "label_mode"):
-        if getattr(args, field) is not None:
-            given[field] = getattr(args, field)
-    if args.amp:
-        given["amp"] = True
-    if args.allow_unknown_ids:
-        given["allow_unknown_ids"] = True
-    if not isinstance(args.cache_dtype, _Default):
-        given["cache_dtype"] = args.cache_dtype
-    return given
-
-
-def _load_sweep(run_dir: Path) -> dict[str, Any]:
-
-    from sweeper.results import SWEEP_FILE
-
-    path = Path(run_dir) / SWEEP_FILE
-    if not path.is_file():
-        raise SweeperError(f"{run_dir}: not a sweep folder (missing {SWEEP_FILE})")
-    from sweeper.files import read_json
-
-    return read_json(path)
-
-
-def _sweep_inputs(run_dir: Path, saved: dict[str, Any]) -> argparse.Namespace:
-    """The data and backbone options a sweep ran with, to rebuild the same inputs."""
-    return argparse.Namespace(
-        data=Path(saved["data"]["root"]), backbone=saved["backbone"]["name"],
-        weights=Path(saved["backbone"]["weights_path"]) if saved["backbone"].get("weights_path") else None,
-        cache_dir=Path(saved["cache"]["root"]), cache_dtype=saved["cache"]["dtype"], allow_unknown_ids=True,
-        quiet=False)
-
-
-def cmd_confirm(args: argparse.Namespace) -> int:
-    _load_sweep(args.run)  # a sweep folder, before taking its lock
-    return in_run_folder(args.run, f"sweeper confirm {args.run}", lambda: _confirm_in(args))
-
-
-def _confirm_in(args: argparse.Namespace) -> int:
-    """cmd_confirm's work, with the run folder owned by this process."""
-    from sweeper.space import load_space
-    from sweeper.results import SPACE_COPY
-    from sweeper.cluster import check_address
-    from sweeper.confirm import run_confirm
-    from sweeper.tune import SearchOptions
-
-    if args.address:
-        check_address(args.address)
-    saved = _load_sweep(args.run)
-    space = load_space(args.run / SPACE_COPY)
-    inputs = _sweep_inputs(args.run, saved)
-    inputs.quiet = args.quiet
-    base = space.to_config(space.baseline_point())
-    p = prepare(inputs, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
-                train_variants=space.train_variants(base.label_mode.value))
-    o = saved["options"]
-    opts = SearchOptions(name=args.run.name, out_root=args.run.parent.resolve(), trials=0,
-                         max_concurrent=args.max_concurrent or o["max_concurrent"],
-                         gpus_per_trial=o["gpus_per_trial"], cpus_per_trial=o["cpus_per_trial"], seed=0,
-                         address=args.address)
-    print(f"confirm: baseline + top {args.top} trials of {args.run}, {args.seeds} seeds each "
-          f"({(args.top + 1) * args.seeds} runs)", file=sys.stderr)
-    summary = run_confirm(args.run, space, p.data, opts, top=args.top, seeds=args.seeds, progress=not args.quiet)
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    from sweeper.report import write_report
-
-    print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
-          f"details in {args.run / 'confirm.csv'}; report {write_report(args.run)}")
     return 0
 
 

@@ -172,6 +172,11 @@ class SearchSpace:
 SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # the spaces shipped with the package
 
 
+def default_space_path() -> Path:
+    """The phase-2 space shipped inside the package (found from any folder, installed or not)."""
+    return SPACES_DIR / "phase2.yaml"
+
+
 def find_space(name_or_path: str | Path) -> Path:
     """A space file: the path as given when it exists, else a shipped space by name ('smoke', 'phase2.yaml')."""
     path = Path(name_or_path)

@@ -240,7 +240,7 @@ def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
 
 def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, monkeypatch):
     from sweeper.backbone import FrozenBackbone
-    from sweeper.cli import prepare
+    from sweeper.inputs import prepare
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     moves = []

@@ -36,8 +36,8 @@ def test_spaces_ship_with_the_package_and_the_default_is_found_from_any_folder(t
     assert install.returncode == 0, install.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("import sweeper, sweeper.cli as c; from sweeper.space import load_space, find_space; "
-             "p = c.default_space_path(); s = load_space(p); "
+    probe = ("import sweeper; from sweeper.space import default_space_path, load_space, find_space; "
+             "p = default_space_path(); s = load_space(p); "
              "print(sweeper.__file__, p, s.name, s.trials, find_space('smoke').name, sep='|')")
     env = {**os.environ, "PYTHONPATH": str(site)}
     got = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,

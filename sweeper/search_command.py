@@ -1,0 +1,239 @@
+"""`sweeper search` and `sweeper confirm`: their checks (name, resources, resume against what the sweep was
+started with), the sweep itself (sweeper.tune) and what they print. Heavy modules (Ray, torch) are imported
+inside the commands, so `--help` and a refused start stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeper.errors import SweeperError
+from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.resume and not args.name:
+        raise SweeperError("--resume needs --name NAME of the sweep to continue")
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if name in (".", "..") or not all(c.isalnum() or c in "-_." for c in name):
+        raise SweeperError(f"--name '{name}' must be a folder name of letters, digits, '-', '_' and '.' "
+                           f"(not '.' or '..')")
+    run_dir = args.out / name
+    return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir))
+
+
+def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
+    """cmd_search's work, with `run_dir` owned by this process."""
+    import resource
+
+    from sweeper import files, results, runs
+    from sweeper.device import gpu_count
+    from sweeper.config import LabelMode
+    from sweeper.data import dataset_fingerprint
+    from sweeper.space import default_space_path, find_space, load_space
+    from sweeper.cluster import check_address, check_dashboard, check_resources, local_nodes, start_ray
+    from sweeper.results import SPACE_COPY, SWEEP_FILE, summary_table
+    from sweeper.trial import trial_bytes
+    from sweeper.tune import SearchOptions, check_trusted, run_search
+
+    sweep_file = run_dir / SWEEP_FILE
+    if args.resume:
+        if not sweep_file.is_file():
+            raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
+        check_trusted(run_dir)  # a resume unpickles Ray's state there: refuse before any work
+        saved = files.read_json(sweep_file)
+        recorded = _started_with(saved)
+        space = load_space(run_dir / SPACE_COPY)
+        runs.check_resume(run_dir, recorded, {"space": files.file_sha256(run_dir / SPACE_COPY)})
+        runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
+        args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
+        if args.weights is None and saved["backbone"].get("weights_path"):
+            args.weights = Path(saved["backbone"]["weights_path"])
+        args.cache_dtype = recorded.get("cache_dtype", args.cache_dtype)
+        args.allow_unknown_ids = recorded.get("allow_unknown_ids", args.allow_unknown_ids)
+        if "data_fingerprint" in recorded:  # the same folder, but are its files still the same?
+            runs.check_resume(run_dir, recorded, {"data_fingerprint": dataset_fingerprint(args.data)})
+        trials, seed = recorded["trials"], recorded["seed"]
+        overrides: dict[str, Any] = dict(saved.get("trial_overrides") or {})
+    else:
+        if any(p.name != results.LOCK_FILE for p in run_dir.iterdir()):
+            raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
+        space = load_space(find_space(args.space) if args.space else default_space_path())
+        trials = args.trials or space.trials
+        seed = args.seed if args.seed is not None else 0
+        overrides = {}  # trial settings from the command line, on top of the space
+        if args.label_mode:
+            overrides["label_mode"] = args.label_mode
+        if args.amp:
+            overrides["amp"] = True
+    if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
+        raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
+                           f"set them under 'fixed', not 'params'")
+    base = space.to_config(space.baseline_point()).replace(**overrides)
+    has_gpu = gpu_count() > 0 and args.device != "cpu"
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
+    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
+    concurrent = args.max_concurrent or (max(1, int(gpu_count() / gpus)) if gpus > 0
+                                         else space.max_concurrent)
+    opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
+                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
+                         address=args.address, resume=args.resume, dashboard=args.dashboard)
+    files.ensure_writable_dir(run_dir)
+    if args.address:
+        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
+    else:
+        check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
+        check_dashboard(opts)
+
+    started = time.perf_counter()
+    p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
+                train_variants=space.train_variants(base.label_mode.value))
+    inputs = {"data_root": str(p.source.root.resolve()), "backbone": p.backbone.name,
+              "weights_digest": p.backbone.weights_digest, "label_mode": LabelMode(base.label_mode).value,
+              "image_size": [base.image_height, base.image_width], "cache_dtype": str(args.cache_dtype),
+              "allow_unknown_ids": bool(args.allow_unknown_ids), "amp": bool(base.amp)}
+    if args.resume:
+        runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
+    else:
+        recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
+                    "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
+                    "max_concurrent": concurrent}
+    data_bytes = trial_bytes(p.data)
+    start_ray(opts, data_bytes=data_bytes)
+    check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
+    if not args.resume:
+        import shutil
+
+        shutil.copyfile(space.source, run_dir / SPACE_COPY)
+    info = {"command": "search", "options": {k: (str(v) if isinstance(v, Path) else v)
+                                             for k, v in opts.__dict__.items()},
+            "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
+            "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
+            **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": runs.versions()}
+    files.write_json(sweep_file, info)
+    print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
+          f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
+          f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
+          f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
+          f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
+    resume = f"sweeper search --resume --name {name} --out {args.out}"
+    try:
+        table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Ray's own handler
+        table = None
+    # Ray Tune ends the sweep early on Ctrl-C (its state saved) and returns as if it had finished.
+    ended = None if table is None else int(table.status.isin(["TERMINATED", "ERROR"]).sum()) if len(table) else 0
+    if ended is None or ended < trials:
+        print(f"interrupted: {'?' if ended is None else ended} of {trials} trials ended; continue with: {resume}",
+              file=sys.stderr)
+        return 130
+    info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    info["wall_seconds"] = time.perf_counter() - started
+    files.write_json(sweep_file, info)
+    from sweeper.report import write_report
+
+    report = write_report(run_dir)
+    print(summary_table(table, space))
+    print(f"trials: {run_dir / 'trials.csv'}; per epoch: {run_dir / 'history.csv'}; "
+          f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
+    print(f"report: {report}")
+    return 0
+
+
+def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep was started with (sweep.json's `started_with`; older sweeps: what their sweep.json says)."""
+    try:
+        legacy = {"data_root": saved["data"]["root"], "backbone": saved["backbone"]["name"],
+                  "weights_digest": saved["backbone"]["weights_digest"], "trials": saved["options"]["trials"],
+                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"],
+                  "cache_dtype": saved["cache"]["dtype"]}
+    except (KeyError, TypeError) as e:
+        raise SweeperError(f"sweep.json: field {e} is missing; this folder cannot be resumed") from None
+    return {**legacy, **(saved.get("started_with") or {})}
+
+
+def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on a resume's command line that decide results: each must equal the sweep's."""
+    from sweeper import files
+
+    given: dict[str, Any] = {}
+    if args.data is not None:
+        given["data_root"] = str(Path(args.data).resolve())
+    if args.backbone != "auto":
+        given["backbone"] = args.backbone
+    if args.space is not None:
+        given["space"] = files.file_sha256(args.space)
+    for field in ("trials", "seed", "max_concurrent", "label_mode"):
+        if getattr(args, field) is not None:
+            given[field] = getattr(args, field)
+    if args.amp:
+        given["amp"] = True
+    if args.allow_unknown_ids:
+        given["allow_unknown_ids"] = True
+    if not isinstance(args.cache_dtype, Default):
+        given["cache_dtype"] = args.cache_dtype
+    return given
+
+
+def _load_sweep(run_dir: Path) -> dict[str, Any]:
+    """A sweep folder's sweep.json, or a one-line error saying the folder is not a sweep."""
+    from sweeper.files import read_json
+    from sweeper.results import SWEEP_FILE
+
+    path = Path(run_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise SweeperError(f"{run_dir}: not a sweep folder (missing {SWEEP_FILE})")
+    return read_json(path)
+
+
+def _sweep_inputs(run_dir: Path, saved: dict[str, Any]) -> argparse.Namespace:
+    """The data and backbone options a sweep ran with, to rebuild the same inputs."""
+    return argparse.Namespace(
+        data=Path(saved["data"]["root"]), backbone=saved["backbone"]["name"],
+        weights=Path(saved["backbone"]["weights_path"]) if saved["backbone"].get("weights_path") else None,
+        cache_dir=Path(saved["cache"]["root"]), cache_dtype=saved["cache"]["dtype"], allow_unknown_ids=True,
+        quiet=False)
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    _load_sweep(args.run)  # a sweep folder, before taking its lock
+    return in_run_folder(args.run, f"sweeper confirm {args.run}", lambda: _confirm_in(args))
+
+
+def _confirm_in(args: argparse.Namespace) -> int:
+    """cmd_confirm's work, with the run folder owned by this process."""
+    from sweeper.space import load_space
+    from sweeper.results import SPACE_COPY
+    from sweeper.cluster import check_address
+    from sweeper.confirm import run_confirm
+    from sweeper.tune import SearchOptions
+
+    if args.address:
+        check_address(args.address)
+    saved = _load_sweep(args.run)
+    space = load_space(args.run / SPACE_COPY)
+    inputs = _sweep_inputs(args.run, saved)
+    inputs.quiet = args.quiet
+    # the sweep's own label mode (and other command-line settings of its trials), as its trials ran them
+    base = space.to_config(space.baseline_point()).replace(**(saved.get("trial_overrides") or {}))
+    p = prepare(inputs, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
+                train_variants=space.train_variants(base.label_mode.value))
+    o = saved["options"]
+    opts = SearchOptions(name=args.run.name, out_root=args.run.parent.resolve(), trials=0,
+                         max_concurrent=args.max_concurrent or o["max_concurrent"],
+                         gpus_per_trial=o["gpus_per_trial"], cpus_per_trial=o["cpus_per_trial"], seed=0,
+                         address=args.address)
+    print(f"confirm: baseline + top {args.top} trials of {args.run}, {args.seeds} seeds each "
+          f"({(args.top + 1) * args.seeds} runs)", file=sys.stderr)
+    summary = run_confirm(args.run, space, p.data, opts, top=args.top, seeds=args.seeds, progress=not args.quiet)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    from sweeper.report import write_report
+
+    print(f"gain counts as real when it exceeds twice the larger seed-to-seed standard deviation; "
+          f"details in {args.run / 'confirm.csv'}; report {write_report(args.run)}")
+    return 0

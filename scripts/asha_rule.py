@@ -92,8 +92,11 @@ def main() -> None:
                       "--name", name, "--out", str(args.out), "--max-concurrent", "1"]
             if args.trials:
                 search += ["--trials", str(args.trials)]
-            sweeper(*search)
-            sweeper("confirm", str(args.out / name), "--top", "1", "--seeds", str(args.confirm_seeds))
+            run = args.out / name  # a step already done is not re-run: a stopped measurement continues
+            if not (run / "trials.csv").is_file():
+                sweeper(*search)
+            if not (run / "confirm_summary.csv").is_file():
+                sweeper("confirm", str(run), "--top", "1", "--seeds", str(args.confirm_seeds))
             rows.append(measure(args.out / name, rule, seed))
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "asha_rule.csv", index=False)

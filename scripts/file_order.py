@@ -5,7 +5,7 @@
 Phase 1 lists files in the file system's (unsorted) order; we sort them. Predictions are per image,
 so the order changes no prediction and no dataset-level score, but it changes which images share
 a batch of 2, and phase 1's scores are means of per-batch scores. This scores the run's head
-(`sweeper.evaluate.load_run_head`: a baseline run's head, a sweep's best trial) on the split in
+(`sweeper.run_heads.load_run_head`: a baseline run's head, a sweep's best trial) on the split in
 sorted order, then in `--orders` fixed shuffled orders (numpy seed `--seed`), and prints the
 per-batch IoU / Dice / accuracy and per-class IoU of each against sorted order. Prints only.
 """
@@ -24,6 +24,7 @@ from sweeper.backbone import create_backbone
 from sweeper.data import find_split
 from sweeper.errors import SweeperError
 from sweeper.features import cached_labels, cached_tokens, default_cache_root
+from sweeper.run_heads import build_head, load_run_head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled orders (default: 0)")
     args = p.parse_args(argv)
     try:
-        run = ev.load_run_head(args.run)
+        run = load_run_head(args.run)
         root = args.data or (run.inputs.get("data") or {}).get("root")
         if not root:
             raise SweeperError(f"{args.run}: the run records no data root; pass --data")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                   dtype=(run.inputs.get("cache") or {}).get("dtype") or "float32")
         labels = cached_labels(split, cache_root=default_cache_root(), height=size[0], width=size[1],
                                mode=cfg.label_mode)
-        head = ev.build_head(run, in_channels=backbone.embed_dim)
+        head = build_head(run, in_channels=backbone.embed_dim)
     except SweeperError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@
                                 mode, class names, trial and epoch, its val IoU, and the one line of Python
                                 that builds the module for these weights
 
-The head is picked as `sweeper evaluate` picks it (`evaluate.load_run_head`: a sweep's best trial at its best
+The head is picked as `sweeper evaluate` picks it (`run_heads.load_run_head`: a sweep's best trial at its best
 epoch by default) and loaded into its class with strict=True before anything is written.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from sweeper.backbone import BACKBONES
 from sweeper.data import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
-from sweeper.evaluate import build_head, load_run_head
+from sweeper.run_heads import build_head, load_run_head
 from sweeper.files import write_json
 from sweeper.results import CONFIG_FILE, HEAD_FILE
 from sweeper.runs import save_head

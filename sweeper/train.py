@@ -8,7 +8,7 @@ loss and metrics come from one forward pass (the same logits, so the same
 numbers); with the backbone in the loop they are separate passes, as in
 phase 1. Every eval pass, and `sweeper.evaluate.predict`, runs the head
 through `eval_logits`, the one inference loop. No Ray import here: the
-search adapter lives in `sweeper.tune`. `train` changes no process-wide
+search adapter lives in `sweeper.trial`. `train` changes no process-wide
 state: the caller that owns the process sets torch's thread count.
 """
 

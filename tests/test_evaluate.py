@@ -18,6 +18,7 @@ from sweeper.data import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.head import create_head
 from sweeper.report.run_figures import colorize
+from sweeper.run_heads import load_run_head
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")  # 4x8 token grid: fast on CPU
 BACKBONE = {"name": "random_vits14", "weights_path": None}
@@ -345,17 +346,17 @@ def test_sweep_scores_the_best_epochs_head_by_default_and_says_which_epoch(tmp_p
     history = [{**val_record(1, [0.3] * 10), "val_iou": 0.5}, {**val_record(2, [0.1] * 10), "val_iou": 0.4}]
     torch.save({"head": constant_head(3), "step": 8, "history": history,
                 "best": {"epoch": 1, "val_iou": 0.5, "head": constant_head(7)}}, ckpt)
-    best = ev.load_run_head(sweep, trial=1)
+    best = load_run_head(sweep, trial=1)
     assert torch.equal(best.state["classifier.bias"], constant_head(7)["classifier.bias"])
     assert best.selection["epoch"] == 1 and best.selection["weights"] == "best epoch"
     assert best.selection["checkpoint_epoch"] == 2
     assert best.validation["epoch"] == 1 and best.validation["class_iou"]["Trees"] == 0.3
-    last = ev.load_run_head(sweep, trial=1, epoch="last")
+    last = load_run_head(sweep, trial=1, epoch="last")
     assert torch.equal(last.state["classifier.bias"], constant_head(3)["classifier.bias"])
     assert last.selection["epoch"] == 2 and last.validation["epoch"] == 2
     assert last.validation["class_iou"]["Trees"] == 0.1
     with pytest.raises(SweeperError, match="epoch: expected one of best, last"):
-        ev.load_run_head(sweep, trial=1, epoch="first")
+        load_run_head(sweep, trial=1, epoch="first")
 
 
 def test_summary_lines_label_both_per_class_flavours():

@@ -219,7 +219,7 @@ params:
     from sweeper import files
     files.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
     import torch
-    from sweeper.evaluate import load_run_head
+    from sweeper.run_heads import load_run_head
     from sweeper.results import BEST_KEY, STATE_FILE
 
     for row in table.itertuples():

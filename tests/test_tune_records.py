@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import evaluate as ev
 from sweeper import files, results
 from sweeper import tune
 from sweeper.errors import SweeperError
+from sweeper.run_heads import load_run_head
 from sweeper.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
     assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and results.TRIAL_KEY not in configs[1]
 
     results.write_tables(run, space)
-    head = ev.load_run_head(run, trial=1, epoch="last")
+    head = load_run_head(run, trial=1, epoch="last")
     assert head.weights_file.parent.parent.name.startswith("trial_main_bbbb")  # the continued folder's checkpoint
     assert float(head.state["w"][0]) == 2.0 and head.config.lr == 0.003
     assert not marker.exists()  # nothing of Ray's pickled state was loaded

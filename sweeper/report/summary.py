@@ -13,6 +13,7 @@ import pandas as pd
 
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.report.load import SCORE, BaselineRun, SweepRun, num
+from sweeper.results import best_index
 
 TOP_SUMMARY = 10  # trials in summary.md's table
 PUBLISHED_LABEL = "published phase-1 figure on the real data"
@@ -147,7 +148,8 @@ def baseline_headline(run: BaselineRun) -> list[tuple[str, str]]:
     """(label, text) lines: best val IoU vs the published figure, and mIoU."""
     if not run.history:
         return [("Best val IoU", "no epoch finished")]
-    best = max(run.history, key=lambda r: (num(r.get("val_iou")) or -1.0, -r["epoch"]))
+    i = best_index([r.get("val_iou") for r in run.history])  # NaN-safe, the earliest on ties
+    best = run.history[0 if i is None else i]
     iou = num(best.get("val_iou"))
     vs = delta(iou, PUBLISHED_BASELINE_IOU) + comparability(run.synthetic, run.backbone_trained)
     planned = (run.info.get("config") or {}).get("epochs", "?")

@@ -27,6 +27,7 @@ import torch
 from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
+from sweeper.files import atomic_path
 from sweeper.progress import progress_bar
 from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
@@ -76,36 +77,21 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".crc32")  # {"crc32": int, "bytes": int} of the .npy as written
 
 
-def _cannot_write(path: Path, e: OSError) -> SweeperError:
-    return SweeperError(f"{path.parent}: cannot write the feature cache entry {path.name} ({e.strerror or e}); "
-                        f"free some space or point --cache-dir (or SWEEPER_CACHE) at another folder")
+CACHE_HINT = "free some space or point --cache-dir (or SWEEPER_CACHE) at another folder"
 
 
 def _write_atomically(path: Path, fill, shape: tuple[int, ...], dtype) -> None:
-    """Create an .npy at a temporary name, fill it, record its checksum, then rename: a killed run never
-    leaves a half file, and a file damaged later is caught when it is opened (`_verified`)."""
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        except OSError as e:
-            raise _cannot_write(path, e) from None
+    """Create an .npy at a temporary name (files.atomic_path), fill it in place, record its checksum, then
+    rename: a killed run never leaves a half file, and a file damaged later is caught when it is opened
+    (`_verified`). The checksum lands first: an entry never exists without one."""
+    with atomic_path(path, tag="partial", hint=CACHE_HINT) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         fill(arr)
-        try:
-            arr.flush()
-            del arr
-            record = json.dumps({"crc32": file_crc32(tmp), "bytes": tmp.stat().st_size})
-            check_tmp = _checksum_path(tmp)
-            check_tmp.write_text(record)
-            os.replace(check_tmp, _checksum_path(path))
-            os.replace(tmp, path)
-        except OSError as e:
-            raise _cannot_write(path, e) from None
-    finally:
-        for leftover in (tmp, _checksum_path(tmp)):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        arr.flush()
+        del arr
+        with atomic_path(_checksum_path(path), hint=CACHE_HINT) as check_tmp:
+            check_tmp.write_text(json.dumps({"crc32": file_crc32(tmp), "bytes": tmp.stat().st_size}))
 
 
 def _verified(path: Path) -> bool:

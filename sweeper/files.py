@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from sweeper.errors import SweeperError
 
@@ -45,22 +45,21 @@ def file_sha256(path: Path) -> str:
         raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _cannot_write(path: Path, e: OSError) -> SweeperError:
+def _cannot_write(path: Path, e: OSError, hint: str = "") -> SweeperError:
     full = "; the disk is full: free some space and run the command again" if e.errno == errno.ENOSPC else ""
-    return SweeperError(f"{path}: cannot write ({e.strerror or e}){full}; what was there before is unchanged")
+    return SweeperError(f"{path}: cannot write ({e.strerror or e}){full}; what was there before is unchanged"
+                        + (f"; {hint}" if hint else ""))
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write a file through `write(f)` under a temporary name and rename it, so readers never see half a file.
-
-    A failed write (a full disk) removes the temporary file, leaves any earlier `path` as it was, and is a
-    one-line SweeperError naming `path`.
-    """
+@contextlib.contextmanager
+def atomic_path(path: Path, *, tag: str = "tmp", hint: str = "") -> Iterator[Path]:
+    """The one atomic writer: a temporary path beside `path` to write, renamed over `path` when the block
+    ends, so readers never see half a file. A failure (a full disk) removes the temporary file, leaves any
+    earlier `path` as it was, and is a one-line SweeperError naming `path` (plus `hint`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{tag}-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        yield tmp
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -68,7 +67,13 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         cause = _os_error(e)  # torch.save, for one, reports a full disk as a RuntimeError raised from it
         if cause is None:
             raise
-        raise _cannot_write(path, cause) from None
+        raise _cannot_write(path, cause, hint) from None
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through `write(f)` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _os_error(e: BaseException | None) -> OSError | None:

@@ -63,6 +63,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         if any(p.name != results.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
         space = load_space(find_space(args.space) if args.space else default_space_path())
+        check_space_heads(space)
         trials = args.trials or space.trials
         seed = args.seed if args.seed is not None else 0
         overrides = {}  # trial settings from the command line, on top of the space
@@ -143,6 +144,15 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
     print(f"report: {report}")
     return 0
+
+
+def check_space_heads(space) -> None:
+    """Every head a space can pick is one `sweeper.head` builds: refused before any work, not in a trial."""
+    from sweeper.head import check_head_names
+
+    spec = next((p for p in space.params if p.name == "head"), None)
+    names = list(spec.choices) if spec is not None else [space.fixed.get("head", "convnext_phase1")]
+    check_head_names(map(str, names), source=f"{space.source}: {'params' if spec else 'fixed'}.head")
 
 
 def _started_with(saved: dict[str, Any]) -> dict[str, Any]:

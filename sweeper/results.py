@@ -65,9 +65,9 @@ TRIAL_EPOCHS = "epochs.jsonl"  # written by the trial: one JSON line per reporte
 TRIAL_END = "end.json"  # written by the driver when the trial ends: status (TERMINATED or ERROR) and error line
 CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
 TRIAL_KEY = "trial_number"  # config key: the trial's number in the Optuna study, which the tables use too
-CONFIG_COLUMNS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs",
+CONFIG_COLUMNS = ("head", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs",
                   "schedule_epochs", "batch_size", "class_weights", "class_weight_power", "class_weight_max",
-                  "label_mode")  # always in trials.csv
+                  "label_mode", "train_labels", "flip_prob")  # always in trials.csv
 
 # --- `sweeper evaluate`'s folder
 METRICS_JSON = "test_metrics.json"

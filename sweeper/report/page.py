@@ -62,9 +62,11 @@ METRICS_NOTE = (
      "validation split, averaged over classes present. Phase 1 did not report it."),
 )
 
+PHASE3_COLUMNS = ("head", "train_labels", "flip_prob")  # shown only when a sweep varies them
 # (trials.csv column, header, kind): kind 'text' is left-aligned and sorted as text.
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("trial", "trial", "int"), ("status", "status", "text"), ("optimizer", "optimiser", "text"),
+    ("trial", "trial", "int"), ("status", "status", "text"), ("head", "head", "text"),
+    ("train_labels", "train labels", "text"), ("flip_prob", "flip p", "num"), ("optimizer", "optimiser", "text"),
     ("lr", "lr", "sci"), ("momentum", "momentum", "num"), ("weight_decay", "weight decay", "sci"),
     ("schedule", "schedule", "text"), ("warmup_epochs", "warm-up ep.", "num"),
     ("class_weights", "class weights", "text"), ("class_weight_power", "cw power", "num"),
@@ -81,7 +83,9 @@ def trials_table_html(run: SweepRun) -> str:
     t = table_frame(run)
     if t.empty:
         return "<p>No trials yet.</p>"
-    cols = [(c, h, k) for c, h, k in TABLE_COLUMNS if c in t.columns]
+    # phase 3's columns only where they vary: a phase-2 sweep's are phase 1's head, labels and no flips
+    cols = [(c, h, k) for c, h, k in TABLE_COLUMNS
+            if c in t.columns and not (c in PHASE3_COLUMNS and t[c].nunique(dropna=False) <= 1)]
     best = run.scored().trial.iloc[0] if len(run.scored()) else None
     head = "".join(f'<th title="click to sort">{html.escape(h)}</th>' for _, h, _ in cols)
     rows = []

@@ -40,8 +40,24 @@ def _as_bool(s: pd.Series) -> pd.Series:
     return s.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
 
 
+class RunFacts:
+    """What a run folder's own record (sweep.json or config.json, as `info`) says about its inputs."""
+
+    info: dict[str, Any]
+
+    @property
+    def synthetic(self) -> bool | None:
+        """Whether the run's data is synthetic (None: unknown)."""
+        return (self.info.get("data") or {}).get("synthetic")
+
+    @property
+    def backbone_trained(self) -> bool | None:
+        """Whether its backbone had trained weights (None: unknown)."""
+        return (self.info.get("backbone") or {}).get("trained")
+
+
 @dataclass(frozen=True)
-class SweepRun:
+class SweepRun(RunFacts):
     """A sweep folder's saved results; `missing` says, one line each, what a complete run would also have."""
 
     run_dir: Path
@@ -52,15 +68,6 @@ class SweepRun:
     missing: tuple[str, ...] = ()  # what is absent or unfinished, for the reader
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
-
-    @property
-    def synthetic(self) -> bool | None:
-        """Whether sweep.json says the data is synthetic (None: unknown)."""
-        return (self.info.get("data") or {}).get("synthetic")
-
-    @property
-    def backbone_trained(self) -> bool | None:
-        return (self.info.get("backbone") or {}).get("trained")
 
     @property
     def planned_trials(self) -> int | None:
@@ -93,21 +100,13 @@ class SweepRun:
 
 
 @dataclass(frozen=True)
-class BaselineRun:
+class BaselineRun(RunFacts):
     """A `python -m sweeper baseline` folder: its config.json and per-epoch records."""
 
     run_dir: Path
     info: dict[str, Any]  # config.json ({} when missing)
     history: tuple[dict[str, Any], ...]  # metrics.jsonl records
     missing: tuple[str, ...] = ()
-
-    @property
-    def synthetic(self) -> bool | None:
-        return (self.info.get("data") or {}).get("synthetic")
-
-    @property
-    def backbone_trained(self) -> bool | None:
-        return (self.info.get("backbone") or {}).get("trained")
 
 
 def run_kind(run_dir: Path) -> str:

@@ -40,6 +40,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     from sweeper.trial import trial_bytes
     from sweeper.tune import SearchOptions, check_trusted, run_search
 
+    quiet_optuna()
+
     sweep_file = run_dir / SWEEP_FILE
     if args.resume:
         if not sweep_file.is_file():
@@ -144,6 +146,13 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
     print(f"report: {report}")
     return 0
+
+
+def quiet_optuna() -> None:
+    """Optuna's per-trial INFO lines off for this process: the sweep's progress lines say what happens."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def check_space_heads(space) -> None:

@@ -129,8 +129,6 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say what happens
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # multivariate/group
     objective = f"best_{space.metric}"
 
     class BestEpochOptunaSearch(OptunaSearch):
@@ -212,11 +210,13 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             self._completed_trials.add(trial_id)
             self._values.pop(trial_id, None)
 
-    sampler = optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
-        multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
-    )
+    with warnings.catch_warnings():  # multivariate and group are "experimental": said once here, not per run
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
+            multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
+        )
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
                                  points_to_evaluate=[space.baseline_point()], study_name=study_name,

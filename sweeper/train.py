@@ -255,6 +255,8 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     On CUDA the run's allocator is capped at `config.gpu_share` of the GPU, and running out
     of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
     the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
+    The one process-wide setting made here is CUDA's (the allocator cap and cuDNN's benchmark mode): the
+    run's GPU share is known only here, and every trial runs in a process of its own.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)

@@ -232,8 +232,9 @@ def make_trainable(data: TrainData, opts: SearchOptions):
 
     arrays = trial_arrays(data)
     trainable = tune.with_parameters(trial_main, arrays=arrays)
-    for name in ("train_tokens", "val_tokens"):
-        drop_resident_pages(arrays[name])
+    for name in ("train_tokens", "val_tokens", "train_tokens_flip"):
+        if name in arrays:
+            drop_resident_pages(arrays[name])
     return tune.with_resources(trainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 

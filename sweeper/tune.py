@@ -9,11 +9,12 @@ each trial and the tables write into the run folder is `sweeper.results`'s; the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -109,6 +110,19 @@ def make_scheduler(space: SearchSpace):
                                reduction_factor=space.asha.reduction_factor)
 
 
+@contextlib.contextmanager
+def optuna_experimental_ok() -> Iterator[None]:
+    """Optuna's ExperimentalWarning silenced inside the block only (TPE's multivariate/group, metric names:
+    features this project relies on, pinned by its tests); nothing process-wide."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
                   exp_dir: Path | None = None):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
@@ -124,7 +138,6 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     next new Ray trial (same number and params, its epochs under `exp_dir` told to the study), so a resume
     continues that trial instead of adding one beyond the budget.
     """
-    import warnings
 
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -136,7 +149,8 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
 
         def __init__(self, **kw) -> None:
             super().__init__(**kw)
-            self._ot_study.set_metric_names([objective])  # optuna-dashboard: not "Objective 0"
+            with optuna_experimental_ok():
+                self._ot_study.set_metric_names([objective])  # optuna-dashboard: not "Objective 0"
             self._planned: dict[str, int] = {}  # trial id -> epochs it was configured for
             self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} told to the study
 
@@ -210,8 +224,7 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             self._completed_trials.add(trial_id)
             self._values.pop(trial_id, None)
 
-    with warnings.catch_warnings():  # multivariate and group are "experimental": said once here, not per run
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_experimental_ok():  # multivariate and group
         sampler = optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
@@ -259,6 +272,15 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch: enough to resume
         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failing trial is recorded, the sweep goes on
     )
+    with optuna_experimental_ok():  # the searcher is built, or restored, and used inside
+        return _fit(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)
+
+
+def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
+         run_config, trial_overrides: dict[str, Any] | None) -> pd.DataFrame:
+    """`run_search`'s Tuner, new or restored, run to its end; a full disk is one line."""
+    from ray import tune
+
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, param_space=None)

@@ -415,3 +415,23 @@ def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
     assert cols.index("best_epoch") == cols.index("best_val_iou") + 1
     assert first.split()[:1] == ["1"] and first.split()[cols.index("best_epoch")] == "1"
     assert second.startswith("0 (phase 1)") and second.split()[cols.index("best_epoch") + 2] == "2"
+
+
+def test_the_searcher_says_nothing_experimental_and_leaves_warning_filters_alone(tmp_path):
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    from sweeper.tune import make_searcher
+
+    space = load_space(write_space(tmp_path / "s.yaml", trials=4, epochs=3, params="""
+  lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
+"""))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        searcher = make_searcher(space, study_path=tmp_path / "study.db", study_name="s", seed=0)
+        searcher.suggest("t0")
+        after = list(warnings.filters)
+    assert not [w for w in caught if issubclass(w.category, ExperimentalWarning)]
+    assert after == before  # no filter left behind for the rest of the process

@@ -77,6 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="phase2", help="space file or shipped name (default phase2)")
     ap.add_argument("--sweeps", type=int, default=3, help="sweep seeds per rule (default 3)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first sweep seed (to run seeds in parallel "
+                                                               "processes, each with its own --out)")
     ap.add_argument("--confirm-seeds", type=int, default=3, help="seeds per confirmed config (default 3)")
     ap.add_argument("--trials", type=int, help="trials per sweep (default: the space's)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "asha_rule")
@@ -85,7 +87,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     source = find_space(args.space)
     rows = []
-    for seed in range(args.sweeps):
+    for seed in range(args.first_seed, args.first_seed + args.sweeps):
         for rule in RULES:
             name = f"{rule}-seed{seed}"
             search = ["search", "--space", str(space_for(rule, source, args.out)), "--seed", str(seed),

@@ -162,8 +162,13 @@ params:
   flip_prob:    {type: uniform, low: 0.0, high: 0.9}
 """)
     cache = tmp_path / "cache"
-    rc = main(["-q", "search", "--data", str(root), "--space", str(space), "--out", str(tmp_path / "runs"),
-               "--name", "p3", "--cache-dir", str(cache), "--seed", "1", "--backbone", "random_vits14"])
+    try:
+        rc = main(["-q", "search", "--data", str(root), "--space", str(space), "--out", str(tmp_path / "runs"),
+                   "--name", "p3", "--cache-dir", str(cache), "--seed", "1", "--backbone", "random_vits14"])
+    finally:
+        import ray
+
+        ray.shutdown()  # the in-process sweep's local Ray: later test modules start their own
     assert rc == 0
     table = pd.read_csv(tmp_path / "runs" / "p3" / "trials.csv")
     assert list(table.status) == ["TERMINATED"] * 3 and table.best_val_iou.notna().all()

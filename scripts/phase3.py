@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,20 +28,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, log  # noqa: E402
+from asha_rule import sweeper  # noqa: E402  (one CLI runner for the measurement scripts that stop on a failure)
+from common import REPO  # noqa: E402
 
 from sweeper.files import read_csv, read_json  # noqa: E402
 from sweeper.results import CONFIRM_SUMMARY_CSV, HISTORY_CSV, SWEEP_FILE, TRIALS_CSV  # noqa: E402
 
 SHOWN = ("head", "train_labels", "flip_prob", "optimizer", "lr", "epochs", "class_weights", "batch_size")
-
-
-def sweeper(*args: str) -> None:
-    """One CLI command; the measurement stops on a failure (its stderr says why)."""
-    cmd = [sys.executable, "-m", "sweeper", "-q", *args]
-    log("$ " + " ".join(cmd))
-    if subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}")
 
 
 def measure(run: Path, space: str) -> dict:

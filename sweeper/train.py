@@ -252,7 +252,8 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
 
     `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
     training continues after its last epoch with the same weights, optimiser and shuffles.
-    On CUDA the run's allocator is capped at `config.gpu_share` of the GPU, and running out
+    On CUDA the run's allocator is capped at `config.gpu_share` of the GPU (of `config.gpu_memory_gib` of it
+    where set; `sweeper.device.memory_budget`), and running out
     of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
     the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
     The one process-wide setting made here is CUDA's (the allocator cap and cuDNN's benchmark mode): the
@@ -260,7 +261,7 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
-    cap = cap_memory(device, config.gpu_share)
+    cap = cap_memory(device, config.gpu_share, limit_bytes=int(config.gpu_memory_gib * 2**30) or None)
     if device.type == "cuda":
         # cuDNN's benchmark tries workspace-hungry kernels: only worth it with the whole GPU to oneself
         torch.backends.cudnn.benchmark = config.gpu_share >= 1

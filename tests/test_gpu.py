@@ -126,7 +126,7 @@ def test_memory_cap_and_oom_message_in_a_fresh_process(tmp_path):
     code = """
 import torch
 from sweeper import device as dev
-cap = dev.cap_memory(torch.device("cuda"), 0.05)
+cap = dev.cap_memory(torch.device("cuda"), 0.25, limit_bytes=6 * 2**30)  # a quarter of a 6 GB card
 try:
     torch.empty(int(cap * 1.5), dtype=torch.uint8, device="cuda")
     print("NO-OOM")
@@ -136,6 +136,31 @@ except torch.cuda.OutOfMemoryError:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("OOM"), out.stdout + out.stderr[-2000:]
+
+
+def test_a_cuda_context_fits_the_figure_the_caps_keep_back():
+    # The per-process cap leaves out the CUDA context: measure one (a process that ran a matmul and a
+    # convolution, so cuBLAS and cuDNN are loaded) as nvidia-smi sees it, less what its allocator reserved.
+    code = """
+import json, os, subprocess, torch
+x = torch.randn(256, 256, device="cuda")
+y = torch.nn.functional.conv2d(torch.randn(2, 8, 32, 32, device="cuda"), torch.randn(8, 8, 3, 3, device="cuda"))
+(x @ x).sum().item(); y.sum().item()
+torch.cuda.synchronize()
+smi = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                     capture_output=True, text=True).stdout
+used = {int(p): float(m) for p, m in (l.split(",") for l in smi.strip().splitlines() if l.strip())}
+print(json.dumps({"used_mb": used.get(os.getpid()), "reserved_mb": torch.cuda.memory_reserved() / 2**20}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    if m["used_mb"] is None:  # nvidia-smi cannot see this process (a container's PID namespace)
+        return
+    context_mb = m["used_mb"] - m["reserved_mb"]
+    print(f"CUDA context: {context_mb:.0f} MB")
+    assert context_mb * 2**20 <= dev.CUDA_CONTEXT_BYTES, f"a CUDA context takes {context_mb:.0f} MB here"
 
 
 if __name__ == "__main__":  # without pytest: run every test with a fresh temp folder

@@ -302,3 +302,34 @@ def test_gpu_check_without_cuda_exits_2_with_one_line():
                        env={**os.environ, "PYTHON": sys.executable})
     assert p.returncode == 2
     assert p.stderr.strip().startswith("gpu_check: no CUDA GPU") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_float16_amp_run_resumes_with_its_grad_scaler_state(monkeypatch):
+    # GPUs before compute capability 8.0 train under float16 autocast with a GradScaler, whose scale grows
+    # and backs off as training goes: a resumed run must continue from the scale it had, not start over.
+    # On the CPU: a real GradScaler for the CPU stands in for the CUDA one train would make there.
+    import sweeper.train as tr
+
+    made = []
+
+    def scaler(device, amp):
+        s = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)  # doubles after every step
+        made.append(s)
+        return s
+
+    monkeypatch.setattr(tr, "grad_scaler", scaler)
+    cfg = TrainConfig(**SMALL, epochs=3, amp=True)
+    data = learnable_data(n_train=4, n_val=2)
+    scales, states = [], []
+
+    def on_epoch(record, run):
+        scales.append(made[-1].get_scale())
+        states.append(run.state_dict())
+
+    full = train(cfg, data, on_epoch=on_epoch).history
+    assert scales == [2.0**6, 2.0**8, 2.0**10]  # 2 steps an epoch
+    assert states[0]["scaler"]["scale"] == 2.0**6
+    scales.clear()
+    resumed = train(cfg, data, on_epoch=on_epoch, resume=states[0]).history
+    assert scales == [2.0**8, 2.0**10]
+    assert [r["val_iou"] for r in resumed] == [r["val_iou"] for r in full]

@@ -72,6 +72,12 @@ def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False, 
                        help="run the backbone inside the training loop like phase 1 (slow; same numbers)")
 
 
+def add_gpu_memory_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-memory", type=_positive_float, metavar="GiB",
+                   help="GiB of the GPU sweeper may use (a smaller card's size, or your part of a shared GPU): "
+                        "trial shares divide this, each process capped at its part (default: the whole card)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-command per job."""
     from sweeper import __version__
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: phase 1's 10)")
     p.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling seed")
+    add_gpu_memory_option(p)
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
     p.add_argument("--seed", type=int, help="TPE sampler seed (default 0)")
     p.add_argument("--amp", action="store_true", help="mixed precision for the head on CUDA (no effect on CPU)")
+    add_gpu_memory_option(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("confirm", help="re-train the top configs and the baseline with several seeds: is the gain real?")
@@ -215,6 +223,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     if args.label_mode is not None:
         overrides["label_mode"] = args.label_mode
+    if args.gpu_memory:
+        overrides["gpu_memory_gib"] = args.gpu_memory
     config = TrainConfig().replace(**overrides)
     out = args.out or Path("results") / time.strftime("baseline-%Y%m%d-%H%M%S")
     return in_run_folder(out, f"sweeper baseline --out {out}", lambda: _baseline_in(args, config, out))

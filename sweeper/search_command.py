@@ -31,11 +31,11 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     import resource
 
     from sweeper import files, results, runs
-    from sweeper.device import gpu_count
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import default_space_path, find_space, load_space
-    from sweeper.cluster import check_address, check_dashboard, check_resources, local_nodes, start_ray
+    from sweeper.cluster import (check_address, check_dashboard, check_resources, cluster_nodes, start_ray,
+                                 trial_resources)
     from sweeper.results import SPACE_COPY, SWEEP_FILE, summary_table
     from sweeper.trial import trial_bytes
     from sweeper.tune import SearchOptions, check_trusted, run_search
@@ -68,29 +68,28 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         check_space_heads(space)
         trials = args.trials or space.trials
         seed = args.seed if args.seed is not None else 0
-        overrides = {}  # trial settings from the command line, on top of the space
-        if args.label_mode:
-            overrides["label_mode"] = args.label_mode
-        if args.amp:
-            overrides["amp"] = True
+        overrides = trial_overrides(args)  # trial settings from the command line, on top of the space
     if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
         raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
                            f"set them under 'fixed', not 'params'")
     base = space.to_config(space.baseline_point()).replace(**overrides)
-    has_gpu = gpu_count() > 0 and args.device != "cpu"
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
-    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
-    concurrent = args.max_concurrent or (max(1, int(gpu_count() / gpus)) if gpus > 0
-                                         else space.max_concurrent)
+    if args.gpus_per_trial is not None and (args.gpus_per_trial < 0 or (
+            args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer())):
+        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, "
+                           f"got {args.gpus_per_trial:g}")
+    if args.address:
+        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
+    # what the trials may use: the cluster's nodes (joined here with --address), not this machine's
+    nodes = cluster_nodes(args.address)
+    gpus, concurrent = trial_resources(nodes, device=overrides.get("device", args.device),
+                                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                                       default_concurrent=space.max_concurrent)
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
                          gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
     files.ensure_writable_dir(run_dir)
-    if args.address:
-        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
-    else:
-        check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
+    check_resources(opts, nodes)
+    if not args.address:
         check_dashboard(opts)
 
     started = time.perf_counter()
@@ -146,6 +145,21 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
     print(f"report: {report}")
     return 0
+
+
+def trial_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """A new sweep's trial settings from its command line, on top of the space (recorded, reused on resume).
+
+    The device travels with them: a trial decides where it trains from its config and the GPUs Ray granted it.
+    """
+    overrides: dict[str, Any] = {"device": args.device}
+    if args.label_mode:
+        overrides["label_mode"] = args.label_mode
+    if args.amp:
+        overrides["amp"] = True
+    if getattr(args, "gpu_memory", None):
+        overrides["gpu_memory_gib"] = float(args.gpu_memory)
+    return overrides
 
 
 def quiet_optuna() -> None:

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=(960, 540), help="WIDTHxHEIGHT (default 960x540)")
+    p.add_argument("--workers", type=_positive_int, help="processes writing scenes (default: every available core; "
+                                                         "the files are the same for any number)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("baseline", help="reproduce the phase-1 run (SGD 1e-4, 10 epochs, batch 2, unweighted CE)")
@@ -210,7 +212,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
         out = synth.generate(args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                             size=args.size, progress=lambda done, _total: bar.update(done - bar.n))
+                             size=args.size, progress=lambda done, _total: bar.update(done - bar.n),
+                             workers=args.workers)
     print(f"wrote {args.train} train, {args.val} val, {args.test} test synthetic scenes to {out}")
     return 0
 

@@ -19,7 +19,7 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.files import atomic_path
+from sweeper.parallel import default_workers
 from sweeper.progress import progress_bar
 from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
@@ -131,13 +132,15 @@ def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: s
 
 def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str = "float32",
                   batch_size: int | None = None, show_progress: bool = True,
-                  flip: bool = False) -> tuple[np.ndarray, bool]:
+                  flip: bool = False, workers: int | None = None) -> tuple[np.ndarray, bool]:
     """The split's tokens as a read-only memory map, built first if absent; returns (array, was_cached).
 
     The entry is built on the backbone's device (move the backbone first: a GPU does in a minute what
     a CPU does in twenty), in batches of `batch_size` (default: 32 on a GPU, 4 on the CPU).
     `flip`: the tokens of the mirrored images, an entry of its own (mirroring a token grid is not the
     same: the position embeddings and the patch contents would not be mirrored).
+    Images are decoded by `workers` processes (default: `default_workers()`) ahead of the backbone, into
+    pinned memory on a GPU, so decoding overlaps the forward pass; the entry's bytes do not depend on it.
     """
     if dtype not in DTYPES:
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
@@ -153,13 +156,13 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     started = time.perf_counter()
 
     def fill(arr: np.ndarray) -> None:
+        batches = image_batches(split, batch_size=batch_size, height=height, width=width, flip=flip,
+                                workers=default_workers() if workers is None else workers, pin=device.type == "cuda")
         with progress_bar(total=len(split), desc=f"caching {split.name} tokens", enabled=show_progress) as bar:
-            for lo in range(0, len(split), batch_size):  # the backbone runs under torch.inference_mode
-                idx = range(lo, min(lo + batch_size, len(split)))
-                images = torch.stack([load_image(split.image_paths[i], height=height, width=width, flip=flip)
-                                      for i in idx])
-                arr[lo:lo + len(idx)] = backbone(images.to(device)).float().cpu().numpy().astype(arr.dtype)
-                bar.update(len(idx))
+            for lo, images in zip(range(0, len(split), batch_size), batches):  # under torch.inference_mode
+                out = backbone(images.to(device, non_blocking=True))
+                arr[lo:lo + len(images)] = out.float().cpu().numpy().astype(arr.dtype)
+                bar.update(len(images))
 
     _write_atomically(path, fill, shape, DTYPES[dtype])
     meta = {"split": split.name, "root": str(split.root), "images": len(split), "backbone": backbone.name,
@@ -168,6 +171,40 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     log.info("feature cache built: %s (%.1f s)", path, meta["seconds"])
     return np.load(path, mmap_mode="r"), False
+
+
+class _ImageBatches(torch.utils.data.Dataset):
+    """Batch `b` of a split's images, decoded and stacked; a one-line error message for an unreadable file
+    (a DataLoader would re-raise a worker's exception with its traceback inside the message)."""
+
+    def __init__(self, paths: Sequence[Path], batch_size: int, height: int, width: int, flip: bool) -> None:
+        self.paths, self.batch_size, self.size, self.flip = list(paths), batch_size, (height, width), flip
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.batch_size)
+
+    def __getitem__(self, b: int) -> torch.Tensor | str:
+        lo = b * self.batch_size
+        try:
+            return torch.stack([load_image(p, height=self.size[0], width=self.size[1], flip=self.flip)
+                                for p in self.paths[lo:lo + self.batch_size]])
+        except SweeperError as e:
+            return str(e)
+
+
+def image_batches(split: Split, *, batch_size: int, height: int, width: int, flip: bool = False, workers: int = 0,
+                  pin: bool = False) -> Iterator[torch.Tensor]:
+    """The split's images as (B, 3, H, W) batches in file order, decoded by `workers` processes a few batches
+    ahead (`pin`: into page-locked memory, for an asynchronous copy to the GPU)."""
+    parallel = workers > 1
+    loader = torch.utils.data.DataLoader(
+        _ImageBatches(split.image_paths, batch_size, height, width, flip), batch_size=None,
+        num_workers=workers if parallel else 0, pin_memory=pin, prefetch_factor=2 if parallel else None,
+        multiprocessing_context="fork" if parallel else None)
+    for batch in loader:
+        if isinstance(batch, str):
+            raise SweeperError(batch)
+        yield batch
 
 
 def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
@@ -179,7 +216,8 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
     path = Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
     if path.exists() and _verified(path):
         return np.load(path)
-    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip)
+    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip,
+                               workers=default_workers())
 
     def fill(arr: np.ndarray) -> None:
         arr[:] = labels

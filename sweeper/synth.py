@@ -36,10 +36,8 @@ This module writes datasets; `sweeper.synth_scene` draws one scene and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import secrets
 import shutil
@@ -50,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from sweeper.errors import SweeperError
+from sweeper.parallel import available_cores, pool_map
 from sweeper.synth_scene import render_scene
 
 log = logging.getLogger(__name__)
@@ -151,16 +150,10 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
         for split in SPLITS:
             (tmp / split / "Color_Images").mkdir(parents=True)
             (tmp / split / "Segmentation").mkdir(parents=True)
-        # Each image has its own seed, so any number of workers writes the same bytes in any order.
-        with contextlib.ExitStack() as stack:
-            if workers > 1:
-                pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
-                done_iter = pool.imap_unordered(_write_scene, jobs, chunksize=4)
-            else:
-                done_iter = map(_write_scene, jobs)
-            for done, _ in enumerate(done_iter, 1):
-                if progress is not None:
-                    progress(done, len(jobs))
+        # Each image has its own seed, so any number of workers writes the same bytes.
+        for done, _ in enumerate(pool_map(_write_scene, jobs, workers=workers), 1):
+            if progress is not None:
+                progress(done, len(jobs))
         (tmp / MARKER).write_text(json.dumps(spec, indent=1) + "\n")
         _install(tmp, out, spec)
     except OSError as e:
@@ -171,14 +164,6 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
         raise
     log.info("synthetic dataset ready at %s", out)
     return out
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity: a container's or Slurm's limit), the default worker count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _write_scene(job: tuple[Path, str, int, int, int, int, int]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -40,8 +41,15 @@ def pool_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, chunksiz
         yield from map(fn, items)
         return
     # fork: the workers inherit the loaded modules (no re-import per worker); they touch no CUDA state
-    with contextlib.closing(multiprocessing.get_context("fork").Pool(workers)) as pool:
+    with contextlib.closing(multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)) as pool:
         try:
             yield from pool.imap(fn, items, chunksize=chunksize)
         finally:
             pool.terminate()
+
+
+def _one_thread() -> None:
+    """A forked worker's torch runs on one thread, as a DataLoader worker's does: the parent's OpenMP pool does
+    not survive the fork, and a torch op that uses it there waits for ever (seen: a label resize hung)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

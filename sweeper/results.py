@@ -248,6 +248,8 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "node_id": epochs[-1].get("node_id") if epochs else None,
                "device": epochs[-1].get("device") if epochs else None,
                "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
+               "gpu_peak_reserved_mb": max((r["gpu_peak_reserved_mb"] for r in epochs
+                                            if r.get("gpu_peak_reserved_mb") is not None), default=None),
                "error": err, "out_of_memory": is_out_of_memory(err)}
         trials.append(row)
         for r in epochs:

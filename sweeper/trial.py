@@ -117,6 +117,9 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
     released however it ends.
     """
     peak = {"private_mb": 0.0, "shared_mb": 0.0}
+    on_gpu = cfg.device.startswith("cuda") and torch.cuda.is_available()
+    if on_gpu:  # a reused worker process: this trial's own GPU peak, not an earlier trial's
+        torch.cuda.reset_peak_memory_stats()
     # The best epoch's head rides in every checkpoint beside the latest state (that one is for resume):
     # the report ranks a trial by its best epoch, so `evaluate` scores that epoch's head.
     best: dict[str, Any] | None = (resume or {}).get(BEST_KEY)
@@ -133,6 +136,8 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
             best = {"epoch": int(record["epoch"]), "val_iou": float(record["val_iou"]), "head": state["head"]}
         metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
                         "peak_shared_mb": peak["shared_mb"],
+                        # what this trial's allocator held at most (its CUDA context comes on top)
+                        "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20 if on_gpu else None,
                         "best_val_iou": run.history[i]["val_iou"] if i is not None else math.nan,
                         "best_epoch": run.history[i]["epoch"] if i is not None else None})
         report(metrics, {**state, BEST_KEY: best} if best is not None else state)

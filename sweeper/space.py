@@ -46,6 +46,7 @@ import yaml
 
 from sweeper.config import PHASE1, TrainConfig
 from sweeper.errors import SweeperError, one_line
+from sweeper.objective import Objective, check_metric
 
 TOP_KEYS = ("metric", "mode", "trials", "max_concurrent", "asha", "fixed", "params")
 REQUIRED_TOP_KEYS = ("metric", "mode", "trials", "asha", "params")
@@ -135,6 +136,11 @@ class SearchSpace:
     params: tuple[ParamSpec, ...]  # searched fields, in sampling order
     source: str  # the file it came from, for messages
 
+    @property
+    def objective(self) -> Objective:
+        """What ranks this space's trials: its metric and mode."""
+        return Objective(self.metric, self.mode)
+
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: sample every active param and return them with the fixed values."""
         sampled: dict[str, Any] = {}
@@ -203,9 +209,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SweeperError(f"{src}: the top level must be a mapping of {', '.join(TOP_KEYS)} (got {got})")
     _check_keys(raw, TOP_KEYS, src, "", required=REQUIRED_TOP_KEYS)
 
-    metric = raw["metric"]
-    if not isinstance(metric, str) or not re.fullmatch(r"[A-Za-z_][\w/.-]*", metric):
-        raise SweeperError(f"{src}: metric: expected the name of a reported metric such as 'val_iou', got {metric!r}")
+    metric = check_metric(raw["metric"], src)  # only a metric that means the same in every trial ranks them
     mode = raw["mode"]
     if mode not in ("min", "max"):
         raise SweeperError(f"{src}: mode: must be 'min' or 'max', got {mode!r}")

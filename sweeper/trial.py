@@ -23,6 +23,7 @@ import torch
 from sweeper.config import TrainConfig
 from sweeper.device import release_memory, trial_device
 from sweeper.files import append_jsonl
+from sweeper.objective import METRIC_KEY, MODE_KEY, Objective
 from sweeper.results import (BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY, best_index, trial_groups,
                              write_trial_start)
 from sweeper.tokens import TrainData
@@ -78,8 +79,9 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     folder = Path(tune.get_context().get_storage().trial_fs_path)  # this trial's folder under ray/ (storage)
     write_trial_start(folder, config, trial_id=tune.get_context().get_trial_id())
     number = config.get(TRIAL_KEY)  # the study's number; none in a confirm run
+    objective = Objective.from_config(config)  # what its best epoch is: the sweep's metric and mode
     # confirm runs tag their source trial; sweep trials carry their study number
-    config = {k: v for k, v in config.items() if k not in (CONFIRM_KEY, TRIAL_KEY)}
+    config = {k: v for k, v in config.items() if k not in (CONFIRM_KEY, TRIAL_KEY, METRIC_KEY, MODE_KEY)}
     cfg = TrainConfig.from_dict(config, source="trial config")
     cfg = cfg.replace(device=trial_device(cfg.device, gpu_ids), gpu_share=min(1.0, share) if share > 0 else 1.0)
     resume = None
@@ -106,11 +108,11 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
 
     if cfg.threads:  # this trial process's torch threads: set here, `train` changes no global state
         torch.set_num_threads(cfg.threads)
-    run_trial(cfg, data, report=report, resume=resume)
+    run_trial(cfg, data, report=report, resume=resume, objective=objective)
 
 
 def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, Any], dict[str, Any]], None],
-              resume: dict[str, Any] | None = None) -> None:
+              resume: dict[str, Any] | None = None, objective: Objective = Objective()) -> None:
     """Train one trial, handing `report` each epoch's metrics and checkpoint state.
 
     ASHA stops a trial by raising inside `report` (Ray's `tune.report`): the trial's memory is
@@ -128,12 +130,14 @@ def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, 
             peak[k] = max(peak[k], mem.get(k, 0.0))
         metrics = epoch_metrics(record, data.class_names)
         state = run.state_dict()
-        i = best_index([r["val_iou"] for r in run.history])
+        metric = objective.metric
+        i = best_index([r.get(metric) for r in run.history], mode=objective.mode)
         if i == len(run.history) - 1 and (best is None or best["epoch"] != record["epoch"]):  # a new best
-            best = {"epoch": int(record["epoch"]), "val_iou": float(record["val_iou"]), "head": state["head"]}
+            best = {"epoch": int(record["epoch"]), "metric": metric, metric: float(record[metric]),
+                    "val_iou": float(record["val_iou"]), "head": state["head"]}
         metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
                         "peak_shared_mb": peak["shared_mb"],
-                        "best_val_iou": run.history[i]["val_iou"] if i is not None else math.nan,
+                        objective.column: run.history[i][metric] if i is not None else math.nan,
                         "best_epoch": run.history[i]["epoch"] if i is not None else None})
         report(metrics, {**state, BEST_KEY: best} if best is not None else state)
 

@@ -81,6 +81,26 @@ def check_trusted(run_dir: Path) -> None:
                                f"Ray's pickled state from here, which runs code: chmod o-w it first if you trust it")
 
 
+ASHA_TESTED_RAY = "2.60"  # the Ray release whose ASHA internals the baseline exemption was tested with
+
+
+def check_asha_internals(scheduler) -> None:
+    """Refuse to run when Ray's ASHA no longer keeps the private bookkeeping the baseline exemption edits
+    (`_num_stopped`, and per bracket `_rungs` as (milestone, {trial id: score})): one line, not a silent
+    miscount or a crash mid-sweep."""
+    import ray
+
+    brackets = getattr(scheduler, "_brackets", None)
+    rungs = [getattr(b, "_rungs", None) for b in brackets] if isinstance(brackets, list) and brackets else [None]
+    ok = (isinstance(getattr(scheduler, "_num_stopped", None), int)
+          and all(isinstance(r, list) and r and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], dict)
+                                                    for x in r) for r in rungs))
+    if not ok:
+        raise SweeperError(f"ray {ray.__version__}: AsyncHyperBandScheduler's internals (_num_stopped, rungs) "
+                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.tune's baseline exemption was "
+                           f"tested with: install ray {ASHA_TESTED_RAY}.x or update make_scheduler")
+
+
 def make_scheduler(space: SearchSpace):
     """ASHA on the epoch counter, except that the baseline trial always runs its full length."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
@@ -105,9 +125,11 @@ def make_scheduler(space: SearchSpace):
                     return TrialScheduler.CONTINUE
             return action
 
-    return BaselineKeepingASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
-                               max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
-                               reduction_factor=space.asha.reduction_factor)
+    scheduler = BaselineKeepingASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                                    max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
+                                    reduction_factor=space.asha.reduction_factor)
+    check_asha_internals(scheduler)
+    return scheduler
 
 
 @contextlib.contextmanager

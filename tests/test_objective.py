@@ -287,3 +287,44 @@ def test_a_val_miou_sweep_keeps_ranks_confirms_exports_and_evaluates_by_val_miou
         import ray
         ray.shutdown()
 
+
+def test_asha_internals_the_baseline_exemption_relies_on_are_pinned(tmp_path):
+    # Ray's own ASHA, the baseline overruled at a rung: fails loudly if Ray renames _num_stopped or keeps its
+    # rungs another way (then check_asha_internals refuses to start a sweep, and this says why).
+    pytest.importorskip("ray")
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from sweeper.tune import check_asha_internals, make_scheduler
+
+    space = load_space(write_space(tmp_path / "s.yaml"))  # max 3 epochs, grace 1, factor 2: rungs at 1 and 2
+    sched = make_scheduler(space)
+    check_asha_internals(sched)
+    assert sched._num_stopped == 0 and len(sched._brackets) == 1
+    assert [m for m, _ in sched._brackets[0]._rungs] == [2, 1]
+    trials = {name: Trial("t", config={"lr": lr, "epochs": 3}, trial_id=name, stub=True)
+              for name, lr in (("a", 1e-3), ("base", 1e-4), ("c", 2e-3))}
+    for t in trials.values():
+        sched.on_trial_add(None, t)
+    step = lambda name, epoch, v: sched.on_trial_result(None, trials[name], {"epoch": epoch, "val_iou": v})  # noqa
+    assert step("a", 1, 0.5) == TrialScheduler.CONTINUE
+    assert step("base", 1, 0.1) == TrialScheduler.CONTINUE  # ASHA said STOP; the exemption overruled it
+    assert sched._num_stopped == 0  # ... and took it back out of the count
+    assert sched._brackets[0]._rungs[1][1] == {"a": 0.5, "base": 0.1}  # recorded at the rung all the same
+    assert step("c", 1, 0.2) == TrialScheduler.STOP and sched._num_stopped == 1  # 0.2 < median(0.5, 0.1) = 0.3
+    assert sched._brackets[0]._rungs[1][1] == {"a": 0.5, "base": 0.1, "c": 0.2}
+
+
+def test_a_ray_without_the_asha_bookkeeping_is_refused_in_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from sweeper.tune import make_scheduler
+
+    real_init = AsyncHyperBandScheduler.__init__
+
+    def renamed(self, *a, **kw):  # a Ray release that renamed the stop count
+        real_init(self, *a, **kw)
+        self._stopped = self.__dict__.pop("_num_stopped")
+
+    monkeypatch.setattr(AsyncHyperBandScheduler, "__init__", renamed)
+    with pytest.raises(SweeperError, match=r"^ray [\d.]+: AsyncHyperBandScheduler's internals .* ray 2\.60"):
+        make_scheduler(load_space(write_space(tmp_path / "s.yaml")))

@@ -247,7 +247,8 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
                "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
                **score,
-               "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
+               # the trial's own count, summed over resumes (Ray's elapsed_seconds restarts on one)
+               "wall_seconds": epochs[-1].get("wall_seconds", epochs[-1].get("elapsed_seconds")) if epochs else None,
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
                "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
                "node_id": epochs[-1].get("node_id") if epochs else None,

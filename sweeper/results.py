@@ -74,8 +74,10 @@ CONFIG_COLUMNS = ("head", "optimizer", "lr", "momentum", "weight_decay", "schedu
 METRICS_JSON = "test_metrics.json"
 MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
 MASK_NAME, COLOR_NAME = "{}_pred.png", "{}_pred_color.png"  # of an image's stem, as the organisers name them
-COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order
-BAR_CHART = "per_class_metrics.png"
+COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order: the organisers' three panels
+BAR_CHART = "per_class_metrics.png"  # the organisers' per-class bars
+DETAIL_NAME = "sample_{}_details.png"  # ours, beside theirs in comparisons/: with an error map and the legend
+BAR_CHART_DETAIL = "per_class_test_vs_val.png"  # ours: test in both flavours next to validation, per class
 
 
 # --------------------------------------------------------------------------- the best epoch

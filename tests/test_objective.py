@@ -328,3 +328,20 @@ def test_a_ray_without_the_asha_bookkeeping_is_refused_in_one_line(tmp_path, mon
     monkeypatch.setattr(AsyncHyperBandScheduler, "__init__", renamed)
     with pytest.raises(SweeperError, match=r"^ray [\d.]+: AsyncHyperBandScheduler's internals .* ray 2\.60"):
         make_scheduler(load_space(write_space(tmp_path / "s.yaml")))
+
+
+def test_progress_lines_compare_with_0_2971_only_on_val_iou(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from sweeper.progress import ProgressPrinter
+
+    out = io.StringIO()
+    printer = ProgressPrinter(load_space(write_space(tmp_path / "s.yaml", "val_miou", "min")), stream=out)
+    t = SimpleNamespace(experiment_tag="1_lr=0.001", config={"lr": 1e-3, "epochs": 3}, status="RUNNING",
+                        last_result=None, trial_id="t0", path=None, error_msg=None)
+    for epoch, v in ((1, 0.30), (2, 0.20), (3, 0.25)):
+        printer.on_result([t], t, {"epoch": epoch, "val_miou": v})
+    last = out.getvalue().splitlines()[-1].split("] ", 1)[1]
+    assert last.startswith("trial   0 epoch 3/3: val_miou 0.2500  | best 0.2000 (trial 0) | ")  # min: the lowest
+    assert "0.2971" not in out.getvalue()  # a val IoU figure, never shown beside another metric

@@ -298,8 +298,9 @@ def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> st
     shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
     dims = space_dimensions(space)
     shown["settings"] = [describe_trial(r, dims) for _, r in df.iterrows()]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", justify="left",
-                           formatters={"settings": lambda v: f" {v}"})
+    width = max(len(v) for v in shown["settings"])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}",
+                           formatters={"settings": lambda v: f"  {v:<{width}}"})  # text reads left-aligned
 
 
 # --------------------------------------------------------------------------- a trial in words

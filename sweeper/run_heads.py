@@ -2,7 +2,8 @@
 
 A baseline run keeps its final head (segmentation_head.pth, as phase 1 does). A sweep's checkpoint of each
 trial keeps its latest state (for resume) and the head of its best epoch (the epoch its trials.csv score
-comes from); `load_run_head` picks a trial ('best' = the highest best_val_iou with a checkpoint) and, by
+comes from); `load_run_head` picks a trial ('best' = the best by the sweep's objective, e.g. the highest
+best_val_iou, among trials with a checkpoint) and, by
 default, that best epoch's head, reading only the trials' own records and checkpoints (never Ray's pickled
 state). `sweeper evaluate` and `sweeper export` both pick their head here.
 """
@@ -25,11 +26,10 @@ from sweeper.data import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
 from sweeper.head import create_head
 from sweeper.results import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
-                             TrialRecord, latest_checkpoint, trial_groups)
+                             TrialRecord, latest_checkpoint, run_objective, trial_groups)
 
 log = logging.getLogger(__name__)
 
-BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
 EPOCH_CHOICES = ("best", "last")  # which of a sweep trial's kept heads to score: its best epoch's or its latest
 
 
@@ -133,13 +133,18 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
         if found is not None:
             checkpoints[int(row["trial"])] = (row, *found)
     valid = ", ".join(str(t) for t in sorted(checkpoints)) or "none"
+    objective = run_objective(run_dir)  # the sweep's metric and mode: what 'best' means
+    if objective.column not in table.columns:
+        raise SweeperError(f"{run_dir / TRIALS_CSV}: no {objective.column} column (the objective of "
+                           f"{run_dir / results.SPACE_COPY})")
     if str(trial) == "best":
         if not checkpoints:
             raise SweeperError(f"{run_dir}: no trial has a checkpoint under {exp_dir}")
 
         def score(t: int) -> tuple[float, int]:
-            v = checkpoints[t][0].get(BEST_METRIC)
-            return (-math.inf if v is None or pd.isna(v) else float(v), -t)  # ties: the lower trial number
+            v = checkpoints[t][0].get(objective.column)
+            gain = -math.inf if v is None or pd.isna(v) else objective.gain(float(v), 0.0)  # larger is better
+            return (gain, -t)  # ties: the lower trial number
 
         number = max(checkpoints, key=score)
     else:
@@ -169,16 +174,17 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
     validation = (_validation(record, source) if record is not None
                   else _history_validation(run_dir, number, head_epoch))
     best_epoch = row.get("best_epoch")
-    selection = {"by": "best_val_iou" if str(trial) == "best" else "trial number",
-                 BEST_METRIC: row.get(BEST_METRIC),
+    selection = {"by": objective.column if str(trial) == "best" else "trial number",
+                 "objective": {"metric": objective.metric, "mode": objective.mode},
+                 objective.column: row.get(objective.column),
                  "best_epoch": None if best_epoch is None or pd.isna(best_epoch) else int(best_epoch),
                  "weights": "best epoch" if use_best else "latest epoch",
                  "epoch": head_epoch if head_epoch is not None else (validation or {}).get("epoch"),
                  "checkpoint_epoch": last_epoch if last_epoch is not None else (validation or {}).get("epoch"),
                  "status": row.get("status"), "baseline": bool(row.get("baseline", False))}
     if selection["best_epoch"] is not None and selection["epoch"] not in (None, selection["best_epoch"]):
-        log.info("trial %d: scoring epoch %s (%s); its best val IoU was at epoch %s",
-                 number, selection["epoch"], selection["weights"], selection["best_epoch"])
+        log.info("trial %d: scoring epoch %s (%s); its best %s was at epoch %s",
+                 number, selection["epoch"], selection["weights"], objective.label, selection["best_epoch"])
     return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
                    trial_id=str(row["trial_id"]), weights_file=state_file,
                    config=_config(tdir.config, str(tdir.path / TRIAL_CONFIG)),
@@ -187,7 +193,7 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
 
 
 def load_run_head(run_dir: Path, *, trial: str | int = "best", epoch: str = "best") -> RunHead:
-    """The head of a baseline run folder, or of a sweep's trial ('best' = highest best_val_iou with a checkpoint).
+    """The head of a baseline run folder, or of a sweep's trial ('best' = best by the sweep's objective).
 
     For a sweep trial, `epoch` picks its best epoch's head ('best', the epoch its trials.csv score is from)
     or its latest ('last'). A baseline run keeps only its final head, as phase 1 does.

@@ -135,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_confirm)
 
+    p = sub.add_parser("plan", help="what a search will cost on this machine (time, memory, disk), before it runs")
+    add_data_options(p, cache_dtype="float16")  # the search's defaults
+    p.add_argument("--space", type=Path, help="search space YAML, or a shipped one's name (default: phase2)")
+    p.add_argument("--trials", type=_positive_int, help="total trials (default: the space's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: as search)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as search)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="writes OUT/plan.json (default: results)")
+    add_gpu_memory_option(p)
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("report", help="(re)build RUN_DIR/report/ from saved results: HTML page, summary, figures")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a sweep or baseline folder")
     p.set_defaults(func=cmd_report)
@@ -278,6 +289,20 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
           f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
           f"{result.seconds:.0f} s; outputs in {out}; report {report}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from sweeper import plan
+    from sweeper.files import write_json
+    from sweeper.space import default_space_path, find_space, load_space
+
+    space = load_space(find_space(args.space) if args.space else default_space_path())
+    result = plan.make_plan(args, space)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / plan.PLAN_FILE, result)
+    print(plan.format_plan(result))
+    print(f"plan: {args.out / plan.PLAN_FILE}")
     return 0
 
 

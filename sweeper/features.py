@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old entries are then never reused
 DTYPES = {"float32": np.float32, "float16": np.float16}
+NPY_HEADER_BYTES = 128  # a .npy file's header, before its array
 CHECKSUM_CHUNK = 64 << 20  # bytes read at a time when checksumming an entry (memory stays flat at any size)
 
 
@@ -130,6 +133,22 @@ def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: s
         f"size={height}x{width}", f"dtype={dtype}", *(("flip=1",) if flip else ())))
 
 
+def token_entry_path(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str,
+                     flip: bool = False) -> Path:
+    """Where the tokens entry of this split, backbone, size, dtype (and mirroring) lives in the cache."""
+    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype, flip=flip)
+    return Path(cache_root) / "tokens" / f"{split.name}{'-flip' if flip else ''}-{backbone.name}-{key}.npy"
+
+
+def label_entry_path(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
+                     allow_unknown: bool = False, flip: bool = False) -> Path:
+    """Where the labels entry of this split, label mode and size (and mirroring) lives in the cache."""
+    key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
+                                                f"size={height}x{width}", f"unknown={allow_unknown}",
+                                                *(("flip=1",) if flip else ())))
+    return Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
+
+
 def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str = "float32",
                   batch_size: int | None = None, show_progress: bool = True,
                   flip: bool = False, workers: int | None = None) -> tuple[np.ndarray, bool]:
@@ -144,8 +163,8 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     """
     if dtype not in DTYPES:
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype, flip=flip)
-    path = Path(cache_root) / "tokens" / f"{split.name}{'-flip' if flip else ''}-{backbone.name}-{key}.npy"
+    path = token_entry_path(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
+                            flip=flip)
     if path.exists() and _verified(path):
         log.info("feature cache hit: %s", path)
         return np.load(path, mmap_mode="r"), True
@@ -210,10 +229,8 @@ def image_batches(split: Split, *, batch_size: int, height: int, width: int, fli
 def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
                   allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
     """The split's (N, H, W) uint8 labels, decoded once per (mode, size, mask content, flip) and cached."""
-    key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
-                                                f"size={height}x{width}", f"unknown={allow_unknown}",
-                                                *(("flip=1",) if flip else ())))
-    path = Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
+    path = label_entry_path(split, cache_root=cache_root, height=height, width=width, mode=mode,
+                            allow_unknown=allow_unknown, flip=flip)
     if path.exists() and _verified(path):
         return np.load(path)
     labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip,
@@ -226,6 +243,57 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
     return labels
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry a run needs: where it lives, its size, whether it is already there."""
+
+    path: Path
+    nbytes: int
+    exists: bool
+
+
+def cache_entries(splits, backbone, *, cache_root: Path, height: int, width: int, label_mode: LabelMode,
+                  dtype: str, allow_unknown: bool = False,
+                  train_variants: Sequence[tuple[LabelMode, bool]] = ()) -> list[CacheEntry]:
+    """Every tokens and labels entry `load_train_data` would read or build, with its exact size."""
+    grid = (height // backbone.patch_size) * (width // backbone.patch_size)
+    token_bytes = grid * backbone.embed_dim * np.dtype(DTYPES[dtype]).itemsize
+    wanted = [(name, LabelMode(label_mode), False) for name in splits]
+    wanted += [("train", LabelMode(m), bool(f)) for m, f in train_variants]
+    out, seen = [], set()
+    for name, mode, flip in wanted:
+        split = splits[name]
+        paths = [(label_entry_path(split, cache_root=cache_root, height=height, width=width, mode=mode,
+                                   allow_unknown=allow_unknown, flip=flip), len(split) * height * width),
+                 (token_entry_path(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
+                                   flip=flip), len(split) * token_bytes)]
+        for path, nbytes in paths:
+            if path not in seen:
+                seen.add(path)
+                out.append(CacheEntry(path, nbytes + NPY_HEADER_BYTES, path.exists()))
+    return out
+
+
+def check_cache_fits(entries: Sequence[CacheEntry], cache_root: Path) -> None:
+    """Refuse, in one line and before any entry is built, entries that the cache's disk cannot hold."""
+    need = sum(e.nbytes for e in entries if not e.exists)
+    if not need:
+        return
+    free = free_bytes(cache_root)
+    if need > free:
+        raise SweeperError(f"{cache_root}: the feature cache needs {need / 1e9:.2f} GB more and its disk has "
+                           f"{free / 1e9:.2f} GB free: free some space, point --cache-dir at a larger disk, or use "
+                           f"--cache-dtype float16")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
 def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode: LabelMode, cache_root: Path,
                     use_cache: bool = True, dtype: str = "float32", allow_unknown: bool = False,
                     show_progress: bool = True, train_variants: Sequence[tuple[LabelMode, bool]] = ()) -> TrainData:
@@ -235,6 +303,10 @@ def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode
     `train_labels`, `flip_prob`), cached like the plain one; they need the cache (tokens as arrays).
     """
     splits = {name: find_split(root, name) for name in ("train", "val")}
+    if use_cache:  # an entry that cannot fit is refused before any is built (a full disk mid-build costs hours)
+        check_cache_fits(cache_entries(splits, backbone, cache_root=cache_root, height=height, width=width,
+                                       label_mode=label_mode, dtype=dtype, allow_unknown=allow_unknown,
+                                       train_variants=train_variants), cache_root)
     parts = {}
     for name, split in splits.items():
         labels = cached_labels(split, cache_root=cache_root, height=height, width=width, mode=label_mode,

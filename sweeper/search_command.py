@@ -91,6 +91,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     check_resources(opts, nodes)
     if not args.address:
         check_dashboard(opts)
+    planned = plan_at_start(args, space, gpus, trials, concurrent)  # may refuse a share that cannot hold a trial
 
     started = time.perf_counter()
     p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
@@ -136,6 +137,11 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         return 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
+    if planned is not None and not args.resume:  # measured against planned: the plan's accuracy, recorded
+        info["plan"] = {**planned, "measured_seconds": round(info["wall_seconds"], 1),
+                        "measured_over_planned": round(info["wall_seconds"] / planned["sweep_seconds"], 2)}
+        print(f"plan: measured {info['wall_seconds'] / 60:.1f} min against {planned['sweep_seconds'] / 60:.1f} min "
+              f"planned ({info['plan']['measured_over_planned']:g}x)", file=sys.stderr)
     files.write_json(sweep_file, info)
     from sweeper.report import write_report
 
@@ -160,6 +166,35 @@ def trial_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "gpu_memory", None):
         overrides["gpu_memory_gib"] = float(args.gpu_memory)
     return overrides
+
+
+def plan_at_start(args: argparse.Namespace, space, gpus: float, trials: int, concurrent: int) -> dict | None:
+    """The plan's part of a search's start: a recent `sweeper plan` for the same data, device and space
+    (OUT/plan.json) gives the summary line and the projected time, and refuses a GPU share that its
+    measured trial cannot fit; without one, the line says how to get it. The cache's disk is checked by
+    the cache itself, before it builds anything. Returns what sweep.json records of the plan."""
+    from sweeper import plan
+
+    path = args.out / plan.PLAN_FILE
+    recent = plan.load_recent_plan(path, key=plan.plan_key(args, space))
+    if recent is None:
+        print("plan: none for this data, device and space: `sweeper plan` projects time and memory first",
+              file=sys.stderr)
+        return None
+    if gpus > 0:
+        import torch
+
+        card = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        plan.check_share_fits(recent, gpus, card, int(args.gpu_memory * 2**30) if args.gpu_memory else None, path)
+    o = recent["options"]
+    if (o["trials"], o["max_concurrent"], o["gpus_per_trial"]) != (trials, concurrent, gpus):
+        print(f"plan: {path} was made for {o['trials']} trials, {o['max_concurrent']} at once, "
+              f"{o['gpus_per_trial']:g} GPU each; its time does not apply: run `sweeper plan` with these options",
+              file=sys.stderr)
+        return None
+    print(plan.plan_summary(recent), file=sys.stderr)
+    return {"file": str(path), "sweep_seconds": recent["time"]["sweep_seconds"],
+            "trial_epochs": recent["trial_epochs"], "trial_host_mb": recent["resources"]["trial_host_mb"]}
 
 
 def quiet_optuna() -> None:

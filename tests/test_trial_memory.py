@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -43,10 +45,12 @@ def test_wall_seconds_add_up_across_a_resume():
     walls = [m["wall_seconds"] for m, _ in reported]
     assert walls == sorted(walls) and walls[0] > 0
     again: list[tuple[dict, dict]] = []  # resumed from epoch 2's checkpoint, as after an interruption
+    t = time.perf_counter()
     run_trial(cfg, data, report=lambda m, s: again.append((m, s)), resume=reported[1][1])
+    resumed_for = time.perf_counter() - t
     (m3, s3), = again
     assert m3["epoch"] == 3 and m3["wall_seconds"] > walls[1]  # counts on from the checkpoint's time
-    assert m3["wall_seconds"] - walls[1] == pytest.approx(walls[2] - walls[1], rel=0.9)  # plus its own epoch
+    assert 0 < m3["wall_seconds"] - walls[1] <= resumed_for  # plus its own time, no more
     assert s3["wall_seconds"] == m3["wall_seconds"]
 
 

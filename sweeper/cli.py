@@ -295,10 +295,11 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from sweeper import plan
     from sweeper.files import write_json
+    from sweeper.plan_measure import make_plan
     from sweeper.space import default_space_path, find_space, load_space
 
     space = load_space(find_space(args.space) if args.space else default_space_path())
-    result = plan.make_plan(args, space)
+    result = make_plan(args, space)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / plan.PLAN_FILE, result)
     print(plan.format_plan(result))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, log, sweeper_cli, work_dir  # noqa: E402
+from common import REPO, run_stages, sweeper_cli, work_dir  # noqa: E402
 
 OUT = REPO / "results" / "gpu"
 
@@ -228,20 +227,7 @@ def main() -> int:
                   ("baseline", 60, lambda: stage_baseline(env, work)),
                   ("trainers", 70, lambda: stage_trainers(env)),
                   ("ray_kill", 80, lambda: stage_ray_kill(env, work / "runs"))]
-        for name, needs, fn in stages:
-            if left() < needs:
-                result[name] = {"skipped": f"{left():.0f} s left of the check's {budget:.0f}, {needs} s needed"}
-                log(f"gpu_check: {name} skipped")
-                continue
-            log(f"gpu_check: {name} ({left():.0f} s left)")
-            t = time.perf_counter()
-            try:
-                result[name] = fn()
-            except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
-                result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            result[name]["stage_seconds"] = round(time.perf_counter() - t, 1)
-            OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+        run_stages(stages, result, seconds_left=left, out_file=OUT / "gpu_check.json", tag="gpu_check")
     result["seconds"] = round(time.perf_counter() - started, 1)
     (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
     try:

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, du, log, median, sweeper_cli, work_dir  # noqa: E402
+from common import REPO, du, median, run_stages, sweeper_cli, work_dir  # noqa: E402
 
 SIZES = {"full": (2857, 317, 1002), "small": (24, 8, 4)}
 OUT = REPO / "results" / "gpu"
@@ -172,7 +172,6 @@ def stage_sweep(root: Path, work: Path, env: dict[str, str], device: str, small:
 
 def stage_profile(root: Path, cache: Path, device: str, dtype: str) -> dict[str, Any]:
     """One cached trial-epoch at phase-1 settings (a search trial's: no train metrics) under torch.profiler."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from sweeper.backbone import create_backbone
@@ -219,22 +218,7 @@ def run(work: Path, *, device: str, small: bool, deadline: float, out_file: Path
               ("naive", 30, lambda: stage_naive(root, device, sizes, small)),
               ("sweep", 150, lambda: stage_sweep(root, work, env, device, small)),
               ("profile", 30, lambda: stage_profile(root, cache, device, dtype))]
-    for name, needs, fn in stages:
-        left = deadline - time.time()
-        if left < needs:
-            result[name] = {"skipped": f"{left:.0f} s left before the deadline, {needs} s needed"}
-            log(f"gpu_full: {name} skipped ({left:.0f} s left)")
-            continue
-        log(f"gpu_full: {name}")
-        t = time.perf_counter()
-        try:
-            result[name] = fn()
-        except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
-            result[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-        result[name]["stage_seconds"] = round(time.perf_counter() - t, 1)
-        result["load_average"] = os.getloadavg()
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(result, indent=2, default=str))
+    run_stages(stages, result, seconds_left=lambda: deadline - time.time(), out_file=out_file, tag="gpu_full")
     c, n, s = result.get("cache", {}), result.get("naive", {}), result.get("sweep", {})
     if "seconds" in c and "full_epoch_seconds" in n and "wall_seconds" in s:
         result["sweep_plus_cache_over_naive_10_epochs"] = round(

@@ -20,7 +20,7 @@ The model, and what each projection rests on:
   (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU). The naive phase-1 run
   = 10 epochs of 4 backbone passes per image plus the head's steps.
 - **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory = a trial process's
-  own imports (measured in a fresh process) + the training working set (this process's peak resident
+  private memory before training (a real Ray worker's, measured) + the training working set (this process's peak resident
   memory during the largest benchmark, less what it held before). On a GPU, a trial needs its working set
   (the allocator's peak reserved bytes in the benchmark) plus the cached tokens where its share stages
   them (`sweeper.device.tokens_fit`), within `sweeper.device.memory_budget` of its share.
@@ -160,7 +160,7 @@ class Bench:
     eval_s_per_image: dict[str, float]  # head -> the eval pass's seconds per image
     working_set_mb: dict[str, float]  # "head/batch" -> host memory the run added at its peak
     gpu_reserved_mb: dict[str, float] = field(default_factory=dict)  # "head/batch" -> allocator peak
-    trial_import_mb: float = 0.0  # a fresh trial process's resident memory before training
+    trial_import_mb: float = 0.0  # a trial process's private memory before training (a Ray worker's)
     seconds: float = 0.0  # what the benchmarks took
 
 

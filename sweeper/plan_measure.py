@@ -53,17 +53,29 @@ def reset_peak_resident() -> bool:
         return False
 
 
-def trial_import_mb() -> float:
-    """Private MB of a fresh process that imported what a trial imports (Ray, torch, sweeper's trial), read as
-    a trial reads its own (`sweeper.trial.memory_mb`)."""
-    code = "import ray, torch, sweeper.trial as t; print(t.memory_mb()['private_mb'])"
+def trial_process_mb() -> float:
+    """Private MB of a real trial process before it trains: a local Ray's worker (started for this, in a child
+    process, and shut down) that imported what a trial imports, read as a trial reads its own memory."""
+    code = """
+from sweeper.cluster import ray_environment
+ray_environment()
+import logging, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+
+@ray.remote
+def probe():
+    import torch, sweeper.train, sweeper.trial as t
+    return t.memory_mb()["private_mb"]
+
+print(ray.get(probe.remote()))
+ray.shutdown()
+"""
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         return float(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
-        log.warning("could not measure a trial process's imports (%s)", "; ".join(out.stderr.splitlines()[-1:])
-                    if "out" in locals() else "no output")
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
+        log.warning("could not measure a trial process's memory: %s", e)
         return 0.0
 
 
@@ -84,21 +96,24 @@ def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: 
 
 
 def _epoch_seconds(cfg, data) -> tuple[float, float, float]:
-    """The second (warm) epoch's seconds of `train` on `data`; the host MB it added at its peak; the GPU
-    allocator's peak reserved MB (0 on the CPU)."""
+    """A warm epoch's seconds of `train` on `data` (the faster of epochs 2 and 3: timings on a shared machine
+    only err upwards); the host MB it added at its peak; the GPU allocator's peak reserved MB (0 on the CPU)."""
     import torch
 
+    from sweeper.device import release_memory
     from sweeper.train import train
 
     cuda = cfg.device.startswith("cuda")
+    release_memory()  # freed heap goes back to the system first: what the run adds then shows in its peak
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before, _ = resident_mb()
     reset_peak_resident()
-    history = train(cfg.replace(epochs=2), data).history
+    history = train(cfg.replace(epochs=3), data).history
     _, peak = resident_mb()
     reserved = torch.cuda.max_memory_reserved() / 2**20 if cuda else 0.0
-    return float(history[-1]["epoch_seconds"]), max(0.0, peak - before), reserved
+    # the first epoch pays for lazy set-up; the smaller of the next two (the other was slowed by something else)
+    return float(min(r["epoch_seconds"] for r in history[1:])), max(0.0, peak - before), reserved
 
 
 def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
@@ -132,7 +147,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
         grid = (height // backbone.patch_size, width // backbone.patch_size)
         torch.set_num_threads(max(1, threads))  # a trial's steps run on its own threads (--cpus-per-trial)
         steps = 8 if cuda else 3
-        val_small, val_large = (8, 40) if cuda else (4, 16)
+        val_small, val_large = (8, 40) if cuda else (4, 20)
         train_s, eval_s, working, reserved = {}, {}, {}, {}
         for head in heads:
             base = TrainConfig(head=head, train_metrics=False, device=device, image_height=height,
@@ -155,7 +170,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
         torch.set_num_threads(old_threads)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
-                 trial_import_mb=trial_import_mb(), seconds=round(time.perf_counter() - started, 1))
+                 trial_import_mb=trial_process_mb(), seconds=round(time.perf_counter() - started, 1))
 
 
 def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:

@@ -115,8 +115,12 @@ def tiny(tmp_path):
     return data, space
 
 
-def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys):
+def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
+    from sweeper import plan_measure
     from sweeper.cli import main
+
+    # a real Ray worker's memory is measured by the slow test below; here a fixed figure keeps this one fast
+    monkeypatch.setattr(plan_measure, "trial_process_mb", lambda: 300.0)
 
     data, space = tiny
     out = tmp_path / "out"
@@ -139,6 +143,7 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys):
     assert e["lower"] <= e["expected"] <= e["upper"] == 2 + 2 * 2
     assert p["time"]["sweep_seconds_range"][0] <= p["time"]["sweep_seconds"] <= p["time"]["sweep_seconds_range"][1]
     assert p["refusals"] == [] and p["recommendation"]["max_concurrent"] >= 1
+    assert p["resources"]["trial_host_mb"] == round(300 + max(p["bench"]["working_set_mb"].values()))
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 
@@ -188,3 +193,11 @@ def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monk
     line = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and line[0].startswith("error: --gpus-per-trial 0.25: a trial needs ~1200 MB"), err
     assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_a_trial_process_is_measured_in_a_real_ray_worker():
+    from sweeper.plan_measure import trial_process_mb
+
+    mb = trial_process_mb()  # a local Ray started and shut down in a child process
+    assert 100 < mb < 2000, mb  # torch and Ray imported: hundreds of MB, private

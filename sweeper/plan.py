@@ -19,10 +19,10 @@ The model, and what each projection rests on:
   expected trial-epochs x trial-epoch / trials at once, plus Ray's start-up and each trial's set-up
   (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU). The naive phase-1 run
   = 10 epochs of 4 backbone passes per image plus the head's steps.
-- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory = a trial process's
-  private memory before training (a real Ray worker's, measured) + the training working set (this process's peak resident
-  memory during the largest benchmark, less what it held before). On a GPU, a trial needs its working set
-  (the allocator's peak reserved bytes in the benchmark) plus the cached tokens where its share stages
+- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole: a
+  real Ray worker (a local Ray started for it) runs `train` at the space's largest batch on random data of
+  the real shape under the trial's own memory sampler (`sweeper.trial.PeakMemory`). On a GPU, a trial
+  needs the allocator's peak reserved bytes in the benchmarks plus the cached tokens where its share stages
   them (`sweeper.device.tokens_fit`), within `sweeper.device.memory_budget` of its share.
 
 This module is the model (pure functions, tested on crafted numbers), the plan file and the table;
@@ -160,7 +160,7 @@ class Bench:
     eval_s_per_image: dict[str, float]  # head -> the eval pass's seconds per image
     working_set_mb: dict[str, float]  # "head/batch" -> host memory the run added at its peak
     gpu_reserved_mb: dict[str, float] = field(default_factory=dict)  # "head/batch" -> allocator peak
-    trial_import_mb: float = 0.0  # a trial process's private memory before training (a Ray worker's)
+    trial_peak_mb: float = 0.0  # a trial's peak private memory, measured in a Ray worker (largest batch)
     seconds: float = 0.0  # what the benchmarks took
 
 

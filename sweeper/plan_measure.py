@@ -53,10 +53,11 @@ def reset_peak_resident() -> bool:
         return False
 
 
-def trial_process_mb() -> float:
-    """Private MB of a real trial process before it trains: a local Ray's worker (started for this, in a child
-    process, and shut down) that imported what a trial imports, read as a trial reads its own memory."""
-    code = """
+def trial_process_mb(**shape: Any) -> float:
+    """Peak private MB of a real trial process: in a local Ray's worker (started for this in a child process,
+    then shut down), `train` on random data of `shape` (`trial_peak_mb`'s arguments) under the trial's own
+    memory sampler. Ray's worker, torch and the run's working set are all in it."""
+    code = f"""
 from sweeper.cluster import ray_environment
 ray_environment()
 import logging, ray
@@ -64,19 +65,44 @@ ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=log
 
 @ray.remote
 def probe():
-    import torch, sweeper.train, sweeper.trial as t
-    return t.memory_mb()["private_mb"]
+    from sweeper.plan_measure import trial_peak_mb
+    return trial_peak_mb(**{shape!r})
 
 print(ray.get(probe.remote()))
 ray.shutdown()
 """
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         return float(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
         log.warning("could not measure a trial process's memory: %s", e)
         return 0.0
+
+
+def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], embed_dim: int, height: int,
+                  width: int) -> float:
+    """In this process (a Ray worker): a trial's own run (`sweeper.trial.run_trial`, 2 epochs on random data of
+    the real shape, each epoch's checkpoint written as a trial writes it); the peak private MB it reports."""
+    import tempfile
+
+    import torch
+
+    from sweeper.config import TrainConfig
+    from sweeper.trial import run_trial
+
+    torch.set_num_threads(1)
+    data = _random_data(batch * steps, 4, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width)
+    reported: list[float] = []
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+        reported.append(float(metrics["peak_private_mb"]))
+
+    run_trial(TrainConfig(head=head, batch_size=batch, epochs=2, train_metrics=False, image_height=height,
+                          image_width=width, device="cpu"), data, report=report)
+    return max(reported)
 
 
 def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int):
@@ -170,7 +196,9 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
         torch.set_num_threads(old_threads)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
-                 trial_import_mb=trial_process_mb(), seconds=round(time.perf_counter() - started, 1))
+                 trial_peak_mb=trial_process_mb(head=heads[-1], batch=int(max(batches)), steps=steps, grid=grid,
+                                                embed_dim=backbone.embed_dim, height=height, width=width),
+                 seconds=round(time.perf_counter() - started, 1))
 
 
 def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
@@ -218,7 +246,7 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
         return fixed_s + trial_epochs * epoch_s / concurrent
 
     store = sum(x.nbytes for x in entries)
-    host_mb = bench.trial_import_mb + max(bench.working_set_mb.values())
+    host_mb = bench.trial_peak_mb
     resources: dict[str, Any] = {
         "cache_bytes": store, "cache_missing_bytes": sum(x.nbytes for x in missing),
         "cache_free_bytes": free_bytes(cache_root), "out_free_bytes": free_bytes(Path(args.out)),

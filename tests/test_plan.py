@@ -120,7 +120,7 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     from sweeper.cli import main
 
     # a real Ray worker's memory is measured by the slow test below; here a fixed figure keeps this one fast
-    monkeypatch.setattr(plan_measure, "trial_process_mb", lambda: 300.0)
+    monkeypatch.setattr(plan_measure, "trial_process_mb", lambda **shape: 300.0)
 
     data, space = tiny
     out = tmp_path / "out"
@@ -143,7 +143,7 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert e["lower"] <= e["expected"] <= e["upper"] == 2 + 2 * 2
     assert p["time"]["sweep_seconds_range"][0] <= p["time"]["sweep_seconds"] <= p["time"]["sweep_seconds_range"][1]
     assert p["refusals"] == [] and p["recommendation"]["max_concurrent"] >= 1
-    assert p["resources"]["trial_host_mb"] == round(300 + max(p["bench"]["working_set_mb"].values()))
+    assert p["resources"]["trial_host_mb"] == 300
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 
@@ -199,5 +199,6 @@ def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monk
 def test_a_trial_process_is_measured_in_a_real_ray_worker():
     from sweeper.plan_measure import trial_process_mb
 
-    mb = trial_process_mb()  # a local Ray started and shut down in a child process
+    # a local Ray started and shut down in a child process; 2 epochs of the phase-1 head on a tiny grid
+    mb = trial_process_mb(head="convnext_phase1", batch=2, steps=2, grid=(4, 8), embed_dim=384, height=56, width=112)
     assert 100 < mb < 2000, mb  # torch and Ray imported: hundreds of MB, private

@@ -176,3 +176,33 @@ def test_search_resume_on_a_world_writable_folder_is_one_line_exit_2(sweep, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "writable by other users" in err and str(run) in err
     assert not marker.exists()
+
+
+def test_a_torn_last_epoch_line_marks_the_trial_incomplete_not_stopped_early(sweep):
+    """A finished trial whose epochs.jsonl lost its last line half-written (a copy or write cut short) is not a
+    trial ASHA stopped: the tables say its record is incomplete."""
+    run, _ = sweep
+    folder = next((run / results.EXPERIMENT_DIR).glob("trial_main_aaaa_00000_*"))  # baseline, 2 of 2 epochs
+    path = folder / results.TRIAL_EPOCHS
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # epoch 2's line torn
+    trials, _ = results.collect(run, load_space(SPACE))
+    row = trials[trials.trial == 0].iloc[0]
+    assert row.epochs_run == 1 and row.status == "TERMINATED"
+    assert not row.stopped_early and row.incomplete
+    assert not trials[trials.trial == 1].iloc[0].incomplete  # a clean record of all its epochs
+
+
+def test_a_continued_trial_drops_the_epochs_after_its_checkpoint(tmp_path):
+    """A trial killed after writing epoch 5's line but before Ray knew of epoch 5's checkpoint continues from
+    epoch 4: its record keeps epochs 1..4 and the rerun writes epoch 5 once."""
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    for n in range(1, 6):
+        files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(n, n / 10))
+    results.truncate_epochs(folder, 4)
+    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4]
+    files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(5, 0.9))
+    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4, 5]
+    results.truncate_epochs(tmp_path / "none", 3)  # no record yet: nothing to do
+    assert not (tmp_path / "none").exists()

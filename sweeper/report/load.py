@@ -169,7 +169,7 @@ def load_sweep(run_dir: Path) -> SweepRun:
     if not trials.empty:
         if SCORE not in trials:
             raise SweeperError(f"{run_dir / TRIALS_CSV}: no {SCORE} column, so trials cannot be ranked")
-        for col in ("baseline", "stopped_early"):
+        for col in ("baseline", "stopped_early", "incomplete"):
             trials[col] = _as_bool(trials[col]) if col in trials else False
         trials[SCORE] = pd.to_numeric(trials[SCORE], errors="coerce")
     if not history.empty and "baseline" in history:

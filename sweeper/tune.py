@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,7 +125,7 @@ def optuna_experimental_ok() -> Iterator[None]:
 
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
-                  exp_dir: Path | None = None):
+                  exp_dir: Path | None = None, restore_dir: Path | None = None):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
 
     Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
@@ -137,6 +138,9 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     entry left RUNNING by a killed driver whose Ray trial its last snapshot did not know is handed to the
     next new Ray trial (same number and params, its epochs under `exp_dir` told to the study), so a resume
     continues that trial instead of adding one beyond the budget.
+
+    With `restore_dir` (a resume) the searcher is the one saved there, its study the one in `study_path`: every
+    path comes from the folder being resumed, never from what the pickles recorded where the sweep ran before.
     """
 
     import optuna
@@ -153,6 +157,39 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
                 self._ot_study.set_metric_names([objective])  # optuna-dashboard: not "Objective 0"
             self._planned: dict[str, int] = {}  # trial id -> epochs it was configured for
             self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} told to the study
+
+        # Ray pickles the searcher (tuner.pkl, searcher-state-*.pkl). The study's storage is left out of both:
+        # it names the study.db of the folder the sweep ran in, and a moved or copied folder must resume
+        # with its own. `restore` attaches the study.db beside the experiment folder it is restored from.
+        def __getstate__(self) -> dict[str, Any]:
+            state = {k: v for k, v in self.__dict__.items() if k not in ("_ot_study", "_storage", "_ot_trials")}
+            state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}  # study-internal ids
+            state["_ot_study_name"] = self._ot_study.study_name if self._ot_study is not None else self._study_name
+            return state
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self._ot_study, self._storage, self._ot_trials = None, None, {}
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                state = _DetachedUnpickler(f).load()  # an older sweep's state: its storage is not connected
+            if "_ot_trial_ids" not in state:  # written before the storage was left out
+                state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in state.get("_ot_trials", {}).items()}
+                state["_ot_study_name"] = state.get("_study_name") or state["_ot_study"].study_name
+            self.__setstate__({k: v for k, v in state.items() if k not in ("_ot_study", "_storage", "_ot_trials")})
+            self._attach()
+
+        def _attach(self) -> None:
+            """Open the study in this folder's study.db (study_path) and rebind the trials to it."""
+            self._storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+            self._ot_study = optuna.load_study(study_name=self._ot_study_name, storage=self._storage,
+                                               sampler=self._sampler)
+            self._ot_trials = {tid: optuna.Trial(self._ot_study, i) for tid, i in self._ot_trial_ids.items()}
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -230,10 +267,55 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
             multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
         )
+    if restore_dir is not None:  # resume: the searcher's state from the folder, its study from study_path
+        searcher = BestEpochOptunaSearch.__new__(BestEpochOptunaSearch)
+        searcher.restore_from_dir(str(restore_dir))
+        return searcher
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
                                  points_to_evaluate=[space.baseline_point()], study_name=study_name,
                                  storage=storage)
+
+
+class _DetachedUnpickler(pickle.Unpickler):
+    """Unpickles a searcher's state without connecting the Optuna storage it may hold (an older sweep's, naming
+    the study.db of the folder it ran in): the storage comes back as a plain object nobody uses."""
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("optuna.storages") and name == "RDBStorage":
+            return _Detached
+        return super().find_class(module, name)
+
+
+class _Detached:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def search_generator(searcher, *, max_concurrent: int, run_dir: Path):
+    """The searcher as Ray drives it (a SearchGenerator around a ConcurrencyLimiter), bound to `run_dir`.
+
+    On a resume Ray restores both wrappers' saved state, which records what the sweep ran with before: the
+    concurrency (kept as `max_concurrent` now: it changes no result) and the experiment, whose storage names
+    the folder the sweep ran in (Ray 2.60 would create every new trial's folder there, in the original of a
+    moved or copied folder). Both are set back to this run's.
+    """
+    from ray.tune.search import ConcurrencyLimiter as RayLimiter
+    from ray.tune.search import SearchGenerator
+
+    class ConcurrencyLimiter(RayLimiter):  # Ray keys the saved wrapper state by this class name: Ray's own
+        def set_state(self, state: dict[str, Any]) -> None:
+            super().set_state({**state, "max_concurrent": max_concurrent})
+
+    class FolderSearchGenerator(SearchGenerator):
+        def set_state(self, state: dict[str, Any]) -> None:
+            super().set_state(state)
+            storage = getattr(self._experiment, "storage", None)
+            if storage is not None:
+                storage.storage_path = storage.storage_fs_path = Path(run_dir).as_posix()
+                storage.experiment_dir_name = EXPERIMENT_DIR
+
+    return FolderSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
 
 def make_trainable(data: TrainData, opts: SearchOptions):
@@ -282,8 +364,17 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
     from ray import tune
 
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
+        # Ray moves its own trial paths to where the folder is now (Tuner.restore of the experiment folder);
+        # the searcher it would restore from tuner.pkl is the one the sweep started with, so it is replaced
+        # by one restored from this folder with this folder's study.db (Ray's restore_from_dir then repeats
+        # the restore on it: the same state). Ray 2.60 offers no public setter for it.
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, param_space=None)
+        searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
+                                 exp_dir=exp_dir, restore_dir=exp_dir)
+        restored = tuner._local_tuner._tune_config
+        restored.search_alg = search_generator(searcher, max_concurrent=opts.max_concurrent, run_dir=run_dir)
+        restored.max_concurrent_trials = None  # the limiter above holds it (Ray refuses both)
     else:
         # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
         constants = {"threads": max(1, int(opts.cpus_per_trial)), **(trial_overrides or {})}
@@ -291,8 +382,9 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
                                  exp_dir=exp_dir)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
-                                        num_samples=opts.trials, max_concurrent_trials=opts.max_concurrent,
+            tune_config=tune.TuneConfig(search_alg=search_generator(searcher, max_concurrent=opts.max_concurrent,
+                                                                           run_dir=run_dir),
+                                        scheduler=make_scheduler(space), num_samples=opts.trials,
                                         reuse_actors=True),
         )
     try:

@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to OUT/NAME (default: sweep-<time>)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: 0.25 with a GPU, else 0)")
-    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs per trial, also its torch threads (default 1; "
+                                                                  "a resume: as recorded)")
     p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the space's on CPU, "
-                                                                   "1/gpus-per-trial per GPU)")
+                                                                   "1/gpus-per-trial per GPU; a resume: as recorded)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. HEAD_IP:6379) instead of starting one")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local cluster")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")

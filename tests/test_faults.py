@@ -234,7 +234,7 @@ def resume_refused(args: list[str], run_dir: Path) -> str:
 
 @pytest.mark.slow  # starts a Ray sweep or trains
 @pytest.mark.parametrize("option, field", [
-    (["--trials", "5"], "trials = 5"), (["--seed", "3"], "seed = 3"), (["--max-concurrent", "2"], "max_concurrent"),
+    (["--trials", "5"], "trials = 5"), (["--seed", "3"], "seed = 3"),  # --max-concurrent may change: test_resume_options
     (["--label-mode", "nearest"], "label_mode = 'nearest'"), (["--amp"], "amp = True"),
     (["--cache-dtype", "OTHER"], "cache_dtype = 'OTHER'"), (["--allow-unknown-ids"], "allow_unknown_ids"),
     (["--backbone", "dinov2_vits14"], "backbone = 'dinov2_vits14'"),

@@ -168,18 +168,19 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _RayNoise(logging.Filter):
-    """Drops two Ray messages every search would print: a failed trial's full traceback (our progress line
-    names the error; the traceback is in the trial's error.txt in the run folder) and the notice that a local
-    Ray uses token authentication (it does, and stays so: only the notice goes)."""
+    """Drops Ray messages a search would print: a failed trial's full traceback (our progress line names the
+    error; the traceback is in the trial's error.txt in the run folder), the notice that a local Ray uses token
+    authentication (it does, and stays so: only the notice goes), and on Ctrl-C or SIGTERM Ray Tune's own
+    stop notice and `Tuner.restore(...)` advice (the command prints `sweeper search --resume ...` instead)."""
 
     DROPPED = {
-        "ray.tune.execution.tune_controller": "Trial task failed for trial ",
-        "ray._private.authentication.authentication_token_setup": "Token authentication is enabled for this Ray",
+        "ray.tune.execution.tune_controller": ("Trial task failed for trial ",),
+        "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
+        "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
     }
 
     def filter(self, record: logging.LogRecord) -> bool:
-        prefix = self.DROPPED.get(record.name)
-        return prefix is None or not str(record.msg).startswith(prefix)
+        return not str(record.msg).startswith(self.DROPPED.get(record.name, ()) or "\0")
 
 
 def _configure_logging(quiet: bool) -> None:

@@ -6,6 +6,8 @@ inside the commands, so `--help` and a refused start stay fast.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,10 +25,43 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SweeperError(f"--name '{name}' must be a folder name of letters, digits, '-', '_' and '.' "
                            f"(not '.' or '..')")
     run_dir = args.out / name
-    return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir))
+    with TermAsCtrlC() as term:
+        try:
+            return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir, term))
+        except KeyboardInterrupt:  # before the sweep started: nothing to resume yet
+            if not term.received:
+                raise
+            print("terminated (SIGTERM) before the sweep started", file=sys.stderr)
+            return 143
 
 
-def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
+class TermAsCtrlC:
+    """SIGTERM (timeout, Slurm, Kubernetes, docker stop) handled as Ctrl-C: it sends this process SIGINT, so
+    Ray Tune stops the sweep with its state and the trials' last checkpoints saved, and `received` tells the
+    command to exit 143 (128 + SIGTERM) instead of 130. Ray's driver installs its own SIGTERM handler (a stack
+    dump, then an abort) when it starts: `install` again after ray.init."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _on_term(self, signum, frame) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)  # whoever handles Ctrl-C now (Ray Tune during the sweep) does
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def __enter__(self) -> "TermAsCtrlC":
+        self._previous = signal.getsignal(signal.SIGTERM)
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsCtrlC) -> int:
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
@@ -111,6 +146,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
                     "max_concurrent": concurrent}
     data_bytes = trial_bytes(p.data)
     start_ray(opts, data_bytes=data_bytes)
+    term.install()  # over the handler Ray's driver installed
     check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
     if not args.resume:
         import shutil
@@ -135,9 +171,9 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     # Ray Tune ends the sweep early on Ctrl-C (its state saved) and returns as if it had finished.
     ended = None if table is None else int(table.status.isin(["TERMINATED", "ERROR"]).sum()) if len(table) else 0
     if ended is None or ended < trials:
-        print(f"interrupted: {'?' if ended is None else ended} of {trials} trials ended; continue with: {resume}",
-              file=sys.stderr)
-        return 130
+        print(f"{'terminated (SIGTERM)' if term.received else 'interrupted'}: {'?' if ended is None else ended} "
+              f"of {trials} trials ended; continue with: {resume}", file=sys.stderr)
+        return 143 if term.received else 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     files.write_json(sweep_file, info)

@@ -259,3 +259,47 @@ def test_a_copied_run_folder_resumes_on_its_own_and_leaves_the_original_untouche
     else:
         assert proc.returncode == 2 and len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 1
     assert snapshot(original) == before
+
+
+# --------------------------------------------------------------------------- SIGTERM (timeout, Slurm, Kubernetes, docker stop)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_exits_143_and_the_resume_records_each_epoch_once(tmp_path):
+    data = make_dataset(tmp_path / "data", train=8, val=2)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("trials: 4", "trials: 3"))
+    run = tmp_path / "results" / "term"
+    args = [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--name", "term", "--out", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline, sent = time.time() + 300, False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if [s for f in _trial_folders(run / "ray")[1:] for s in f.glob("checkpoint_*/state.pt")]:
+                proc.send_signal(signal.SIGTERM)  # the driver only, as timeout and docker stop send it
+                sent = True
+                break
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert sent, f"sweep ended or timed out before the signal: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+    assert proc.returncode == 143, err[-3000:]
+    assert f"sweeper search --resume --name term --out {tmp_path / 'results'}" in err
+    for noise in ("SIGTERM received", "Traceback", "WARNING", "Tuner.restore"):
+        assert noise not in err, err[-3000:]
+    assert not (run / ".lock").exists()
+
+    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    assert table.trial.tolist() == [0, 1, 2] and set(table.status) == {"TERMINATED"}
+    assert (table.epochs_run == 3).all() and not table.incomplete.any()
+    for f in _trial_folders(run / "ray"):  # each folder's own record: every epoch once
+        epochs = [json.loads(line)["epoch"] for line in (f / "epochs.jsonl").read_text().splitlines()]
+        assert len(epochs) == len(set(epochs)), (f.name, epochs)

@@ -127,6 +127,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     files.ensure_writable_dir(run_dir)
     if args.address:
         check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
+        start_ray(opts)  # joined before the cache is built: a cluster that refuses this driver says so at once
+        term.install()  # over the handler Ray's driver installed
     else:
         check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
         check_dashboard(opts)

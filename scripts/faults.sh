@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fault injection on a tiny dataset (a few minutes on 2 CPUs): twin runs on one folder, a resume with other
 # inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, SIGTERM then --resume, a run
-# folder moved or copied then resumed, a full disk (a tmpfs, as root). Prints a table: case, outcome, trials in trials.csv vs in the study, and anything lost. Everything
-# happens under a temporary folder (kept with --keep).
+# folder moved or copied then resumed, a full disk (a tmpfs, as root). Prints a table: case, outcome, trials in
+# trials.csv vs in the study, and anything lost. Everything happens under a temporary folder (kept with --keep).
 #
 #   scripts/faults.sh [--keep]
 set -uo pipefail

@@ -206,3 +206,25 @@ def test_a_continued_trial_drops_the_epochs_after_its_checkpoint(tmp_path):
     assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4, 5]
     results.truncate_epochs(tmp_path / "none", 3)  # no record yet: nothing to do
     assert not (tmp_path / "none").exists()
+
+
+def test_a_restored_search_state_keeps_this_runs_concurrency_and_folder(tmp_path):
+    """What Ray restores on a resume (the wrappers' saved state) names the concurrency and the experiment folder
+    the sweep ran with before: the search generator keeps the current concurrency and this run's folder."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import Searcher
+
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    before = Experiment("ray", run=lambda config: None, storage_path=str(old))
+    saved = tune.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=1, run_dir=old)
+    saved._experiment = before
+    state, limiter_state = saved.get_state(), saved.searcher.get_state()
+
+    gen = tune.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=3, run_dir=new)
+    gen.searcher.set_state(limiter_state)  # as SearchGenerator.restore_from_dir does, wrapper by wrapper
+    gen.set_state(state)
+    assert gen.searcher.max_concurrent == 3
+    storage: StorageContext = gen._experiment.storage
+    assert storage.experiment_fs_path == (new / results.EXPERIMENT_DIR).as_posix()
+    assert str(old) not in storage.experiment_fs_path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +23,8 @@ from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import drop_resident_pages
 from sweeper.progress import ProgressPrinter, trial_error
+from sweeper.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
+                              write_searcher_state)
 from sweeper.results import (EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY, best_index, is_baseline, merged_epochs,
                              trial_groups, write_tables, write_trial_end)
 from sweeper.space import SearchSpace
@@ -162,34 +163,18 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
         # it names the study.db of the folder the sweep ran in, and a moved or copied folder must resume
         # with its own. `restore` attaches the study.db beside the experiment folder it is restored from.
         def __getstate__(self) -> dict[str, Any]:
-            state = {k: v for k, v in self.__dict__.items() if k not in ("_ot_study", "_storage", "_ot_trials")}
-            state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}  # study-internal ids
-            state["_ot_study_name"] = self._ot_study.study_name if self._ot_study is not None else self._study_name
-            return state
+            return portable_state(self)
 
         def __setstate__(self, state: dict[str, Any]) -> None:
             self.__dict__.update(state)
             self._ot_study, self._storage, self._ot_trials = None, None, {}
 
         def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__getstate__(), f)
+            write_searcher_state(checkpoint_path, portable_state(self))
 
         def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                state = _DetachedUnpickler(f).load()  # an older sweep's state: its storage is not connected
-            if "_ot_trial_ids" not in state:  # written before the storage was left out
-                state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in state.get("_ot_trials", {}).items()}
-                state["_ot_study_name"] = state.get("_study_name") or state["_ot_study"].study_name
-            self.__setstate__({k: v for k, v in state.items() if k not in ("_ot_study", "_storage", "_ot_trials")})
-            self._attach()
-
-        def _attach(self) -> None:
-            """Open the study in this folder's study.db (study_path) and rebind the trials to it."""
-            self._storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
-            self._ot_study = optuna.load_study(study_name=self._ot_study_name, storage=self._storage,
-                                               sampler=self._sampler)
-            self._ot_trials = {tid: optuna.Trial(self._ot_study, i) for tid, i in self._ot_trial_ids.items()}
+            self.__setstate__(read_searcher_state(checkpoint_path))
+            attach_study(self, study_path)
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -275,47 +260,6 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
                                  points_to_evaluate=[space.baseline_point()], study_name=study_name,
                                  storage=storage)
-
-
-class _DetachedUnpickler(pickle.Unpickler):
-    """Unpickles a searcher's state without connecting the Optuna storage it may hold (an older sweep's, naming
-    the study.db of the folder it ran in): the storage comes back as a plain object nobody uses."""
-
-    def find_class(self, module: str, name: str):
-        if module.startswith("optuna.storages") and name == "RDBStorage":
-            return _Detached
-        return super().find_class(module, name)
-
-
-class _Detached:
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-def search_generator(searcher, *, max_concurrent: int, run_dir: Path):
-    """The searcher as Ray drives it (a SearchGenerator around a ConcurrencyLimiter), bound to `run_dir`.
-
-    On a resume Ray restores both wrappers' saved state, which records what the sweep ran with before: the
-    concurrency (kept as `max_concurrent` now: it changes no result) and the experiment, whose storage names
-    the folder the sweep ran in (Ray 2.60 would create every new trial's folder there, in the original of a
-    moved or copied folder). Both are set back to this run's.
-    """
-    from ray.tune.search import ConcurrencyLimiter as RayLimiter
-    from ray.tune.search import SearchGenerator
-
-    class ConcurrencyLimiter(RayLimiter):  # Ray keys the saved wrapper state by this class name: Ray's own
-        def set_state(self, state: dict[str, Any]) -> None:
-            super().set_state({**state, "max_concurrent": max_concurrent})
-
-    class FolderSearchGenerator(SearchGenerator):
-        def set_state(self, state: dict[str, Any]) -> None:
-            super().set_state(state)
-            storage = getattr(self._experiment, "storage", None)
-            if storage is not None:
-                storage.storage_path = storage.storage_fs_path = Path(run_dir).as_posix()
-                storage.experiment_dir_name = EXPERIMENT_DIR
-
-    return FolderSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
 
 def make_trainable(data: TrainData, opts: SearchOptions):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sweeper import files, results
-from sweeper import tune
+from sweeper import relocate, tune
 from sweeper.errors import SweeperError
 from sweeper.run_heads import load_run_head
 from sweeper.space import load_space
@@ -217,11 +217,11 @@ def test_a_restored_search_state_keeps_this_runs_concurrency_and_folder(tmp_path
 
     old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
     before = Experiment("ray", run=lambda config: None, storage_path=str(old))
-    saved = tune.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=1, run_dir=old)
+    saved = relocate.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=1, run_dir=old)
     saved._experiment = before
     state, limiter_state = saved.get_state(), saved.searcher.get_state()
 
-    gen = tune.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=3, run_dir=new)
+    gen = relocate.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=3, run_dir=new)
     gen.searcher.set_state(limiter_state)  # as SearchGenerator.restore_from_dir does, wrapper by wrapper
     gen.set_state(state)
     assert gen.searcher.max_concurrent == 3

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fault injection on a tiny dataset (a few minutes on 2 CPUs): twin runs on one folder, a resume with other
-# inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, a full disk (a tmpfs, as
-# root). Prints a table: case, outcome, trials in trials.csv vs in the study, and anything lost. Everything
-# happens under a temporary folder (kept with --keep).
+# inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, SIGTERM then --resume, a run
+# folder moved or copied then resumed, a full disk (a tmpfs, as root). Prints a table: case, outcome, trials in
+# trials.csv vs in the study, and anything lost. Everything happens under a temporary folder (kept with --keep).
 #
 #   scripts/faults.sh [--keep]
 set -uo pipefail
@@ -183,6 +183,72 @@ EOF
 else
   kill -9 "$DRIVER" 2>/dev/null
   row "kill -9 driver, --resume" "no checkpoint appeared in 120 s: not run" "-" "check $WORK/kill.err"
+fi
+
+# 4b. SIGTERM (what timeout, Slurm, Kubernetes and docker stop send) to the driver while a trial runs: it stops
+#     as Ctrl-C does (exit 143, the resume command printed, no Ray warning). Before that folder is resumed, a
+#     copy of it is moved elsewhere and resumed there, and another copy is resumed beside the original: each
+#     finishes on its own and the original is not touched. Then the original resumes.
+sweep_state() {  # sweep_state RUN: what is wrong with a finished sweep, or "none"
+  "$PY" - "$1" <<'EOF'
+import json, sqlite3, sys
+from pathlib import Path
+import pandas as pd
+run = Path(sys.argv[1])
+t = pd.read_csv(run / "trials.csv")
+with sqlite3.connect(run / "study.db") as db:
+    states = [s for (s,) in db.execute("select state from trials order by number")]
+bad = []
+if (t.status != "TERMINATED").any():
+    bad.append(f"not ended: {list(t.trial[t.status != 'TERMINATED'])}")
+if (t.epochs_run != t.epochs_planned).any():
+    bad.append(f"epochs short: {list(t.trial[t.epochs_run != t.epochs_planned])}")
+if "RUNNING" in states:
+    bad.append(f"{states.count('RUNNING')} study trial(s) left RUNNING")
+for f in (run / "ray").glob("*/epochs.jsonl"):
+    epochs = [json.loads(x)["epoch"] for x in f.read_text().splitlines() if x.strip()]
+    if len(epochs) != len(set(epochs)):
+        bad.append(f"epoch recorded twice in {f.parent.name[:20]}")
+print("; ".join(bad) or "none")
+EOF
+}
+tree_hash() { (cd "$1" && find . -type f -exec sha256sum {} + | sort | sha256sum | cut -c1-16); }
+setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+  --name term --out "$WORK/results" >/dev/null 2>"$WORK/term.err" &
+DRIVER=$!
+for _ in $(seq 240); do
+  compgen -G "$WORK/results/term/ray/*/checkpoint_*/state.pt" >/dev/null && break
+  sleep 0.5
+done
+if compgen -G "$WORK/results/term/ray/*/checkpoint_*/state.pt" >/dev/null; then
+  kill -TERM "$DRIVER"; wait "$DRIVER"; RC=$?
+  NOISE=$(grep -c "WARNING\|Traceback\|SIGTERM received" "$WORK/term.err")
+  PRINTED=$(grep -c "continue with: sweeper search --resume --name term" "$WORK/term.err")
+  ORIGINAL=$(tree_hash "$WORK/results/term")
+  mkdir -p "$WORK/was here" "$WORK/moved to" "$WORK/copy"
+  cp -a "$WORK/results/term" "$WORK/was here/term" && mv "$WORK/was here/term" "$WORK/moved to/term"
+  "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+    --name term --out "$WORK/moved to" --resume >/dev/null 2>"$WORK/moved.err"
+  RC_M=$?
+  OLD=$([ -e "$WORK/was here/term" ] && echo "old path WRITTEN" || echo "old path untouched")
+  row "moved folder, --resume" "rc $RC_M (expected 0); $OLD" "$(counts "$WORK/moved to/term")" \
+    "$(sweep_state "$WORK/moved to/term")"
+  cp -a "$WORK/results/term" "$WORK/copy/term"
+  "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+    --name term --out "$WORK/copy" --resume >/dev/null 2>"$WORK/copy.err"
+  RC_C=$?
+  SAME=$([ "$(tree_hash "$WORK/results/term")" = "$ORIGINAL" ] && echo "original byte-unchanged" || \
+    echo "original CHANGED")
+  row "copied folder, --resume" "rc $RC_C (expected 0); $SAME" "$(counts "$WORK/copy/term")" \
+    "$(sweep_state "$WORK/copy/term")"
+  "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
+    --name term --out "$WORK/results" --resume >/dev/null 2>"$WORK/term-resume.err"
+  RC2=$?
+  row "SIGTERM driver, --resume" "rc $RC, then $RC2 (expected 143, 0); resume printed $PRINTED, Ray noise $NOISE" \
+    "$(counts "$WORK/results/term")" "$(sweep_state "$WORK/results/term")"
+else
+  kill -9 "$DRIVER" 2>/dev/null
+  row "SIGTERM driver, --resume" "no checkpoint appeared in 120 s: not run" "-" "check $WORK/term.err"
 fi
 
 # 5. A full disk (a small tmpfs; needs root and mount): baseline, report and search stop in one line naming

@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name: results go to OUT/NAME (default: sweep-<time>)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: 0.25 with a GPU, else 0)")
-    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial, also its torch threads (default 1)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs per trial, also its torch threads (default 1; "
+                                                                  "a resume: as recorded)")
     p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: the space's on CPU, "
-                                                                   "1/gpus-per-trial per GPU)")
+                                                                   "1/gpus-per-trial per GPU; a resume: as recorded)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. HEAD_IP:6379) instead of starting one")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local cluster")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
@@ -188,18 +189,19 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class _RayNoise(logging.Filter):
-    """Drops two Ray messages every search would print: a failed trial's full traceback (our progress line
-    names the error; the traceback is in the trial's error.txt in the run folder) and the notice that a local
-    Ray uses token authentication (it does, and stays so: only the notice goes)."""
+    """Drops Ray messages a search would print: a failed trial's full traceback (our progress line names the
+    error; the traceback is in the trial's error.txt in the run folder), the notice that a local Ray uses token
+    authentication (it does, and stays so: only the notice goes), and on Ctrl-C or SIGTERM Ray Tune's own
+    stop notice and `Tuner.restore(...)` advice (the command prints `sweeper search --resume ...` instead)."""
 
     DROPPED = {
-        "ray.tune.execution.tune_controller": "Trial task failed for trial ",
-        "ray._private.authentication.authentication_token_setup": "Token authentication is enabled for this Ray",
+        "ray.tune.execution.tune_controller": ("Trial task failed for trial ",),
+        "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
+        "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
     }
 
     def filter(self, record: logging.LogRecord) -> bool:
-        prefix = self.DROPPED.get(record.name)
-        return prefix is None or not str(record.msg).startswith(prefix)
+        return not str(record.msg).startswith(self.DROPPED.get(record.name, ()) or "\0")
 
 
 def _configure_logging(quiet: bool) -> None:

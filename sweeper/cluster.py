@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from sweeper.device import gpu_count
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, one_line
 
 if TYPE_CHECKING:  # tune imports this module: the options type only for annotations
     from sweeper.tune import SearchOptions
@@ -61,13 +62,47 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     watch_driver()  # this local Ray's agents would outlive a kill -9 of this process by a minute
 
 
+AUTH_FIX = ("give this driver the cluster's token: run the sweep with RAY_AUTH_MODE=token and the token in "
+            "~/.ray/auth_token, in a file named by RAY_AUTH_TOKEN_PATH or in RAY_AUTH_TOKEN (`ray get-auth-token` "
+            "on the head prints it); README: On a Ray cluster")
+
+
 def join_cluster(address: str) -> None:
-    """Connect this process to the Ray cluster at `address` (already checked to answer: `check_address`)."""
+    """ray.init(address) with Ray's C++ connection log kept off the terminal: a cluster that refuses this driver
+    (token authentication, most often) is one line naming the fix, not 20 log lines and a traceback."""
+    import tempfile
+
     ray_environment()
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    if ray.is_initialized():
+        return
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)  # the gcs_client.cc lines are written by C++ straight to fd 2
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            error = None
+        except Exception as e:  # ConnectionError, AuthenticationError (no token found), RuntimeError...
+            error = e
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    if error is None:
+        sys.stderr.write(text)  # nothing went wrong: what Ray said is shown as it would have been
+        return
+    if "Unauthenticated" in text or "InvalidAuthToken" in text or "AuthenticationError" in type(error).__name__:
+        sent = "the token this driver sent is wrong" if os.environ.get("RAY_AUTH_MODE") == "token" \
+            else "this driver sent no token"
+        auth = f"it uses token authentication and {sent}"
+        raise SweeperError(f"--address {address}: the Ray cluster refused this driver ({auth}); {AUTH_FIX}") from None
+    last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+    raise SweeperError(f"--address {address}: the Ray cluster there refused this driver ({one_line(error)}"
+                       f"{'; Ray said: ' + one_line(last) if last else ''})") from None
 
 
 def cluster_nodes(address: str | None) -> list[dict[str, float]]:

@@ -21,6 +21,7 @@ go through `sweeper.files`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import pandas as pd
 
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError, is_out_of_memory
-from sweeper.files import read_json, read_jsonl, write_json, write_text_atomic
+from sweeper.files import dumps, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.objective import Objective
 from sweeper.space import SearchSpace, load_space
 
@@ -127,6 +128,16 @@ class TrialRecord:
         """The epochs this folder's trial reported (TRIAL_EPOCHS)."""
         return read_epochs(self.path)
 
+    def torn(self) -> bool:
+        """Whether this folder's TRIAL_EPOCHS ends in a torn line (a write or copy cut short): an epoch the
+        trial ran is missing from its record."""
+        path = self.path / TRIAL_EPOCHS
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+        try:
+            return bool(lines) and not isinstance(json.loads(lines[-1]), dict)
+        except json.JSONDecodeError:
+            return True
+
     def checkpoint(self) -> Path | None:
         """This folder's latest checkpoint state file."""
         states = sorted(self.path.glob(f"checkpoint_*/{STATE_FILE}"))
@@ -138,6 +149,17 @@ def read_epochs(folder: Path) -> list[dict[str, Any]]:
     path = Path(folder) / TRIAL_EPOCHS
     by_epoch = {int(r["epoch"]): r for r in (read_jsonl(path) if path.is_file() else []) if "epoch" in r}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def truncate_epochs(folder: Path, last_epoch: int) -> None:
+    """Keep a trial folder's TRIAL_EPOCHS up to `last_epoch` (the checkpoint a continued trial starts from):
+    lines written after that checkpoint (and a torn last line) go, so the rerun records each epoch once."""
+    path = Path(folder) / TRIAL_EPOCHS
+    if not path.is_file():
+        return
+    kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= last_epoch]
+    if len(kept) != sum(1 for ln in path.read_text().splitlines() if ln.strip()):
+        write_text_atomic(path, "".join(dumps(r) + "\n" for r in kept))
 
 
 def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) -> None:
@@ -247,7 +269,9 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                # a searched param that its `when` switched off stays empty; anything else is as the trial ran
                **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
                "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
-               "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
+               # a torn last record line (a write or copy cut short) is a record missing an epoch, not ASHA's stop
+               "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs and not t.torn(),
+               "incomplete": t.torn(),
                **score,
                # the trial's own count, summed over resumes (Ray's elapsed_seconds restarts on one)
                "wall_seconds": epochs[-1].get("wall_seconds", epochs[-1].get("elapsed_seconds")) if epochs else None,

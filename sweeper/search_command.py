@@ -6,6 +6,8 @@ inside the commands, so `--help` and a refused start stay fast.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,10 +25,43 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise SweeperError(f"--name '{name}' must be a folder name of letters, digits, '-', '_' and '.' "
                            f"(not '.' or '..')")
     run_dir = args.out / name
-    return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir))
+    with TermAsCtrlC() as term:
+        try:
+            return in_run_folder(run_dir, f"sweeper search --name {name}", lambda: _search_in(args, name, run_dir, term))
+        except KeyboardInterrupt:  # before the sweep started: nothing to resume yet
+            if not term.received:
+                raise
+            print("terminated (SIGTERM) before the sweep started", file=sys.stderr)
+            return 143
 
 
-def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
+class TermAsCtrlC:
+    """SIGTERM (timeout, Slurm, Kubernetes, docker stop) handled as Ctrl-C: it sends this process SIGINT, so
+    Ray Tune stops the sweep with its state and the trials' last checkpoints saved, and `received` tells the
+    command to exit 143 (128 + SIGTERM) instead of 130. Ray's driver installs its own SIGTERM handler (a stack
+    dump, then an abort) when it starts: `install` again after ray.init."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _on_term(self, signum, frame) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)  # whoever handles Ctrl-C now (Ray Tune during the sweep) does
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def __enter__(self) -> "TermAsCtrlC":
+        self._previous = signal.getsignal(signal.SIGTERM)
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
+def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsCtrlC) -> int:
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
@@ -50,7 +85,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         saved = files.read_json(sweep_file)
         recorded = _started_with(saved)
         space = load_space(run_dir / SPACE_COPY)
-        runs.check_resume(run_dir, recorded, {"space": files.file_sha256(run_dir / SPACE_COPY)})
+        check_resume_space(run_dir, saved, recorded, find_space(args.space) if args.space is not None else None)
         runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
         args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
         if args.weights is None and saved["backbone"].get("weights_path"):
@@ -79,13 +114,20 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
                            f"got {args.gpus_per_trial:g}")
     if args.address:
         check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
-    # what the trials may use: the cluster's nodes (joined here with --address), not this machine's
+    # what the trials may use: the cluster's nodes (joined here with --address: a cluster that refuses this
+    # driver says so at once, before the cache is built), not this machine's
     nodes = cluster_nodes(args.address)
+    if args.address:
+        term.install()  # over the handler Ray's driver installed
+    # concurrency and CPUs per trial change no result: a resume may change them (recorded), else keeps them
+    ran = saved.get("options", {}) if args.resume else {}
     gpus, concurrent = trial_resources(nodes, device=overrides.get("device", args.device),
-                                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                                       gpus_per_trial=args.gpus_per_trial,
+                                       max_concurrent=args.max_concurrent or ran.get("max_concurrent"),
                                        default_concurrent=space.max_concurrent)
+    cpus = args.cpus_per_trial or ran.get("cpus_per_trial") or 1.0
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
-                         gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
+                         gpus_per_trial=gpus, cpus_per_trial=cpus, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
     files.ensure_writable_dir(run_dir)
     check_resources(opts, nodes)
@@ -108,6 +150,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
                     "max_concurrent": concurrent}
     data_bytes = trial_bytes(p.data)
     start_ray(opts, data_bytes=data_bytes)
+    term.install()  # over the handler Ray's driver installed
     check_resources(opts)  # the cluster as Ray sees it: with --address, other machines' CPUs and GPUs
     if not args.resume:
         import shutil
@@ -123,7 +166,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
           f"{len(p.data.train.labels)} train / {len(p.data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if p.source.synthetic else ''}; backbone {p.backbone.name}; "
-          f"{concurrent} at once, {gpus:g} GPU + {args.cpus_per_trial:g} CPU each -> {run_dir}", file=sys.stderr)
+          f"{concurrent} at once, {gpus:g} GPU + {cpus:g} CPU each -> {run_dir}", file=sys.stderr)
     resume = f"sweeper search --resume --name {name} --out {args.out}"
     try:
         table = run_search(space, p.data, opts, progress=not args.quiet, trial_overrides=overrides)
@@ -132,9 +175,9 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     # Ray Tune ends the sweep early on Ctrl-C (its state saved) and returns as if it had finished.
     ended = None if table is None else int(table.status.isin(["TERMINATED", "ERROR"]).sum()) if len(table) else 0
     if ended is None or ended < trials:
-        print(f"interrupted: {'?' if ended is None else ended} of {trials} trials ended; continue with: {resume}",
-              file=sys.stderr)
-        return 130
+        print(f"{'terminated (SIGTERM)' if term.received else 'interrupted'}: {'?' if ended is None else ended} "
+              f"of {trials} trials ended; continue with: {resume}", file=sys.stderr)
+        return 143 if term.received else 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
     if planned is not None and not args.resume:  # measured against planned: the plan's accuracy, recorded
@@ -227,16 +270,12 @@ def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
 
 def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on a resume's command line that decide results: each must equal the sweep's."""
-    from sweeper import files
-
     given: dict[str, Any] = {}
     if args.data is not None:
         given["data_root"] = str(Path(args.data).resolve())
     if args.backbone != "auto":
         given["backbone"] = args.backbone
-    if args.space is not None:
-        given["space"] = files.file_sha256(args.space)
-    for field in ("trials", "seed", "max_concurrent", "label_mode"):
+    for field in ("trials", "seed", "label_mode"):  # the space: check_resume_space; concurrency may change
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
     if args.amp:
@@ -246,6 +285,55 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(args.cache_dtype, Default):
         given["cache_dtype"] = args.cache_dtype
     return given
+
+
+def check_resume_space(run_dir: Path, saved: dict[str, Any], recorded: dict[str, Any], given: Path | None) -> None:
+    """Refuse a resume whose space differs from the sweep's: the run folder's copy edited since, or a --space
+    file whose settings differ (named with the first key that differs; comments and layout may differ)."""
+    from sweeper import files
+    from sweeper.results import SPACE_COPY
+
+    copy = run_dir / SPACE_COPY
+    started = (saved.get("space") or {}).get("source", "?")
+    refused = f"{run_dir}: cannot resume with space = "
+    if "space" in recorded and files.file_sha256(copy) != recorded["space"]:
+        raise SweeperError(f"{refused}'{copy}': this copy of the space the sweep started with ({started}) was "
+                           f"edited since; restore it, or start a new sweep with another --name")
+    if given is None:
+        return
+    key = first_difference(_read_space(copy), _read_space(given))
+    if key is not None:
+        where, ran, now = key
+        raise SweeperError(f"{refused}'{given}': the sweep was started with {copy} (a copy of {started}), and "
+                           f"they differ at {where} ({ran!r} there, {now!r} here); its trials would be mixed with "
+                           f"others: start a new sweep with another --name instead")
+
+
+def _read_space(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SweeperError(f"{path}: cannot read ({getattr(e, 'strerror', None) or str(e).splitlines()[0]})") from None
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first key (dotted path, in `a`'s order, then keys only `b` has) where two parsed YAML documents
+    differ, with both values (None where a key is absent); None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where or "(the whole file)", a, b)
 
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from sweeper.device import release_memory, trial_device
 from sweeper.files import append_jsonl
 from sweeper.objective import METRIC_KEY, MODE_KEY, Objective
 from sweeper.results import (BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY, best_index, trial_groups,
-                             write_trial_start)
+                             truncate_epochs, write_trial_start)
 from sweeper.tokens import TrainData
 from sweeper.train import load_checkpoint, train
 
@@ -138,6 +138,8 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if state_file is not None:
             resume = load_checkpoint(state_file)
             log.info("trial %d continues from %s (epoch %d)", number, state_file, len(resume.get("history", [])))
+    if resume is not None:  # lines written after that checkpoint (the driver stopped in between) go
+        truncate_epochs(folder, len(resume.get("history") or []))
     extra = {"gpu_ids": ",".join(str(i) for i in gpu_ids), "gpu_share": share, "node_id": node_id}
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -23,6 +23,8 @@ from sweeper.config import TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.features import drop_resident_pages
 from sweeper.progress import ProgressPrinter, trial_error
+from sweeper.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
+                              write_searcher_state)
 from sweeper.results import (EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY, best_index, is_baseline, merged_epochs,
                              trial_groups, write_tables, write_trial_end)
 from sweeper.space import SearchSpace
@@ -146,7 +148,7 @@ def optuna_experimental_ok() -> Iterator[None]:
 
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
-                  exp_dir: Path | None = None, max_concurrent: int = 1):
+                  exp_dir: Path | None = None, max_concurrent: int = 1, restore_dir: Path | None = None):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
 
     Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
@@ -162,6 +164,9 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
 
     With trials running at once (`max_concurrent` > 1), TPE's constant liar counts each running trial as a
     poor result, so concurrent suggestions spread out instead of landing on the same spot.
+
+    With `restore_dir` (a resume) the searcher is the one saved there, its study the one in `study_path`: every
+    path comes from the folder being resumed, never from what the pickles recorded where the sweep ran before.
     """
 
     import optuna
@@ -178,6 +183,23 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
                 self._ot_study.set_metric_names([objective])  # optuna-dashboard: not "Objective 0"
             self._planned: dict[str, int] = {}  # trial id -> epochs it was configured for
             self._values: dict[str, dict[int, float]] = {}  # trial id -> {epoch: value} told to the study
+
+        # Ray pickles the searcher (tuner.pkl, searcher-state-*.pkl). The study's storage is left out of both:
+        # it names the study.db of the folder the sweep ran in, and a moved or copied folder must resume
+        # with its own. `restore` attaches the study.db beside the experiment folder it is restored from.
+        def __getstate__(self) -> dict[str, Any]:
+            return portable_state(self)
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+            self._ot_study, self._storage, self._ot_trials = None, None, {}
+
+        def save(self, checkpoint_path: str) -> None:
+            write_searcher_state(checkpoint_path, portable_state(self))
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.__setstate__(read_searcher_state(checkpoint_path))
+            attach_study(self, study_path)
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -256,6 +278,10 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
             constant_liar=max_concurrent > 1,  # suggestions made while others run know they run
         )
+    if restore_dir is not None:  # resume: the searcher's state from the folder, its study from study_path
+        searcher = BestEpochOptunaSearch.__new__(BestEpochOptunaSearch)
+        searcher.restore_from_dir(str(restore_dir))
+        return searcher
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
                                  points_to_evaluate=[space.baseline_point()], study_name=study_name,
@@ -308,8 +334,17 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
     from ray import tune
 
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
+        # Ray moves its own trial paths to where the folder is now (Tuner.restore of the experiment folder);
+        # the searcher it would restore from tuner.pkl is the one the sweep started with, so it is replaced
+        # by one restored from this folder with this folder's study.db (Ray's restore_from_dir then repeats
+        # the restore on it: the same state). Ray 2.60 offers no public setter for it.
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, param_space=None)
+        searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
+                                 exp_dir=exp_dir, restore_dir=exp_dir)
+        restored = tuner._local_tuner._tune_config
+        restored.search_alg = search_generator(searcher, max_concurrent=opts.max_concurrent, run_dir=run_dir)
+        restored.max_concurrent_trials = None  # the limiter above holds it (Ray refuses both)
     else:
         # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
         constants = {"threads": max(1, int(opts.cpus_per_trial)), **space.objective.trial_keys(),
@@ -318,8 +353,9 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
                                  exp_dir=exp_dir, max_concurrent=opts.max_concurrent)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
-                                        num_samples=opts.trials, max_concurrent_trials=opts.max_concurrent,
+            tune_config=tune.TuneConfig(search_alg=search_generator(searcher, max_concurrent=opts.max_concurrent,
+                                                                           run_dir=run_dir),
+                                        scheduler=make_scheduler(space), num_samples=opts.trials,
                                         reuse_actors=True),
         )
     try:

@@ -159,3 +159,147 @@ def test_sigkill_right_after_a_trials_first_checkpoint_resumes_that_trial_and_ke
     continued = [s for s in finals if s["history"][0] == first and len(s["history"]) > 1]
     assert len(continued) == 1 and [r["epoch"] for r in continued[0]["history"]] == [1, 2, 3]
     assert table.loc[1, "best_val_iou"] == pytest.approx(max(r["val_iou"] for r in continued[0]["history"]))
+
+
+# --------------------------------------------------------------------------- a run folder moved or copied, then resumed
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def study_rows(run: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(run / "study.db") as db:
+        return db.execute("select number, state from trials order by number").fetchall()
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A 3-trial sweep killed (SIGKILL of its whole session) once trial 1 has checkpointed an epoch: (its command
+    line without --out/--name, the killed run folder). Tests copy the folder; none resumes it in place."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    data = make_dataset(tmp / "data", train=8, val=2)
+    space = tmp / "space.yaml"
+    space.write_text(SPACE.replace("trials: 4", "trials: 3"))
+    base = [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--cache-dir", str(tmp / "cache")]
+    run = tmp / "results" / "orig"
+    proc = subprocess.Popen(base + ["--name", "orig", "--out", str(tmp / "results")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline, killed = time.time() + 300, False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if [s for f in _trial_folders(run / "ray")[1:] for s in f.glob("checkpoint_*/state.pt")]:
+                time.sleep(0.5)
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed, f"sweep ended or timed out before the kill: {proc.stderr.read()[-2000:]}"
+    time.sleep(6)  # the reaper stops the killed driver's Ray processes
+    (run / ".lock").unlink(missing_ok=True)  # as a kill -9 leaves it: the resume takes it over
+    return base, run
+
+
+def resumed_completely(proc: subprocess.CompletedProcess, run: Path) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    assert table.trial.tolist() == [0, 1, 2] and set(table.status) == {"TERMINATED"}
+    assert [s for _, s in study_rows(run)] == ["COMPLETE"] * 3
+
+
+@pytest.mark.slow
+def test_a_moved_run_folder_resumes_where_it_is_now(interrupted, tmp_path):
+    import shutil
+
+    base, run = interrupted
+    staged = tmp_path / "old" / "orig"
+    shutil.copytree(run, staged)  # the folder as it was: then moved away from that path
+    moved = tmp_path / "new place" / "orig"
+    moved.parent.mkdir()
+    staged.rename(moved)
+    proc = subprocess.run(base + ["--name", "orig", "--out", str(moved.parent), "--resume"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    resumed_completely(proc, moved)
+    assert not staged.exists()  # nothing written where it used to be
+    for f in moved.rglob("*"):  # no file of the folder names its old path
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".csv", ".md", ".html"):
+            assert str(staged) not in f.read_text(errors="replace"), f
+
+
+@pytest.mark.slow
+def test_a_copied_run_folder_resumes_on_its_own_and_leaves_the_original_untouched(interrupted, tmp_path):
+    import shutil
+
+    base, run = interrupted
+    original = tmp_path / "a" / "orig"
+    shutil.copytree(run, original)  # the original stays where it is, next to its copy
+    copy = tmp_path / "b" / "orig"
+    shutil.copytree(original, copy)
+    before = snapshot(original)
+    proc = subprocess.run(base + ["--name", "orig", "--out", str(copy.parent), "--resume"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    resumed_completely(proc, copy)
+    assert snapshot(original) == before  # study.db, checkpoints, epochs.jsonl: byte for byte
+    assert "interrupted" not in proc.stderr
+
+    # the same copy under another --name: works or is refused in one line, never a crash
+    other = tmp_path / "c" / "renamed"
+    shutil.copytree(original, other)
+    proc = subprocess.run(base + ["--name", "renamed", "--out", str(other.parent), "--resume"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    assert "Traceback" not in proc.stderr and "UpdateFinishedTrialError" not in proc.stderr, proc.stderr[-3000:]
+    if proc.returncode == 0:
+        resumed_completely(proc, other)
+    else:
+        assert proc.returncode == 2 and len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 1
+    assert snapshot(original) == before
+
+
+# --------------------------------------------------------------------------- SIGTERM (timeout, Slurm, Kubernetes, docker stop)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_exits_143_and_the_resume_records_each_epoch_once(tmp_path):
+    data = make_dataset(tmp_path / "data", train=8, val=2)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("trials: 4", "trials: 3"))
+    run = tmp_path / "results" / "term"
+    args = [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
+            "--space", str(space), "--name", "term", "--out", str(tmp_path / "results"),
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline, sent = time.time() + 300, False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if [s for f in _trial_folders(run / "ray")[1:] for s in f.glob("checkpoint_*/state.pt")]:
+                proc.send_signal(signal.SIGTERM)  # the driver only, as timeout and docker stop send it
+                sent = True
+                break
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert sent, f"sweep ended or timed out before the signal: {proc.stderr.read()[-2000:] if proc.stderr else ''}"
+    assert proc.returncode == 143, err[-3000:]
+    assert f"sweeper search --resume --name term --out {tmp_path / 'results'}" in err
+    for noise in ("SIGTERM received", "Traceback", "WARNING", "Tuner.restore"):
+        assert noise not in err, err[-3000:]
+    assert not (run / ".lock").exists()
+
+    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(run / "trials.csv")
+    assert table.trial.tolist() == [0, 1, 2] and set(table.status) == {"TERMINATED"}
+    assert (table.epochs_run == 3).all() and not table.incomplete.any()
+    for f in _trial_folders(run / "ray"):  # each folder's own record: every epoch once
+        epochs = [json.loads(line)["epoch"] for line in (f / "epochs.jsonl").read_text().splitlines()]
+        assert len(epochs) == len(set(epochs)), (f.name, epochs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sweeper import files, results
-from sweeper import tune
+from sweeper import relocate, tune
 from sweeper.errors import SweeperError
 from sweeper.run_heads import load_run_head
 from sweeper.space import load_space
@@ -176,3 +176,55 @@ def test_search_resume_on_a_world_writable_folder_is_one_line_exit_2(sweep, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "writable by other users" in err and str(run) in err
     assert not marker.exists()
+
+
+def test_a_torn_last_epoch_line_marks_the_trial_incomplete_not_stopped_early(sweep):
+    """A finished trial whose epochs.jsonl lost its last line half-written (a copy or write cut short) is not a
+    trial ASHA stopped: the tables say its record is incomplete."""
+    run, _ = sweep
+    folder = next((run / results.EXPERIMENT_DIR).glob("trial_main_aaaa_00000_*"))  # baseline, 2 of 2 epochs
+    path = folder / results.TRIAL_EPOCHS
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # epoch 2's line torn
+    trials, _ = results.collect(run, load_space(SPACE))
+    row = trials[trials.trial == 0].iloc[0]
+    assert row.epochs_run == 1 and row.status == "TERMINATED"
+    assert not row.stopped_early and row.incomplete
+    assert not trials[trials.trial == 1].iloc[0].incomplete  # a clean record of all its epochs
+
+
+def test_a_continued_trial_drops_the_epochs_after_its_checkpoint(tmp_path):
+    """A trial killed after writing epoch 5's line but before Ray knew of epoch 5's checkpoint continues from
+    epoch 4: its record keeps epochs 1..4 and the rerun writes epoch 5 once."""
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    for n in range(1, 6):
+        files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(n, n / 10))
+    results.truncate_epochs(folder, 4)
+    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4]
+    files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(5, 0.9))
+    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4, 5]
+    results.truncate_epochs(tmp_path / "none", 3)  # no record yet: nothing to do
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_restored_search_state_keeps_this_runs_concurrency_and_folder(tmp_path):
+    """What Ray restores on a resume (the wrappers' saved state) names the concurrency and the experiment folder
+    the sweep ran with before: the search generator keeps the current concurrency and this run's folder."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import Searcher
+
+    old, new = tmp_path / "old" / "run", tmp_path / "new" / "run"
+    before = Experiment("ray", run=lambda config: None, storage_path=str(old))
+    saved = relocate.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=1, run_dir=old)
+    saved._experiment = before
+    state, limiter_state = saved.get_state(), saved.searcher.get_state()
+
+    gen = relocate.search_generator(Searcher(metric="val_iou", mode="max"), max_concurrent=3, run_dir=new)
+    gen.searcher.set_state(limiter_state)  # as SearchGenerator.restore_from_dir does, wrapper by wrapper
+    gen.set_state(state)
+    assert gen.searcher.max_concurrent == 3
+    storage: StorageContext = gen._experiment.storage
+    assert storage.experiment_fs_path == (new / results.EXPERIMENT_DIR).as_posix()
+    assert str(old) not in storage.experiment_fs_path

@@ -179,7 +179,7 @@ def load_sweep(run_dir: Path) -> SweepRun:
     if not trials.empty:
         if score not in trials:
             raise SweeperError(f"{run_dir / TRIALS_CSV}: no {score} column, so trials cannot be ranked")
-        for col in ("baseline", "stopped_early"):
+        for col in ("baseline", "stopped_early", "incomplete"):
             trials[col] = _as_bool(trials[col]) if col in trials else False
         trials[score] = pd.to_numeric(trials[score], errors="coerce")
     if not history.empty and "baseline" in history:

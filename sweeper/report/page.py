@@ -72,7 +72,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("schedule", "schedule", "text"), ("warmup_epochs", "warm-up ep.", "num"),
     ("class_weights", "class weights", "text"), ("class_weight_power", "cw power", "num"),
     ("class_weight_max", "cw max", "num"), ("batch_size", "batch", "int"), ("epochs_planned", "ep. planned", "int"),
-    ("epochs_run", "ep. run", "int"), ("stopped_early", "stopped early", "bool"),
+    ("epochs_run", "ep. run", "int"), ("stopped_early", "stopped early", "bool"), ("incomplete", "record incomplete", "bool"),
     ("best_val_iou", "best val IoU", "num"), ("best_epoch", "best ep.", "int"), ("best_val_miou", "best val mIoU", "num"),
     ("delta_vs_baseline", "Δ vs baseline", "signed"), ("delta_vs_published", "Δ vs 0.2971", "signed"),
     ("wall_seconds", "wall s", "int"), ("error", "error", "text"),
@@ -90,7 +90,8 @@ def trials_table_html(run: SweepRun) -> str:
         columns.insert(next(i for i, (c, _, _) in enumerate(columns) if c == "best_epoch"),
                        (run.score, f"best {run.objective.label}", "num"))
     cols = [(c, h, k) for c, h, k in columns
-            if c in t.columns and not (c in PHASE3_COLUMNS and t[c].nunique(dropna=False) <= 1)]
+            if c in t.columns and not (c in PHASE3_COLUMNS and t[c].nunique(dropna=False) <= 1)
+            and not (c == "incomplete" and not t[c].any())]  # shown only where a record is torn
     best = run.scored().trial.iloc[0] if len(run.scored()) else None
     head = "".join(f'<th title="click to sort">{html.escape(h)}</th>' for _, h, _ in cols)
     rows = []

@@ -16,8 +16,8 @@ import pandas as pd
 from sweeper.cluster import ray_environment, start_ray
 from sweeper.errors import SweeperError
 from sweeper.files import read_csv, write_text_atomic
-from sweeper.results import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG,
-                             TRIALS_CSV, best_value, read_epochs, trial_configs)
+from sweeper.results import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, MIN_SEEDS,
+                             TRIAL_CONFIG, TRIALS_CSV, best_value, confirm_verdict, read_epochs, trial_configs)
 from sweeper.space import SearchSpace
 from sweeper.tokens import TrainData
 from sweeper.trial import trial_bytes
@@ -39,15 +39,22 @@ def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, metric: str = "be
     """Per config: mean, std, min, max over seeds; gain over the baseline's mean; whether it beats the noise.
 
     A gain counts as real when it is larger than twice the larger of the two seed-to-seed standard deviations.
+    With fewer than two seeds (of the config or of the baseline) there is no spread: std is empty,
+    gain_exceeds_spread is empty (not False, not True) and the verdict says it cannot tell.
     """
     g = runs.groupby("trial")[metric]
-    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "min": g.min(),
+    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1), "min": g.min(),
                         "max": g.max()}).reset_index()
     base = out[out.trial == baseline_trial].iloc[0]
     out["baseline"] = out.trial == baseline_trial
     out["gain_vs_baseline"] = out["mean"] - base["mean"]
-    out["noise"] = np.maximum(out["std"], base["std"])
-    out["gain_exceeds_spread"] = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    out["noise"] = np.maximum(out["std"], base["std"])  # NaN where either has a single seed
+    judged = (out.seeds >= MIN_SEEDS) & (base["seeds"] >= MIN_SEEDS)
+    exceeds = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    out["gain_exceeds_spread"] = pd.Series([bool(x) if ok else None for x, ok in zip(exceeds, judged)],
+                                           index=out.index, dtype=object)
+    out["verdict"] = [confirm_verdict(baseline=b, seeds=int(n), baseline_seeds=int(base["seeds"]), exceeds=x)
+                      for b, n, x in zip(out.baseline, out.seeds, out.gain_exceeds_spread)]
     return out
 
 

@@ -97,6 +97,21 @@ def best_value(values: list[Any], *, mode: str = "max") -> float:
     return math.nan if i is None else float(values[i])
 
 
+# --------------------------------------------------------------------------- `sweeper confirm`'s verdict
+
+MIN_SEEDS = 2  # a standard deviation needs two values: with fewer, no gain can be told from seed noise
+
+
+def confirm_verdict(*, baseline: bool, seeds: int, baseline_seeds: int, exceeds: bool | None) -> str:
+    """A confirmed config's verdict: its gain over the baseline is real (beyond twice the seed spread),
+    within the seed noise, or cannot be told (it or the baseline ran fewer than MIN_SEEDS seeds)."""
+    if baseline:
+        return "reference"
+    if min(seeds, baseline_seeds) < MIN_SEEDS:
+        return f"cannot tell: fewer than {MIN_SEEDS} seeds"
+    return "real: gain > 2x seed spread" if exceeds else "within seed noise"
+
+
 # --------------------------------------------------------------------------- trial records
 
 

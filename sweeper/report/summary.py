@@ -13,7 +13,7 @@ import pandas as pd
 
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.report.load import SCORE, BaselineRun, SweepRun, num
-from sweeper.results import best_index
+from sweeper.results import best_index, confirm_verdict
 
 TOP_SUMMARY = 10  # trials in summary.md's table
 PUBLISHED_LABEL = "published phase-1 figure on the real data"
@@ -185,11 +185,12 @@ def confirm_rows(run: SweepRun) -> tuple[list[str], list[list[str]]]:
     """The confirm summary as table rows: each config's mean and spread over seeds, gain, verdict."""
     header = ["trial", "seeds", "mean best val IoU", "std", "min", "max", "gain vs baseline", "verdict"]
     rows = []
-    for _, r in run.confirm.iterrows():
-        is_base = str(r.get("baseline")).lower() == "true"
-        verdict = ("reference" if is_base else
-                   "real: gain > 2x seed spread" if str(r.get("gain_exceeds_spread")).lower() == "true"
-                   else "within seed noise")
+    bases = run.confirm["baseline"].astype(str).str.lower() == "true"
+    base_seeds = int(run.confirm[bases]["seeds"].iloc[0]) if bases.any() else 0
+    for (_, r), is_base in zip(run.confirm.iterrows(), bases):
+        # from the numbers, not a stored verdict: a summary written before one seed meant "cannot tell" says so too
+        verdict = confirm_verdict(baseline=bool(is_base), seeds=int(r.seeds), baseline_seeds=base_seeds,
+                                  exceeds=str(r.get("gain_exceeds_spread")).lower() == "true")
         rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}", str(int(r.seeds)), fmt(r["mean"]),
                      fmt(r["std"]), fmt(r["min"]), fmt(r["max"]), cell(r["gain_vs_baseline"], "signed")[0],
                      verdict])

@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export}`.
+"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export,cache}`.
 
 The CLI is the only place that prints. Input errors (`SweeperError`) become
 one line on stderr and exit code 2, with no traceback.
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from sweeper.cache_command import PRUNE_DAYS, cmd_cache
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
 from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
@@ -182,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sweep trial's head from its best epoch (default) or its last")
     p.add_argument("--out", type=Path, required=True, help="output folder (refused if it holds an export)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("cache", help="list the feature cache's entries (sizes, checksums, last use) or prune it")
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
+    p.add_argument("--verify", action="store_true", help="check every entry's checksum (reads every byte)")
+    p.add_argument("--prune", action="store_true", help="remove partial files of killed builds and entries unused "
+                                                        "for --days days")
+    p.add_argument("--days", type=_positive_float, default=PRUNE_DAYS,
+                   help=f"with --prune: remove entries unused for this many days (default {PRUNE_DAYS})")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

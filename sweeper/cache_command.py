@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.errors import SweeperError
+from sweeper.reaper import start_time
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,13 @@ def process_start(pid: int) -> float | None:
         pass
     except OverflowError:  # not a pid this system can have
         return None
+    ticks = start_time(pid)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         with open("/proc/stat") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
     except (OSError, ValueError, IndexError, StopIteration):
         return 0.0
+    return 0.0 if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def default_cache_root() -> Path:

@@ -100,3 +100,29 @@ def sweeper_cli(*args: str, env: dict[str, str], check: bool = True) -> float:
     subprocess.run([sys.executable, "-m", "sweeper", *args], check=check, env=env, cwd=REPO,
                    stdout=sys.stderr)
     return time.perf_counter() - t
+
+
+def run_stages(stages: list[tuple[str, float, Callable[[], dict]]], result: dict[str, Any], *,
+               seconds_left: Callable[[], float], out_file: Path, tag: str) -> None:
+    """Run (name, seconds it needs, function) stages in order into `result[name]`, each timed; one that the
+    time left cannot hold is skipped and says so; one that fails records its error and the others still run;
+    `out_file` is rewritten after each, so a run cut short keeps what it measured."""
+    import json
+    import os
+
+    for name, needs, fn in stages:
+        left = seconds_left()
+        if left < needs:
+            result[name] = {"skipped": f"{left:.0f} s left, {needs:.0f} s needed"}
+            log(f"{tag}: {name} skipped ({left:.0f} s left)")
+            continue
+        log(f"{tag}: {name} ({left:.0f} s left)")
+        t = time.perf_counter()
+        try:
+            result[name] = fn()
+        except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
+            result[name] = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        result[name]["stage_seconds"] = round(time.perf_counter() - t, 1)
+        result["load_average"] = os.getloadavg()
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(result, indent=2, default=str))

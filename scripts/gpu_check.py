@@ -1,14 +1,19 @@
-"""The GPU check: every CUDA path of the product on one GPU, in under 8 minutes. Run by scripts/gpu_check.sh.
+"""The GPU check: every CUDA path of the product on one GPU, and the user's full-size run, in one command.
 
-Stages (each result lands in results/gpu/gpu_check.json, a table is printed at the end):
+Run by scripts/gpu_check.sh within its time limit (one device command of at most 9 minutes). Stages, in order
+of what matters most; each is skipped, and says so, when the time left cannot hold it:
+  context    one process's CUDA context as nvidia-smi sees it (scripts/cuda_context.py)
   tests      tests/test_gpu.py (pytest when installed, else its own runner)
+  ray        where Ray and Optuna import: a 16-trial `search` at --gpus-per-trial 0.25 with nvidia-smi
+             sampled (every trial must end TERMINATED on cuda)
+  full       scripts/gpu_full.py: the full-size synthetic set, its cache, the default sweep at a quarter GPU
+             within 6 GiB, the naive phase-1 epoch, a profiled trial-epoch (results/gpu/full_gpu.json)
   baseline   `sweeper baseline --epochs 2` cached and --no-cache on the GPU, and cached on the CPU:
              per-epoch metrics compared (GPU cached vs uncached must agree within 1e-4)
   trainers   four trainer processes at once, each capped to a quarter of the GPU, AMP off and on,
              with nvidia-smi sampled; a SIGKILL and resume of a trainer (scripts/gpu_trainers.py)
-  ray        where Ray and Optuna import: a 16-trial `search` at --gpus-per-trial 0.25 with nvidia-smi
-             sampled, then a search killed with SIGKILL and continued with --resume. Skipped, and said
-             so, where they do not.
+  ray_kill   a search killed with SIGKILL while trials run, continued with --resume
+Writes results/gpu/gpu_check.json after every stage and prints a table at the end.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, log, sweeper_cli, work_dir  # noqa: E402
+from common import REPO, run_stages, sweeper_cli, work_dir  # noqa: E402
 
 OUT = REPO / "results" / "gpu"
 
@@ -90,62 +94,113 @@ def stage_trainers(env: dict[str, str]) -> dict[str, Any]:
             "kill_resume": run_json([*script, "--kill-resume"], env)}
 
 
-def stage_ray(env: dict[str, str], work: Path) -> dict[str, Any]:
-    missing = [m for m in ("ray", "optuna") if importlib.util.find_spec(m) is None]
-    if missing:
-        return {"skipped": f"{' and '.join(missing)} not installed: the Ray part was skipped"}
-    from gpu_trainers import GpuSampler
-    from sweeper.results import EXPERIMENT_DIR
+def stage_context(env: dict[str, str]) -> dict[str, Any]:
+    from sweeper.device import CUDA_CONTEXT_BYTES
 
-    out: dict[str, Any] = {}
+    out = run_json([sys.executable, "scripts/cuda_context.py"], env, timeout=120)
+    out["kept_back_mb"] = CUDA_CONTEXT_BYTES / 2**20
+    return out
+
+
+def ray_missing() -> str | None:
+    missing = [m for m in ("ray", "optuna") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed: the Ray part was skipped" if missing else None
+
+
+def stage_ray(env: dict[str, str], work: Path) -> dict[str, Any]:
+    """16 trials at a quarter GPU each: all must end TERMINATED on cuda."""
+    if ray_missing():
+        return {"skipped": ray_missing()}
+    from gpu_trainers import GpuSampler
+
     with GpuSampler() as sampler:
         seconds = sweeper_cli("search", "--trials", "16", "--gpus-per-trial", "0.25", "--out", str(work),
                               "--name", "gpu16", env=env, check=False)
     trials = read_trials(work / "gpu16")
-    out["search16"] = {"seconds": round(seconds, 1), **sampler.summary(),
-                       "trials": None if trials is None else len(trials),
-                       "statuses": None if trials is None else trials.status.value_counts().to_dict(),
-                       "devices": None if trials is None else trials.device.dropna().unique().tolist(),
-                       "out_of_memory": None if trials is None else int(trials.out_of_memory.sum())}
-    # kill -9 of the driver while trials run, then --resume
+    if trials is None:
+        return {"ok": False, "seconds": round(seconds, 1), "error": "the search wrote no trials.csv"}
+    statuses = trials.status.value_counts().to_dict()
+    devices = trials.device.dropna().unique().tolist()
+    return {"ok": statuses == {"TERMINATED": 16} and devices == ["cuda"], "seconds": round(seconds, 1),
+            **sampler.summary(), "trials": len(trials), "statuses": statuses, "devices": devices,
+            "gpu_share": trials.gpu_share.dropna().unique().tolist(),
+            "out_of_memory": int(trials.out_of_memory.sum()),
+            "gpu_peak_reserved_mb_max": float(trials.gpu_peak_reserved_mb.max())
+            if "gpu_peak_reserved_mb" in trials else None}
+
+
+def stage_ray_kill(env: dict[str, str], work: Path) -> dict[str, Any]:
+    """kill -9 of the driver while trials run, then --resume: every trial ends."""
+    if ray_missing():
+        return {"skipped": ray_missing()}
+    from sweeper.results import EXPERIMENT_DIR
+
     cmd = [sys.executable, "-m", "sweeper", "search", "--trials", "8", "--gpus-per-trial", "0.25", "--out",
            str(work), "--name", "killed"]
     p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((work / "killed").glob(f"{EXPERIMENT_DIR}/*/checkpoint_*")):
+    while time.time() < deadline and p.poll() is None and not list(
+            (work / "killed").glob(f"{EXPERIMENT_DIR}/*/checkpoint_*")):
         time.sleep(0.5)
-    os.kill(p.pid, signal.SIGKILL)
+    p.kill()
     p.wait()
     resume_seconds = sweeper_cli("search", "--resume", "--name", "killed", "--out", str(work), env=env, check=False)
     trials = read_trials(work / "killed")
-    out["kill_resume"] = {"resume_seconds": round(resume_seconds, 1),
-                          "trials": None if trials is None else len(trials),
-                          "statuses": None if trials is None else trials.status.value_counts().to_dict()}
-    return out
+    statuses = None if trials is None else trials.status.value_counts().to_dict()
+    return {"ok": statuses is not None and sum(statuses.values()) == 8 and set(statuses) <= {"TERMINATED"},
+            "resume_seconds": round(resume_seconds, 1), "trials": None if trials is None else len(trials),
+            "statuses": statuses}
+
+
+def stage_full(env: dict[str, str], work: Path, seconds_left: float) -> dict[str, Any]:
+    """scripts/gpu_full.py with the time this stage may take; its figures are in results/gpu/full_gpu.json."""
+    cmd = [sys.executable, "scripts/gpu_full.py", "--work", str(work), "--deadline-s", str(int(seconds_left))]
+    p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=seconds_left + 120)
+    sys.stderr.write(p.stderr[-4000:])
+    full = json.loads((OUT / "full_gpu.json").read_text()) if (OUT / "full_gpu.json").is_file() else {}
+    return {"ok": p.returncode == 0, "rc": p.returncode, "file": "results/gpu/full_gpu.json",
+            "stages": {k: ("skipped" if "skipped" in v else "ok" if v.get("ok", True) else "failed")
+                       for k, v in full.items() if isinstance(v, dict) and k not in ("profile_top",)}}
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [("card", result["device"]), ("tests/test_gpu.py", result["tests"]["summary"])]
-    b = result["baseline"]
-    rows += [("baseline 2 epochs (s): GPU cached / GPU uncached / CPU cached",
-              " / ".join(str(b["seconds"][k]) for k in ("gpu_cached", "gpu_uncached", "cpu_cached"))),
-             ("max metric diff GPU cached vs uncached", f"{b['gpu_cached_vs_uncached_max_diff']:.2e}"),
-             ("max metric diff GPU vs CPU", f"{b['gpu_vs_cpu_max_diff']:.2e}")]
+    rows = [("card", f"{result['device']} (compute capability {'.'.join(map(str, result['capability']))}), "
+                     f"torch {result['torch']}")]
+    c = result.get("context", {})
+    if c.get("context_mb") is not None:
+        rows.append(("CUDA context per process", f"{c['context_mb']:.0f} MB (the caps keep back {c['kept_back_mb']:.0f})"))
+    rows.append(("tests/test_gpu.py", result.get("tests", {}).get("summary") or json.dumps(result.get("tests"))))
+    r = result.get("ray", {})
+    rows.append(("search, 16 trials at 0.25 GPU", r.get("skipped") or r.get("error") or
+                 f"{r['seconds']} s; {r['statuses']} on {r['devices']}; OOM {r['out_of_memory']}; GPU util mean "
+                 f"{r.get('gpu_util_mean')}%, peak {r.get('gpu_peak_memory_mb')} MB"))
+    f = result.get("full", {})
+    rows.append(("full-size run (results/gpu/full_gpu.json)", f.get("skipped") or json.dumps(f.get("stages"))))
+    b = result.get("baseline", {})
+    if "seconds" in b:
+        rows += [("baseline 2 epochs (s): GPU cached / GPU uncached / CPU cached",
+                  " / ".join(str(b["seconds"][k]) for k in ("gpu_cached", "gpu_uncached", "cpu_cached"))),
+                 ("max metric diff GPU cached vs uncached", f"{b['gpu_cached_vs_uncached_max_diff']:.2e}"),
+                 ("max metric diff GPU vs CPU", f"{b['gpu_vs_cpu_max_diff']:.2e}")]
+    else:
+        rows.append(("baseline", b.get("skipped") or b.get("error", "?")))
+    t = result.get("trainers", {})
     for key in ("amp_off", "amp_on"):
-        t = result["trainers"][key]
-        if "trainers" in t:
-            peaks = [r.get("peak_reserved_mb") for r in t["trainers"] if r.get("ok")]
+        x = t.get(key, {})
+        if "trainers" in x:
+            peaks = [r.get("peak_reserved_mb") for r in x["trainers"] if r.get("ok")] or [float("nan")]
             rows.append((f"4 trainers at 0.25 share, AMP {key[4:]}",
-                         f"{t['wall_seconds']} s; peak reserved per trainer {min(peaks):.0f}-{max(peaks):.0f} MB; "
-                         f"GPU peak {t['gpu_peak_memory_mb']} MB, util mean {t['gpu_util_mean']}%; "
-                         f"failures {sum(not r.get('ok') for r in t['trainers'])}"))
+                         f"{x['wall_seconds']} s; peak reserved per trainer {min(peaks):.0f}-{max(peaks):.0f} MB; "
+                         f"GPU util mean {x['gpu_util_mean']}%; failures {sum(not r.get('ok') for r in x['trainers'])}"))
         else:
-            rows.append((f"4 trainers, AMP {key[4:]}", t.get("error", "?")))
-    k = result["trainers"]["kill_resume"]
-    rows.append(("trainer SIGKILL + resume", f"killed after {k.get('killed_after_epochs')} epoch(s); max val IoU "
-                                             f"diff vs uninterrupted {k.get('max_val_iou_diff')}"))
-    r = result["ray"]
-    rows.append(("Ray", r.get("skipped") or json.dumps(r)))
+            rows.append((f"4 trainers, AMP {key[4:]}", t.get("skipped") or x.get("error", "?")))
+    k = t.get("kill_resume", {})
+    if k:
+        rows.append(("trainer SIGKILL + resume", k.get("error") or f"killed after {k.get('killed_after_epochs')} "
+                     f"epoch(s); max val IoU diff vs uninterrupted {k.get('max_val_iou_diff')}"))
+    rk = result.get("ray_kill", {})
+    rows.append(("search SIGKILL + --resume", rk.get("skipped") or f"{rk.get('statuses')} after resume "
+                                                                    f"({rk.get('resume_seconds')} s)"))
     return "\n".join(["| check | measured |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
@@ -157,27 +212,36 @@ def main() -> int:
               file=sys.stderr)
         return 2
     started = time.perf_counter()
+    budget = float(os.environ.get("GPU_CHECK_SECONDS", "540"))  # gpu_check.sh's limit, less the table and margin
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                              "capability": list(torch.cuda.get_device_capability(0))}
+                              "capability": list(torch.cuda.get_device_capability(0)),
+                              "total_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)}
     with work_dir(None, prefix="gpu_check-") as work:
         env = {**os.environ, "PYTHONPATH": str(REPO), "SWEEPER_CACHE": str(work / "cache")}
-        for name, fn in (("tests", lambda: stage_tests(env)), ("baseline", lambda: stage_baseline(env, work)),
-                         ("trainers", lambda: stage_trainers(env)), ("ray", lambda: stage_ray(env, work / "runs"))):
-            log(f"gpu_check: {name}")
-            try:
-                result[name] = fn()
-            except Exception as e:  # noqa: BLE001 - one failing stage must not hide the others' figures
-                result[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+        left = lambda: budget - (time.perf_counter() - started)  # noqa: E731
+        # (name, seconds it needs, what it runs); the full-size run gets what the later stages leave it
+        stages = [("context", 15, lambda: stage_context(env)),
+                  ("tests", 90, lambda: stage_tests(env)),
+                  ("ray", 75, lambda: stage_ray(env, work / "runs")),
+                  ("full", 200, lambda: stage_full(env, work / "full", left() - 70)),
+                  ("baseline", 60, lambda: stage_baseline(env, work)),
+                  ("trainers", 70, lambda: stage_trainers(env)),
+                  ("ray_kill", 80, lambda: stage_ray_kill(env, work / "runs"))]
+        run_stages(stages, result, seconds_left=left, out_file=OUT / "gpu_check.json", tag="gpu_check")
     result["seconds"] = round(time.perf_counter() - started, 1)
     (OUT / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
     try:
         print(table(result))
     except (KeyError, TypeError, ValueError) as e:
         print(f"(table incomplete: {e}; see {OUT / 'gpu_check.json'})")
-    ok = result["tests"].get("rc") == 0 and result["baseline"].get("gpu_cached_vs_uncached_max_diff", 1) < 1e-4
-    return 0 if ok else 1
+    failed = [k for k, v in result.items() if isinstance(v, dict) and (v.get("ok") is False or (
+        k == "tests" and v.get("rc") != 0) or "skipped" in v)]
+    b = result.get("baseline", {})
+    if b.get("gpu_cached_vs_uncached_max_diff", 0) >= 1e-4:
+        failed.append("baseline")
+    print(f"gpu_check: {'every stage ok' if not failed else 'not ok: ' + ', '.join(failed)} "
+          f"({result['seconds']:.0f} s)")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":

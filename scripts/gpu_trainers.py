@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -113,31 +111,37 @@ def concurrent(procs: int, cfg: TrainConfig) -> dict:
 
 
 def kill_resume(cfg: TrainConfig, work: Path) -> dict:
-    """Kill a trainer with SIGKILL after its first checkpoint, resume it in a new process, compare with a
+    """Kill a trainer with SIGKILL once it has written a checkpoint, resume it in a new process, compare with a
     run that was never interrupted."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    queues = {rank: ctx.Queue() for rank in range(3)}  # one per trainer: a killed one never puts its result
     ckpt = work / "state.pt"
-    victim = ctx.Process(target=trainer, args=(0, cfg, queue, str(ckpt)))
+    victim = ctx.Process(target=trainer, args=(0, cfg, queues[0], str(ckpt)))
     victim.start()
     deadline = time.time() + 600
     while not ckpt.exists() and time.time() < deadline and victim.is_alive():
         time.sleep(0.05)
-    os.kill(victim.pid, signal.SIGKILL)
+    if not ckpt.exists():  # it ended (or hung) before its first checkpoint: nothing to resume from
+        victim.kill()
+        victim.join()
+        ended = queues[0].get(timeout=5) if not queues[0].empty() else {"error": "no result"}
+        return {"ok": False, "error": f"the trainer wrote no checkpoint (exit code {victim.exitcode}): "
+                                      f"{ended.get('error', 'it finished first')}"}
+    victim.kill()  # SIGKILL through the Process, which knows whether it was already reaped
     victim.join()
     epochs_done = len(load_checkpoint(ckpt)["history"])
-    resumed = ctx.Process(target=trainer, args=(1, cfg, queue, None, str(ckpt)))
-    clean = ctx.Process(target=trainer, args=(2, cfg, queue))
+    resumed = ctx.Process(target=trainer, args=(1, cfg, queues[1], None, str(ckpt)))
+    clean = ctx.Process(target=trainer, args=(2, cfg, queues[2]))
     resumed.start()
     clean.start()
-    results = {r["rank"]: r for r in (queue.get(timeout=600), queue.get(timeout=600))}
+    results = {rank: queues[rank].get(timeout=600) for rank in (1, 2)}
     resumed.join()
     clean.join()
     ok = results[1].get("ok") and results[2].get("ok")
     diff = max(abs(a - b) for a, b in zip(results[1]["val_iou"], results[2]["val_iou"])) if ok else None
-    return {"killed_after_epochs": epochs_done, "exit_signal": -victim.exitcode, "resumed": results[1],
-            "uninterrupted": results[2], "max_val_iou_diff": diff,
-            "equal_within_1e-4": diff is not None and diff < 1e-4}
+    return {"ok": bool(ok) and diff is not None and diff < 1e-4, "killed_after_epochs": epochs_done,
+            "exit_signal": -victim.exitcode, "resumed": results[1], "uninterrupted": results[2],
+            "max_val_iou_diff": diff, "equal_within_1e-4": diff is not None and diff < 1e-4}
 
 
 def main() -> int:

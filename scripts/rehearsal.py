@@ -91,12 +91,13 @@ def stage_cache(root: Path, cache: Path, backbone, sweep_dtype: str) -> dict[str
     return out
 
 
-def stage_naive(root: Path, backbone, full: tuple[int, int]) -> dict[str, Any]:
+def stage_naive(root: Path, backbone, full: tuple[int, int], *, subset: tuple[int, int] = NAIVE_SUBSET,
+                device: str = "cpu") -> dict[str, Any]:
     """One phase-1 epoch (backbone in the loop, train metrics on) on a subset, scaled to the full splits."""
     from sweeper.data import load_split_labels
 
     parts = {}
-    for name, n in zip(("train", "val"), NAIVE_SUBSET):
+    for name, n in zip(("train", "val"), subset):
         split = find_split(root, name)
         split = type(split)(split.name, split.root, split.image_paths[:n], split.mask_paths[:n])
         labels = load_split_labels(split, height=CONFIG.image_height, width=CONFIG.image_width,
@@ -104,9 +105,9 @@ def stage_naive(root: Path, backbone, full: tuple[int, int]) -> dict[str, Any]:
         parts[name] = SplitData(name, labels, BackboneTokens(split, backbone, CONFIG.image_height,
                                                              CONFIG.image_width))
     data = TrainData(train=parts["train"], val=parts["val"], embed_dim=backbone.embed_dim)
-    seconds = train(CONFIG.replace(epochs=1, device="cpu"), data).history[0]["epoch_seconds"]
-    scale = sum(full) / sum(NAIVE_SUBSET)
-    return {"subset": list(NAIVE_SUBSET), "subset_epoch_seconds": round(seconds, 1),
+    seconds = train(CONFIG.replace(epochs=1, device=device), data).history[0]["epoch_seconds"]
+    scale = sum(full) / sum(subset)
+    return {"subset": list(subset), "device": device, "subset_epoch_seconds": round(seconds, 1),
             "full_epoch_seconds": round(seconds * scale, 1), "scale": round(scale, 2)}
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper.cache_command import PRUNE_DAYS, cmd_cache
+from sweeper.cache_command import add_parser as add_cache_parser
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
 from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
@@ -104,6 +104,12 @@ def add_data_options(p: argparse.ArgumentParser, *, cache_switch: bool = False, 
                        help="run the backbone inside the training loop like phase 1 (slow; same numbers)")
 
 
+def add_gpu_memory_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-memory", type=_positive_float, metavar="GiB",
+                   help="GiB of the GPU sweeper may use (a smaller card's size, or your part of a shared GPU): "
+                        "trial shares divide this, each process capped at its part (default: the whole card)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-command per job."""
     from sweeper import __version__
@@ -120,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=_size, default=(960, 540), help="WIDTHxHEIGHT (default 960x540)")
+    p.add_argument("--workers", type=_positive_int, help="processes writing scenes (default: every available core; "
+                                                         "the files are the same for any number)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("baseline", help="reproduce the phase-1 run (SGD 1e-4, 10 epochs, batch 2, unweighted CE)")
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: phase 1's 10)")
     p.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling seed")
+    add_gpu_memory_option(p)
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep OUT/NAME (needs --name)")
     p.add_argument("--seed", type=int, help="TPE sampler seed (default 0)")
     p.add_argument("--amp", action="store_true", help="mixed precision for the head on CUDA (no effect on CPU)")
+    add_gpu_memory_option(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("confirm", help="re-train the top configs and the baseline with several seeds: is the gain real?")
@@ -156,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a running Ray cluster instead of starting one")
     p.add_argument("--device", default="auto", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_confirm)
+
+    p = sub.add_parser("plan", help="what a search will cost on this machine (time, memory, disk), before it runs")
+    add_data_options(p, cache_dtype="float16")  # the search's defaults
+    p.add_argument("--space", type=Path, help="search space YAML, or a shipped one's name (default: phase2)")
+    p.add_argument("--trials", type=_positive_int, help="total trials (default: the space's)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: as search)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: as search)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="writes OUT/plan.json (default: results)")
+    add_gpu_memory_option(p)
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("report", help="(re)build RUN_DIR/report/ from saved results: HTML page, summary, figures")
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a sweep or baseline folder")
@@ -184,14 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (refused if it holds an export)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("cache", help="list the feature cache's entries (sizes, checksums, last use) or prune it")
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
-    p.add_argument("--verify", action="store_true", help="check every entry's checksum (reads every byte)")
-    p.add_argument("--prune", action="store_true", help="remove partial files of killed builds and entries unused "
-                                                        "for --days days")
-    p.add_argument("--days", type=_positive_float, default=PRUNE_DAYS,
-                   help=f"with --prune: remove entries unused for this many days (default {PRUNE_DAYS})")
-    p.set_defaults(func=cmd_cache)
+    add_cache_parser(sub)
     return parser
 
 
@@ -243,7 +257,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
         out = synth.generate(args.out, train=args.train, val=args.val, test=args.test, seed=args.seed,
-                             size=args.size, progress=lambda done, _total: bar.update(done - bar.n))
+                             size=args.size, progress=lambda done, _total: bar.update(done - bar.n),
+                             workers=args.workers)
     print(f"wrote {args.train} train, {args.val} val, {args.test} test synthetic scenes to {out}")
     return 0
 
@@ -256,6 +271,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     if args.label_mode is not None:
         overrides["label_mode"] = args.label_mode
+    if args.gpu_memory:
+        overrides["gpu_memory_gib"] = args.gpu_memory
     config = TrainConfig().replace(**overrides)
     out = args.out or Path("results") / time.strftime("baseline-%Y%m%d-%H%M%S")
     return in_run_folder(out, f"sweeper baseline --out {out}", lambda: _baseline_in(args, config, out))
@@ -306,6 +323,21 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
           f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
           f"{result.seconds:.0f} s; outputs in {out}; report {report}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from sweeper import plan
+    from sweeper.files import write_json
+    from sweeper.plan_measure import make_plan
+    from sweeper.space import default_space_path, find_space, load_space
+
+    space = load_space(find_space(args.space) if args.space else default_space_path())
+    result = make_plan(args, space)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / plan.PLAN_FILE, result)
+    print(plan.format_plan(result))
+    print(f"plan: {args.out / plan.PLAN_FILE}")
     return 0
 
 

@@ -46,7 +46,7 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     if ray.is_initialized():
         return
     if opts.address:
-        ray.init(address=opts.address, logging_level=logging.WARNING, log_to_driver=False)
+        join_cluster(opts.address)
         return
     num_gpus = gpu_count()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -86,6 +86,52 @@ def _api_server(wanted: bool) -> Iterator[None]:
         yield
     finally:
         node.Node.start_api_server = original
+
+
+def join_cluster(address: str) -> None:
+    """Connect this process to the Ray cluster at `address` (already checked to answer: `check_address`)."""
+    ray_environment()
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def cluster_nodes(address: str | None) -> list[dict[str, float]]:
+    """The resources of every node trials can run on: this machine's for a local Ray (`local_nodes`), the
+    live nodes of the cluster at `address` (joined here) otherwise."""
+    if not address:
+        return local_nodes()
+    join_cluster(address)
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def trial_resources(nodes: list[dict[str, float]], *, device: str, gpus_per_trial: float | None,
+                    max_concurrent: int | None, default_concurrent: int) -> tuple[float, int]:
+    """A sweep's GPU share per trial and trials at once, defaulted from the cluster's nodes, not the driver's
+    machine: a quarter GPU per trial wherever a node has a GPU, as many at once as the GPUs hold.
+
+    `--device cpu` with a GPU share, or `--device cuda` without one, is refused in one line."""
+    if device == "cpu" and gpus_per_trial:
+        raise SweeperError(f"--device cpu with --gpus-per-trial {gpus_per_trial:g}: each trial would hold a GPU "
+                           f"share and train on the CPU; pass --gpus-per-trial 0 (the default with --device cpu)")
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    if device.startswith("cuda") and not has_gpu:
+        raise SweeperError(f"--device {device}: no node of the Ray cluster has a CUDA GPU (torch sees none here); "
+                           f"use --device cpu or auto")
+    gpus = (gpus_per_trial if gpus_per_trial is not None else 0.25 if has_gpu and device != "cpu" else 0.0)
+    if device.startswith("cuda") and gpus <= 0:
+        raise SweeperError(f"--device {device} with --gpus-per-trial {gpus:g}: Ray would grant the trials no GPU; "
+                           f"pass a share such as --gpus-per-trial 0.25, or --device auto")
+    if max_concurrent:
+        return gpus, max_concurrent
+    if gpus <= 0:
+        return gpus, default_concurrent
+    # trials each node's GPUs hold: a fractional share never spans two GPUs, so 0.4 fits twice on one GPU
+    per_gpu, whole = (int(1 / gpus + 1e-9), 1) if gpus < 1 else (1, int(gpus))
+    return gpus, max(1, sum(int(n.get("GPU", 0)) // whole * per_gpu for n in nodes))
 
 
 def check_dashboard(opts: SearchOptions) -> None:

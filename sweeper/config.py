@@ -84,6 +84,7 @@ class TrainConfig:
     amp: bool = False  # bfloat16/float16 autocast for the head; CUDA only, ignored on CPU
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     gpu_share: float = 1.0  # part of the GPU's memory this run may use (a trial's --gpus-per-trial), capped on CUDA
+    gpu_memory_gib: float = 0.0  # GiB of the card the shares divide (--gpu-memory: a smaller or shared card); 0 = all
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -105,6 +106,7 @@ class TrainConfig:
             (self.image_width % 14 == 0 and self.image_width > 0, "image_width", "must be a positive multiple of 14"),
             (self.threads >= 0, "threads", "must be >= 0"),
             (0 < self.gpu_share <= 1, "gpu_share", "must be in (0, 1]"),
+            (self.gpu_memory_gib >= 0, "gpu_memory_gib", "must be >= 0 (0 = the whole card)"),
             (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
             (all(w >= 0 for w in self.explicit_class_weights), "explicit_class_weights", "must all be >= 0"),

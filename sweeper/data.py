@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sweeper.config import LabelMode
 from sweeper.errors import SweeperError
+from sweeper.parallel import pool_map
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +192,21 @@ def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, m
 
 
 def load_split_labels(split: Split, *, height: int, width: int, mode: LabelMode,
-                      allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
-    """All of a split's labels as one (N, H, W) uint8 array (of the mirrored images with `flip`)."""
+                      allow_unknown: bool = False, flip: bool = False, workers: int = 1) -> np.ndarray:
+    """All of a split's labels as one (N, H, W) uint8 array (of the mirrored images with `flip`), decoded by
+    `workers` processes (the same array for any number)."""
     out = np.empty((len(split), height, width), dtype=np.uint8)
-    for i, (img, mask) in enumerate(zip(split.image_paths, split.mask_paths)):
-        out[i] = load_labels(mask, image_path=img, height=height, width=width, mode=mode, allow_unknown=allow_unknown,
-                             flip=flip)
+    options = dict(height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip)
+    jobs = [(mask, img, options) for img, mask in zip(split.image_paths, split.mask_paths)]
+    for i, labels in enumerate(pool_map(_labels_of, jobs, workers=workers, chunksize=8)):
+        out[i] = labels
     return out
+
+
+def _labels_of(job: tuple[Path, Path, dict]) -> np.ndarray:
+    """`load_labels` of one (mask, image, options): the decoding pool's unit of work."""
+    mask, image, options = job
+    return load_labels(mask, image_path=image, **options)
 
 
 def class_pixel_counts(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -78,23 +78,36 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
     return None
 
 
-def memory_fraction(share: float) -> float | None:
-    """The per-process GPU memory cap for a share of one GPU (`--gpus-per-trial`); None = no cap."""
-    if share <= 0 or share >= 1:
+# What one process's CUDA context holds outside the caching allocator (the per-process cap does not see it):
+# kernels, cuBLAS/cuDNN handles. Measured on the GPU check's card (results/gpu/gpu_check.json, "context_mb").
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+
+def memory_budget(share: float, total_bytes: int, *, limit_bytes: int | None = None) -> int | None:
+    """Allocator bytes a process holding `share` of a GPU may take; None = uncapped (a whole card to itself).
+
+    The card counts as `limit_bytes` when that is smaller (--gpu-memory: a smaller card's figure, or a shared
+    GPU). One context is kept back for the driver (it built the cache on the GPU), and each process's share
+    loses its own context: 1/share processes plus the driver then fit the card, contexts included.
+    """
+    card = min(total_bytes, limit_bytes) if limit_bytes else total_bytes
+    if (share >= 1 and card == total_bytes) or share <= 0:
         return None
-    return float(share)
+    return max(0, int(min(share, 1.0) * (card - CUDA_CONTEXT_BYTES)) - CUDA_CONTEXT_BYTES)
 
 
-def cap_memory(device: torch.device, share: float) -> int | None:
-    """Cap this process's CUDA allocator at its share of the GPU; returns the cap in bytes (None: uncapped)."""
-    fraction = memory_fraction(share)
+def cap_memory(device: torch.device, share: float, *, limit_bytes: int | None = None) -> int | None:
+    """Cap this process's CUDA allocator at its share of the GPU (`memory_budget`); returns the run's memory
+    budget in bytes: the cap, the whole card when uncapped, None on the CPU."""
     if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    if fraction is None:
+    index = device.index if device.index is not None else torch.cuda.current_device()  # torch wants an index
+    total = torch.cuda.get_device_properties(index).total_memory
+    cap = memory_budget(share, total, limit_bytes=limit_bytes)
+    if cap is None:
         return total
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return int(total * fraction)
+    torch.cuda.set_per_process_memory_fraction(cap / total, index)
+    return cap
 
 
 def tokens_fit(token_bytes: int, budget_bytes: int | None) -> bool:

@@ -14,9 +14,11 @@ writes (default folder RUN_DIR/evaluation/<baseline | trial-N>/):
                                         per-batch per-class IoU, in their layout
     masks/<name>_pred.png               predicted class ids 0-9, 8-bit, at the evaluation size (476x266)
     masks_color/<name>_pred_color.png   the same in the organisers' 10-colour PALETTE
-    comparisons/sample_<k>_comparison.png   image / ground truth / prediction / errors, first k images
-    per_class_metrics.png               per-class IoU on test (both flavours) next to validation: the
-                                        domain shift, class by class
+    comparisons/sample_<k>_comparison.png   the organisers' figure: image / ground truth / prediction
+    comparisons/sample_<k>_details.png      ours: the same with an error map and the class legend
+    per_class_metrics.png               the organisers' chart: phase-1 per-class IoU bars and the mean
+    per_class_test_vs_val.png           ours: per-class IoU on test (both flavours) next to validation:
+                                        the domain shift, class by class
 
 The file names are those of the organisers' test script, so tools written for
 its output read ours.
@@ -46,13 +48,14 @@ from sweeper.errors import SweeperError
 from sweeper.features import cached_labels, cached_tokens, default_cache_root
 from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
 from sweeper.progress import progress_bar
-from sweeper.report.run_figures import PALETTE, colorize, comparison_figure, per_class_figure
+from sweeper.report.run_figures import (ORGANISERS_CLASS_NAMES, PALETTE, colorize, comparison_figure,
+                                        organisers_comparison, organisers_per_class, per_class_figure)
 from sweeper.report.summary import fmt, synthetic_tag
 from sweeper.device import resolve_device
 from sweeper.tokens import ArrayTokens
 from sweeper.train import TokenBatches, batch_order, eval_logits
-from sweeper.results import (BAR_CHART, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR, EVALUATION_DIR,
-                             MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE)
+from sweeper.results import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
+                             DETAIL_NAME, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE)
 from sweeper.run_heads import RunHead, build_head, load_run_head
 
 log = logging.getLogger(__name__)
@@ -108,10 +111,13 @@ def score(pred: np.ndarray, labels: np.ndarray, *, num_classes: int = NUM_CLASSE
 
 
 def evaluation_text(mean_iou: float, class_iou: dict[str, float | None]) -> str:
-    """The organisers' test-script evaluation_metrics.txt: mean IoU, then per-class IoU ('N/A' where absent)."""
+    """The organisers' test-script evaluation_metrics.txt byte for byte: mean IoU, then per-class IoU ('N/A'
+    where absent), each class under their name (class 0 'Background')."""
+    theirs = dict(zip(CLASS_NAMES, ORGANISERS_CLASS_NAMES))
     lines = ["EVALUATION RESULTS", "=" * 50, f"Mean IoU:          {mean_iou:.4f}", "=" * 50, "",
              "Per-Class IoU:", "-" * 40]
-    lines += [f"  {name:<20}: {'N/A' if v is None or math.isnan(v) else f'{v:.4f}'}" for name, v in class_iou.items()]
+    lines += [f"  {theirs.get(name, name):<20}: {'N/A' if v is None or math.isnan(v) else f'{v:.4f}'}"
+              for name, v in class_iou.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -210,13 +216,17 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
     tag = synthetic_tag(synthetic)
     for i in range(min(comparisons, len(split))):
         image = _display_image(split.image_paths[i], height=height, width=width)
-        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i),
+        organisers_comparison(image, labels[i], pred[i], name=split.image_paths[i].name,
+                              path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i))
+        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / DETAIL_NAME.format(i),
                           title=f"{run.label}: test image {names[i]}{tag}", class_names=CLASS_NAMES)
-    per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART)
+    organisers_per_class(list(scores["phase1"]["class_iou"].values()), scores["phase1"]["iou"], path=out / BAR_CHART)
+    per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART_DETAIL)
     log.info("test %s: phase-1 IoU %.4f, Dice %.4f, accuracy %.4f; dataset mIoU %.4f%s", run.label,
              metrics["phase1"]["iou"], metrics["phase1"]["dice"], metrics["phase1"]["acc"],
              metrics["dataset"]["miou"], tag)
-    log.info("wrote %s, %s, %s, %s/", out / METRICS_JSON, out / TEXT_FILE, out / BAR_CHART, out / COMPARISONS_DIR)
+    log.info("wrote %s, %s, %s, %s, %s/", out / METRICS_JSON, out / TEXT_FILE, out / BAR_CHART, out / BAR_CHART_DETAIL,
+             out / COMPARISONS_DIR)
     return out
 
 

@@ -17,9 +17,11 @@ import errno
 import json
 import logging
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.files import atomic_path
+from sweeper.parallel import default_workers
 from sweeper.progress import progress_bar
 from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old entries are then never reused
 DTYPES = {"float32": np.float32, "float16": np.float16}
+NPY_HEADER_BYTES = 128  # a .npy file's header, before its array
 CHUNK = 64 << 20  # bytes written at a time where a file's space is allocated by writing zeros
 
 
@@ -67,7 +71,7 @@ def _create(tmp: Path, entry: Path, shape: tuple[int, ...], dtype) -> np.memmap:
     `Bus error`, no message, the partial file left behind). Allocated first, a full disk is ENOSPC here: one
     line naming the cache folder and the bytes needed (`files.atomic_path` then removes the partial file).
     """
-    needed = int(np.prod(shape)) * np.dtype(dtype).itemsize + 128  # + the usual .npy header, until it is known
+    needed = int(np.prod(shape)) * np.dtype(dtype).itemsize + NPY_HEADER_BYTES  # until the header is known
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # the header, a sparse body
         body, needed = arr.offset, tmp.stat().st_size
@@ -153,20 +157,38 @@ def token_cache_key(split: Split, backbone, *, height: int, width: int, dtype: s
         f"size={height}x{width}", f"dtype={dtype}", *(("flip=1",) if flip else ())))
 
 
+def token_entry_path(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str,
+                     flip: bool = False) -> Path:
+    """Where the tokens entry of this split, backbone, size, dtype (and mirroring) lives in the cache."""
+    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype, flip=flip)
+    return Path(cache_root) / "tokens" / f"{split.name}{'-flip' if flip else ''}-{backbone.name}-{key}.npy"
+
+
+def label_entry_path(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
+                     allow_unknown: bool = False, flip: bool = False) -> Path:
+    """Where the labels entry of this split, label mode and size (and mirroring) lives in the cache."""
+    key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
+                                                f"size={height}x{width}", f"unknown={allow_unknown}",
+                                                *(("flip=1",) if flip else ())))
+    return Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
+
+
 def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, width: int, dtype: str = "float32",
                   batch_size: int | None = None, show_progress: bool = True,
-                  flip: bool = False) -> tuple[np.ndarray, bool]:
+                  flip: bool = False, workers: int | None = None) -> tuple[np.ndarray, bool]:
     """The split's tokens as a read-only memory map, built first if absent; returns (array, was_cached).
 
     The entry is built on the backbone's device (move the backbone first: a GPU does in a minute what
     a CPU does in twenty), in batches of `batch_size` (default: 32 on a GPU, 4 on the CPU).
     `flip`: the tokens of the mirrored images, an entry of its own (mirroring a token grid is not the
     same: the position embeddings and the patch contents would not be mirrored).
+    Images are decoded by `workers` processes (default: `default_workers()`) ahead of the backbone, into
+    pinned memory on a GPU, so decoding overlaps the forward pass; the entry's bytes do not depend on it.
     """
     if dtype not in DTYPES:
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
-    key = token_cache_key(split, backbone, height=height, width=width, dtype=dtype, flip=flip)
-    path = Path(cache_root) / "tokens" / f"{split.name}{'-flip' if flip else ''}-{backbone.name}-{key}.npy"
+    path = token_entry_path(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
+                            flip=flip)
     if path.exists() and _verified(path):
         log.info("feature cache hit: %s", path)
         mark_used(path)
@@ -178,13 +200,13 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     started = time.perf_counter()
 
     def fill(arr: np.ndarray) -> None:
+        batches = image_batches(split, batch_size=batch_size, height=height, width=width, flip=flip,
+                                workers=default_workers() if workers is None else workers, pin=device.type == "cuda")
         with progress_bar(total=len(split), desc=f"caching {split.name} tokens", enabled=show_progress) as bar:
-            for lo in range(0, len(split), batch_size):  # the backbone runs under torch.inference_mode
-                idx = range(lo, min(lo + batch_size, len(split)))
-                images = torch.stack([load_image(split.image_paths[i], height=height, width=width, flip=flip)
-                                      for i in idx])
-                arr[lo:lo + len(idx)] = backbone(images.to(device)).float().cpu().numpy().astype(arr.dtype)
-                bar.update(len(idx))
+            for lo, images in zip(range(0, len(split), batch_size), batches):  # under torch.inference_mode
+                out = backbone(images.to(device, non_blocking=True))
+                arr[lo:lo + len(images)] = out.float().cpu().numpy().astype(arr.dtype)
+                bar.update(len(images))
 
     _write_atomically(path, fill, shape, DTYPES[dtype])
     meta = {"split": split.name, "root": str(split.root), "images": len(split), "backbone": backbone.name,
@@ -195,23 +217,107 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     return np.load(path, mmap_mode="r"), False
 
 
+class _ImageBatches(torch.utils.data.Dataset):
+    """Batch `b` of a split's images, decoded and stacked; a one-line error message for an unreadable file
+    (a DataLoader would re-raise a worker's exception with its traceback inside the message)."""
+
+    def __init__(self, paths: Sequence[Path], batch_size: int, height: int, width: int, flip: bool) -> None:
+        self.paths, self.batch_size, self.size, self.flip = list(paths), batch_size, (height, width), flip
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.batch_size)
+
+    def __getitem__(self, b: int) -> torch.Tensor | str:
+        lo = b * self.batch_size
+        try:
+            return torch.stack([load_image(p, height=self.size[0], width=self.size[1], flip=self.flip)
+                                for p in self.paths[lo:lo + self.batch_size]])
+        except SweeperError as e:
+            return str(e)
+
+
+def image_batches(split: Split, *, batch_size: int, height: int, width: int, flip: bool = False, workers: int = 0,
+                  pin: bool = False) -> Iterator[torch.Tensor]:
+    """The split's images as (B, 3, H, W) batches in file order, decoded by `workers` processes a few batches
+    ahead (`pin`: into page-locked memory, for an asynchronous copy to the GPU)."""
+    parallel = workers > 1
+    loader = torch.utils.data.DataLoader(
+        _ImageBatches(split.image_paths, batch_size, height, width, flip), batch_size=None,
+        num_workers=workers if parallel else 0, pin_memory=pin, prefetch_factor=2 if parallel else None,
+        multiprocessing_context="fork" if parallel else None)
+    for batch in loader:
+        if isinstance(batch, str):
+            raise SweeperError(batch)
+        yield batch
+
+
 def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mode: LabelMode,
                   allow_unknown: bool = False, flip: bool = False) -> np.ndarray:
     """The split's (N, H, W) uint8 labels, decoded once per (mode, size, mask content, flip) and cached."""
-    key = files_digest(split.mask_paths, extra=(f"format={CACHE_FORMAT}", f"mode={mode.value}",
-                                                f"size={height}x{width}", f"unknown={allow_unknown}",
-                                                *(("flip=1",) if flip else ())))
-    path = Path(cache_root) / "labels" / f"{split.name}{'-flip' if flip else ''}-{mode.value}-{key}.npy"
+    path = label_entry_path(split, cache_root=cache_root, height=height, width=width, mode=mode,
+                            allow_unknown=allow_unknown, flip=flip)
     if path.exists() and _verified(path):
         mark_used(path)
         return np.load(path)
-    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip)
+    labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip,
+                               workers=default_workers())
 
     def fill(arr: np.ndarray) -> None:
         arr[:] = labels
 
     _write_atomically(path, fill, labels.shape, np.uint8)
     return labels
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry a run needs: where it lives, its size, whether it is already there."""
+
+    path: Path
+    nbytes: int
+    exists: bool
+
+
+def cache_entries(splits, backbone, *, cache_root: Path, height: int, width: int, label_mode: LabelMode,
+                  dtype: str, allow_unknown: bool = False,
+                  train_variants: Sequence[tuple[LabelMode, bool]] = ()) -> list[CacheEntry]:
+    """Every tokens and labels entry `load_train_data` would read or build, with its exact size."""
+    grid = (height // backbone.patch_size) * (width // backbone.patch_size)
+    token_bytes = grid * backbone.embed_dim * np.dtype(DTYPES[dtype]).itemsize
+    wanted = [(name, LabelMode(label_mode), False) for name in splits]
+    wanted += [("train", LabelMode(m), bool(f)) for m, f in train_variants]
+    out, seen = [], set()
+    for name, mode, flip in wanted:
+        split = splits[name]
+        paths = [(label_entry_path(split, cache_root=cache_root, height=height, width=width, mode=mode,
+                                   allow_unknown=allow_unknown, flip=flip), len(split) * height * width),
+                 (token_entry_path(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
+                                   flip=flip), len(split) * token_bytes)]
+        for path, nbytes in paths:
+            if path not in seen:
+                seen.add(path)
+                out.append(CacheEntry(path, nbytes + NPY_HEADER_BYTES, path.exists()))
+    return out
+
+
+def check_cache_fits(entries: Sequence[CacheEntry], cache_root: Path) -> None:
+    """Refuse, in one line and before any entry is built, entries that the cache's disk cannot hold."""
+    need = sum(e.nbytes for e in entries if not e.exists)
+    if not need:
+        return
+    free = free_bytes(cache_root)
+    if need > free:
+        raise SweeperError(f"{cache_root}: the feature cache needs {need / 1e9:.2f} GB more and its disk has "
+                           f"{free / 1e9:.2f} GB free: free some space, point --cache-dir at a larger disk, or use "
+                           f"--cache-dtype float16")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode: LabelMode, cache_root: Path,
@@ -223,6 +329,10 @@ def load_train_data(root: Path, backbone, *, height: int, width: int, label_mode
     `train_labels`, `flip_prob`), cached like the plain one; they need the cache (tokens as arrays).
     """
     splits = {name: find_split(root, name) for name in ("train", "val")}
+    if use_cache:  # an entry that cannot fit is refused before any is built (a full disk mid-build costs hours)
+        check_cache_fits(cache_entries(splits, backbone, cache_root=cache_root, height=height, width=width,
+                                       label_mode=label_mode, dtype=dtype, allow_unknown=allow_unknown,
+                                       train_variants=train_variants), cache_root)
     parts = {}
     for name, split in splits.items():
         labels = cached_labels(split, cache_root=cache_root, height=height, width=width, mode=label_mode,

@@ -33,7 +33,8 @@ import pandas as pd
 from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError, is_out_of_memory
 from sweeper.files import read_json, read_jsonl, write_json, write_text_atomic
-from sweeper.space import SearchSpace
+from sweeper.objective import Objective
+from sweeper.space import SearchSpace, load_space
 
 # --- any run folder
 LOCK_FILE = ".lock"  # JSON {pid, host, command, since}; present while one process owns the folder
@@ -54,7 +55,7 @@ SPACE_COPY = "space.yaml"
 TRIALS_CSV = "trials.csv"
 HISTORY_CSV = "history.csv"
 STATE_FILE = "state.pt"  # inside each Ray checkpoint: RunState.state_dict() plus BEST_KEY
-BEST_KEY = "best"  # in STATE_FILE: {"epoch", "val_iou", "head"} of the trial's best epoch so far
+BEST_KEY = "best"  # in STATE_FILE: {"epoch", "metric", <metric>, "val_iou", "head"} of the trial's best epoch so far
 CONFIRM_DIR = "confirm"  # Ray experiment of `sweeper confirm`, beside EXPERIMENT_DIR
 CONFIRM_CSV = "confirm.csv"  # one row per (config, seed) re-run
 CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread, gain, verdict
@@ -73,8 +74,10 @@ CONFIG_COLUMNS = ("head", "optimizer", "lr", "momentum", "weight_decay", "schedu
 METRICS_JSON = "test_metrics.json"
 MASKS_DIR, COLOR_DIR, COMPARISONS_DIR = "masks", "masks_color", "comparisons"
 MASK_NAME, COLOR_NAME = "{}_pred.png", "{}_pred_color.png"  # of an image's stem, as the organisers name them
-COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order
-BAR_CHART = "per_class_metrics.png"
+COMPARISON_NAME = "sample_{}_comparison.png"  # k = 0, 1, ... in file order: the organisers' three panels
+BAR_CHART = "per_class_metrics.png"  # the organisers' per-class bars
+DETAIL_NAME = "sample_{}_details.png"  # ours, beside theirs in comparisons/: with an error map and the legend
+BAR_CHART_DETAIL = "per_class_test_vs_val.png"  # ours: test in both flavours next to validation, per class
 
 
 # --------------------------------------------------------------------------- the best epoch
@@ -95,21 +98,6 @@ def best_value(values: list[Any], *, mode: str = "max") -> float:
     """The best of an epoch series, NaN and missing values skipped (NaN when none is a number)."""
     i = best_index(values, mode=mode)
     return math.nan if i is None else float(values[i])
-
-
-# --------------------------------------------------------------------------- `sweeper confirm`'s verdict
-
-MIN_SEEDS = 2  # a standard deviation needs two values: with fewer, no gain can be told from seed noise
-
-
-def confirm_verdict(*, baseline: bool, seeds: int, baseline_seeds: int, exceeds: bool | None) -> str:
-    """A confirmed config's verdict: its gain over the baseline is real (beyond twice the seed spread),
-    within the seed noise, or cannot be told (it or the baseline ran fewer than MIN_SEEDS seeds)."""
-    if baseline:
-        return "reference"
-    if min(seeds, baseline_seeds) < MIN_SEEDS:
-        return f"cannot tell: fewer than {MIN_SEEDS} seeds"
-    return "real: gain > 2x seed spread" if exceeds else "within seed noise"
 
 
 # --------------------------------------------------------------------------- trial records
@@ -230,7 +218,7 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
     groups = trial_groups(exp_dir) if exp_dir.is_dir() else {}
     if not groups:
         raise SweeperError(f"{exp_dir}: no trial records here (trial folders with {TRIAL_CONFIG})")
-    baseline = space.baseline_point()
+    baseline, obj = space.baseline_point(), space.objective
     # Every trial row carries the resolved value of these (the TrainConfig default when the space
     # neither searches nor fixes one), so tables and figures never depend on what a space declares.
     config_keys = list(dict.fromkeys([*CONFIG_COLUMNS, *space.param_names, *sorted(space.fixed)]))
@@ -246,23 +234,30 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
         resolved = cfg.to_dict()
         vals = [r.get(space.metric) for r in epochs]
         best_i = best_index(vals, mode=space.mode)  # NaN epochs skipped; None when no epoch has a number
+        score = {obj.column: vals[best_i] if best_i is not None else None,  # the objective's, by its mode
+                 "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
+                 obj.last_column: vals[-1] if vals else None}
+        # phase 1's val IoU (0.2971's metric) and the dataset-level mIoU are always there, each its best epoch's
+        for m in ("val_iou", "val_miou"):
+            if f"best_{m}" not in score:
+                score.update({f"best_{m}": best_value([r.get(m) for r in epochs]),
+                              f"last_{m}": epochs[-1].get(m) if epochs else None})
         err = (end.get("error") or "error") if status == "ERROR" else None
         row = {"trial": idx, "trial_id": t.trial_id, "status": status, "baseline": is_baseline(t.config, baseline),
                # a searched param that its `when` switched off stays empty; anything else is as the trial ran
                **{k: (t.config.get(k) if k in space.param_names else resolved.get(k)) for k in config_keys},
                "epochs_planned": cfg.epochs, "epochs_run": len(epochs),
                "stopped_early": status == "TERMINATED" and len(epochs) < cfg.epochs,
-               f"best_{space.metric}": vals[best_i] if best_i is not None else None,
-               "best_epoch": epochs[best_i]["epoch"] if best_i is not None else None,
-               f"last_{space.metric}": vals[-1] if vals else None,
-               "best_val_miou": best_value([r.get("val_miou") for r in epochs]),
-               "last_val_miou": epochs[-1].get("val_miou") if epochs else None,
-               "wall_seconds": epochs[-1].get("elapsed_seconds") if epochs else None,
+               **score,
+               # the trial's own count, summed over resumes (Ray's elapsed_seconds restarts on one)
+               "wall_seconds": epochs[-1].get("wall_seconds", epochs[-1].get("elapsed_seconds")) if epochs else None,
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
                "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
                "node_id": epochs[-1].get("node_id") if epochs else None,
                "device": epochs[-1].get("device") if epochs else None,
                "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
+               "gpu_peak_reserved_mb": max((r["gpu_peak_reserved_mb"] for r in epochs
+                                            if r.get("gpu_peak_reserved_mb") is not None), default=None),
                "error": err, "out_of_memory": is_out_of_memory(err)}
         trials.append(row)
         for r in epochs:
@@ -273,10 +268,10 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                 h[f"val_class_iou/{name}"] = v
             history.append(h)
     trials_df = pd.DataFrame(trials)
-    best_col = f"best_{space.metric}"
+    best_col = obj.column
     if not trials_df.empty:
         base = trials_df.loc[trials_df.baseline & trials_df[best_col].notna(), best_col]
-        trials_df["delta_vs_published"] = trials_df[best_col] - PUBLISHED_BASELINE_IOU
+        trials_df["delta_vs_published"] = trials_df["best_val_iou"] - PUBLISHED_BASELINE_IOU  # 0.2971 is val IoU
         trials_df["delta_vs_baseline_trial"] = trials_df[best_col] - (base.iloc[0] if len(base) else math.nan)
     return trials_df, pd.DataFrame(history)
 
@@ -291,19 +286,76 @@ def write_tables(run_dir: Path, space: SearchSpace) -> pd.DataFrame:
 
 def summary_table(trials: pd.DataFrame, space: SearchSpace, top: int = 10) -> str:
     """The top trials as aligned text, with deltas against the baseline trial and the published figure."""
-    best_col = f"best_{space.metric}"
+    best_col = space.objective.column
     if trials.empty:
         return "(no trials)"
-    ranked = trials.sort_values(best_col, ascending=space.mode == "min", na_position="last")
+    ranked = trials.sort_values(best_col, ascending=space.objective.ascending, na_position="last", kind="stable")
     df = ranked.head(top)
     if not df.baseline.any():  # the phase-1 reference row is always shown, last if it ranks below the top
         df = pd.concat([df, ranked[ranked.baseline].head(1)])
-    cols = ["trial", "status", "optimizer", "lr", "epochs_run", "class_weights", "batch_size", "schedule",
-            best_col, "best_epoch", "best_val_miou", "delta_vs_baseline_trial", "delta_vs_published"]
-    cols = [c for c in cols if c in df.columns]
+    cols = ["trial", "status", "epochs_run", best_col, "best_epoch", "best_val_iou", "best_val_miou",
+            "delta_vs_baseline_trial", "delta_vs_published"]
+    cols = [c for c in dict.fromkeys(cols) if c in df.columns]
     shown = df[cols].copy()
     shown["trial"] = [f"{t} (phase 1)" if b else str(t) for t, b in zip(df.trial, df.baseline)]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    dims = space_dimensions(space)
+    shown["settings"] = [describe_trial(r, dims) for _, r in df.iterrows()]
+    width = max(len(v) for v in shown["settings"])
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}",
+                           formatters={"settings": lambda v: f"  {v:<{width}}"})  # text reads left-aligned
+
+
+# --------------------------------------------------------------------------- a trial in words
+
+# How each config field reads in a description (a field not here reads 'name value').
+_WORDS: dict[str, Any] = {
+    "head": lambda v: f"head {v}", "optimizer": str, "lr": lambda v: f"lr {float(v):.1e}",
+    "momentum": lambda v: f"momentum {float(v):.3g}", "weight_decay": lambda v: f"wd {float(v):.1e}",
+    "schedule": str, "warmup_epochs": lambda v: f"warmup {float(v):.1f} epochs",
+    "epochs": lambda v: f"{int(v)} epochs", "schedule_epochs": lambda v: f"schedule over {int(v)} epochs",
+    "batch_size": lambda v: f"batch {int(v)}", "class_weights": lambda v: f"class weights {v}",
+    "class_weight_power": lambda v: f"weight power {float(v):.2f}",
+    "class_weight_max": lambda v: f"max weight {float(v):g}" if float(v) else "no weight clip",
+    "label_mode": lambda v: f"{v} val labels", "train_labels": lambda v: f"{v} labels",
+    "flip_prob": lambda v: f"flips p {float(v):.2f}",
+}
+
+
+def space_dimensions(space: SearchSpace | None, trials: pd.DataFrame | None = None) -> tuple[str, ...]:
+    """What a trial's description names: the head always, then every dimension the space varies (without
+    the space: every config column whose value differs between the `trials`)."""
+    if space is not None:
+        varied = list(space.param_names)
+    else:
+        varied = [c for c in CONFIG_COLUMNS if trials is not None and c in trials
+                  and trials[c].nunique(dropna=True) > 1]
+    return tuple(dict.fromkeys(["head", *varied]))
+
+
+def describe_trial(row: Any, dims: Sequence[str]) -> str:
+    """'head convnext_up, adamw, lr 6.8e-03, ..., nearest labels, flips p 0.05': a trial's value of each of
+    `dims` (from `space_dimensions`), in config order, skipping one its `when` switched off; the one
+    description of a trial in tables, headlines, legends and confirm rows."""
+    order = [c for c in CONFIG_COLUMNS if c in dims] + [c for c in dims if c not in CONFIG_COLUMNS]
+    parts = []
+    for key in order:
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+            continue
+        parts.append(_WORDS[key](v) if key in _WORDS else f"{key} {v}")
+    return ", ".join(parts)
+
+
+def run_space(run_dir: Path) -> SearchSpace | None:
+    """A sweep folder's copy of its space file (its objective and dimensions), None when it has none."""
+    path = Path(run_dir) / SPACE_COPY
+    return load_space(path) if path.is_file() else None
+
+
+def run_objective(run_dir: Path) -> Objective:
+    """What ranks a sweep folder's trials: its space's metric and mode (val IoU, max, without a space copy)."""
+    space = run_space(run_dir)
+    return space.objective if space is not None else Objective()
 
 
 # --------------------------------------------------------------------------- a baseline run's text file

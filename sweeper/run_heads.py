@@ -2,9 +2,10 @@
 
 A baseline run keeps its final head (segmentation_head.pth, as phase 1 does). A sweep's checkpoint of each
 trial keeps its latest state (for resume) and the head of its best epoch (the epoch its trials.csv score
-comes from); `load_run_head` picks a trial ('best' = the highest best_val_iou, refused when that trial's
-checkpoint is gone) and, by default, that best epoch's head, reading only the trials' own records and
-checkpoints (never Ray's pickled state). `sweeper evaluate` and `sweeper export` both pick their head here.
+comes from); `load_run_head` picks a trial ('best' = the best by the sweep's objective, e.g. the highest
+best_val_iou; refused when that trial's checkpoint is gone) and, by default, that best epoch's head, reading
+only the trials' own records and checkpoints (never Ray's pickled state). `sweeper evaluate` and `sweeper
+export` both pick their head here.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from sweeper.data import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
 from sweeper.head import create_head
 from sweeper.results import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
-                             TrialRecord, latest_checkpoint, trial_groups)
+                             TrialRecord, latest_checkpoint, run_objective, trial_groups)
 
 log = logging.getLogger(__name__)
 
-BEST_METRIC = "best_val_iou"  # trials.csv column that 'best' maximises
 EPOCH_CHOICES = ("best", "last")  # which of a sweep trial's kept heads to score: its best epoch's or its latest
 
 
@@ -119,7 +119,7 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
 
 
 def _best_without_checkpoint(exp_dir: Path, records: list[TrialRecord] | None, row: dict[str, Any],
-                             fallback: int) -> str:
+                             fallback: int, column: str) -> str:
     """The one line refusing 'best' when the best trial's checkpoint is gone: the missing file (or folder) and
     the --trial that would work."""
     number = int(row["trial"])
@@ -127,7 +127,7 @@ def _best_without_checkpoint(exp_dir: Path, records: list[TrialRecord] | None, r
         where = f"{records[-1].path}/checkpoint_*/{STATE_FILE}: missing"
     else:
         where = f"{exp_dir}: no folder of trial {number} (Ray trial id {row['trial_id']})"
-    return (f"{where}, so the best trial ({number}, {BEST_METRIC} {float(row[BEST_METRIC]):.4f}) cannot be scored; "
+    return (f"{where}, so the best trial ({number}, {column} {float(row[column]):.4f}) cannot be scored; "
             f"--trial {fallback} is the best trial with a checkpoint")
 
 
@@ -146,6 +146,10 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
         if found is not None:
             checkpoints[int(row["trial"])] = (row, *found)
     valid = ", ".join(str(t) for t in sorted(checkpoints)) or "none"
+    objective = run_objective(run_dir)  # the sweep's metric and mode: what 'best' means
+    if objective.column not in table.columns:
+        raise SweeperError(f"{run_dir / TRIALS_CSV}: no {objective.column} column (the objective of "
+                           f"{run_dir / results.SPACE_COPY})")
     if str(trial) == "best":
         if not checkpoints:
             raise SweeperError(f"{run_dir}: no trial has a checkpoint under {exp_dir}")
@@ -153,14 +157,15 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
         rows = {int(r["trial"]): r for r in table.to_dict("records")}
 
         def score(t: int) -> tuple[float, int]:
-            v = rows[t].get(BEST_METRIC)
-            return (-math.inf if v is None or pd.isna(v) else float(v), -t)  # ties: the lower trial number
+            v = rows[t].get(objective.column)
+            gain = -math.inf if v is None or pd.isna(v) else objective.gain(float(v), 0.0)  # larger is better
+            return (gain, -t)  # ties: the lower trial number
 
         number = max(rows, key=score)
         if number not in checkpoints and score(number)[0] > -math.inf:
             # another trial's head would not be the one trials.csv and the report call best: refuse, say what works
             raise SweeperError(_best_without_checkpoint(exp_dir, groups.get(number), rows[number],
-                                                        max(checkpoints, key=score)))
+                                                        max(checkpoints, key=score), objective.column))
         number = number if number in checkpoints else max(checkpoints, key=score)
     else:
         try:
@@ -189,16 +194,17 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
     validation = (_validation(record, source) if record is not None
                   else _history_validation(run_dir, number, head_epoch))
     best_epoch = row.get("best_epoch")
-    selection = {"by": "best_val_iou" if str(trial) == "best" else "trial number",
-                 BEST_METRIC: row.get(BEST_METRIC),
+    selection = {"by": objective.column if str(trial) == "best" else "trial number",
+                 "objective": {"metric": objective.metric, "mode": objective.mode},
+                 objective.column: row.get(objective.column),
                  "best_epoch": None if best_epoch is None or pd.isna(best_epoch) else int(best_epoch),
                  "weights": "best epoch" if use_best else "latest epoch",
                  "epoch": head_epoch if head_epoch is not None else (validation or {}).get("epoch"),
                  "checkpoint_epoch": last_epoch if last_epoch is not None else (validation or {}).get("epoch"),
                  "status": row.get("status"), "baseline": bool(row.get("baseline", False))}
     if selection["best_epoch"] is not None and selection["epoch"] not in (None, selection["best_epoch"]):
-        log.info("trial %d: scoring epoch %s (%s); its best val IoU was at epoch %s",
-                 number, selection["epoch"], selection["weights"], selection["best_epoch"])
+        log.info("trial %d: scoring epoch %s (%s); its best %s was at epoch %s",
+                 number, selection["epoch"], selection["weights"], objective.label, selection["best_epoch"])
     return RunHead(run_dir=run_dir, kind="sweep", label=f"trial-{number}", trial=number,
                    trial_id=str(row["trial_id"]), weights_file=state_file,
                    config=_config(tdir.config, str(tdir.path / TRIAL_CONFIG)),
@@ -207,7 +213,7 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
 
 
 def load_run_head(run_dir: Path, *, trial: str | int = "best", epoch: str = "best") -> RunHead:
-    """The head of a baseline run folder, or of a sweep's trial ('best' = highest best_val_iou).
+    """The head of a baseline run folder, or of a sweep's trial ('best' = best by the sweep's objective).
 
     For a sweep trial, `epoch` picks its best epoch's head ('best', the epoch its trials.csv score is from)
     or its latest ('last'). A baseline run keeps only its final head, as phase 1 does.

@@ -31,11 +31,11 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
     import resource
 
     from sweeper import files, results, runs
-    from sweeper.device import gpu_count
     from sweeper.config import LabelMode
     from sweeper.data import dataset_fingerprint
     from sweeper.space import default_space_path, find_space, load_space
-    from sweeper.cluster import check_address, check_dashboard, check_resources, local_nodes, start_ray
+    from sweeper.cluster import (check_address, check_dashboard, check_resources, cluster_nodes, start_ray,
+                                 trial_resources)
     from sweeper.results import SPACE_COPY, SWEEP_FILE, summary_table
     from sweeper.trial import trial_bytes
     from sweeper.tune import SearchOptions, check_trusted, run_search
@@ -68,30 +68,30 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         check_space_heads(space)
         trials = args.trials or space.trials
         seed = args.seed if args.seed is not None else 0
-        overrides = {}  # trial settings from the command line, on top of the space
-        if args.label_mode:
-            overrides["label_mode"] = args.label_mode
-        if args.amp:
-            overrides["amp"] = True
+        overrides = trial_overrides(args)  # trial settings from the command line, on top of the space
     if "label_mode" in space.param_names or "image_height" in space.param_names or "image_width" in space.param_names:
         raise SweeperError(f"{space.source}: label_mode and the image size decide the cached data; "
                            f"set them under 'fixed', not 'params'")
     base = space.to_config(space.baseline_point()).replace(**overrides)
-    has_gpu = gpu_count() > 0 and args.device != "cpu"
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (0.25 if has_gpu else 0.0)
-    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, got {gpus}")
-    concurrent = args.max_concurrent or (max(1, int(gpu_count() / gpus)) if gpus > 0
-                                         else space.max_concurrent)
+    if args.gpus_per_trial is not None and (args.gpus_per_trial < 0 or (
+            args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer())):
+        raise SweeperError(f"--gpus-per-trial must be a fraction in [0, 1] or a whole number, "
+                           f"got {args.gpus_per_trial:g}")
+    if args.address:
+        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
+    # what the trials may use: the cluster's nodes (joined here with --address), not this machine's
+    nodes = cluster_nodes(args.address)
+    gpus, concurrent = trial_resources(nodes, device=overrides.get("device", args.device),
+                                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                                       default_concurrent=space.max_concurrent)
     opts = SearchOptions(name=name, out_root=args.out.resolve(), trials=trials, max_concurrent=concurrent,
                          gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial, seed=seed,
                          address=args.address, resume=args.resume, dashboard=args.dashboard)
     files.ensure_writable_dir(run_dir)
-    if args.address:
-        check_address(args.address)  # in seconds, before the cache is built; ray.init would retry for ever
-    else:
-        check_resources(opts, local_nodes())  # a local Ray has exactly this machine's CPUs and GPUs
+    check_resources(opts, nodes)
+    if not args.address:
         check_dashboard(opts)
+    planned = plan_at_start(args, space, gpus, trials, concurrent)  # may refuse a share that cannot hold a trial
 
     started = time.perf_counter()
     p = prepare(args, height=base.image_height, width=base.image_width, label_mode=base.label_mode,
@@ -137,6 +137,11 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
         return 130
     info["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info["wall_seconds"] = time.perf_counter() - started
+    if planned is not None and not args.resume:  # measured against planned: the plan's accuracy, recorded
+        info["plan"] = {**planned, "measured_seconds": round(info["wall_seconds"], 1),
+                        "measured_over_planned": round(info["wall_seconds"] / planned["sweep_seconds"], 2)}
+        print(f"plan: measured {info['wall_seconds'] / 60:.1f} min against {planned['sweep_seconds'] / 60:.1f} min "
+              f"planned ({info['plan']['measured_over_planned']:g}x)", file=sys.stderr)
     files.write_json(sweep_file, info)
     from sweeper.report import write_report
 
@@ -146,6 +151,50 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path) -> int:
           f"study: sqlite:///{(run_dir / 'study.db').resolve()}")
     print(f"report: {report}")
     return 0
+
+
+def trial_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """A new sweep's trial settings from its command line, on top of the space (recorded, reused on resume).
+
+    The device travels with them: a trial decides where it trains from its config and the GPUs Ray granted it.
+    """
+    overrides: dict[str, Any] = {"device": args.device}
+    if args.label_mode:
+        overrides["label_mode"] = args.label_mode
+    if args.amp:
+        overrides["amp"] = True
+    if getattr(args, "gpu_memory", None):
+        overrides["gpu_memory_gib"] = float(args.gpu_memory)
+    return overrides
+
+
+def plan_at_start(args: argparse.Namespace, space, gpus: float, trials: int, concurrent: int) -> dict | None:
+    """The plan's part of a search's start: a recent `sweeper plan` for the same data, device and space
+    (OUT/plan.json) gives the summary line and the projected time, and refuses a GPU share that its
+    measured trial cannot fit; without one, the line says how to get it. The cache's disk is checked by
+    the cache itself, before it builds anything. Returns what sweep.json records of the plan."""
+    from sweeper import plan
+
+    path = args.out / plan.PLAN_FILE
+    recent = plan.load_recent_plan(path, key=plan.plan_key(args, space))
+    if recent is None:
+        print("plan: none for this data, device and space: `sweeper plan` projects time and memory first",
+              file=sys.stderr)
+        return None
+    if gpus > 0:
+        import torch
+
+        card = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        plan.check_share_fits(recent, gpus, card, int(args.gpu_memory * 2**30) if args.gpu_memory else None, path)
+    o = recent["options"]
+    if (o["trials"], o["max_concurrent"], o["gpus_per_trial"]) != (trials, concurrent, gpus):
+        print(f"plan: {path} was made for {o['trials']} trials, {o['max_concurrent']} at once, "
+              f"{o['gpus_per_trial']:g} GPU each; its time does not apply: run `sweeper plan` with these options",
+              file=sys.stderr)
+        return None
+    print(plan.plan_summary(recent), file=sys.stderr)
+    return {"file": str(path), "sweep_seconds": recent["time"]["sweep_seconds"],
+            "trial_epochs": recent["trial_epochs"], "trial_host_mb": recent["resources"]["trial_host_mb"]}
 
 
 def quiet_optuna() -> None:

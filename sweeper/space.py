@@ -3,7 +3,7 @@ a checkout), or any file of your own, validated on load into a frozen `SearchSpa
 
 File format (every key is checked; an unknown one is an error):
 
-    metric: val_iou            # key the trainer reports every epoch
+    metric: val_iou            # what ranks trials: val_iou, val_miou, val_dice or val_acc (sweeper.objective)
     mode: max                  # 'max' or 'min'
     trials: 12                 # total trials, trial 0 (the phase-1 baseline) included
     max_concurrent: 2          # trials at once (optional, default 1)
@@ -46,6 +46,7 @@ import yaml
 
 from sweeper.config import PHASE1, TrainConfig
 from sweeper.errors import SweeperError, one_line
+from sweeper.objective import Objective, check_metric
 
 TOP_KEYS = ("metric", "mode", "trials", "max_concurrent", "asha", "fixed", "params")
 REQUIRED_TOP_KEYS = ("metric", "mode", "trials", "asha", "params")
@@ -126,7 +127,7 @@ class SearchSpace:
     """A validated search space: what to optimise, how long, and the distributions."""
 
     name: str  # file stem, e.g. 'phase2'
-    metric: str  # key the trainer reports every epoch, e.g. 'val_iou'
+    metric: str  # key the trainer reports every epoch that ranks trials, e.g. 'val_iou' (sweeper.objective)
     mode: Literal["min", "max"]
     trials: int  # total trials, trial 0 (the phase-1 baseline) included
     max_concurrent: int  # trials at once
@@ -134,6 +135,11 @@ class SearchSpace:
     fixed: dict[str, Any]  # TrainConfig fields set the same in every trial, JSON-ready values
     params: tuple[ParamSpec, ...]  # searched fields, in sampling order
     source: str  # the file it came from, for messages
+
+    @property
+    def objective(self) -> Objective:
+        """What ranks this space's trials: its metric and mode."""
+        return Objective(self.metric, self.mode)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Define-by-run: sample every active param and return them with the fixed values."""
@@ -203,9 +209,7 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SweeperError(f"{src}: the top level must be a mapping of {', '.join(TOP_KEYS)} (got {got})")
     _check_keys(raw, TOP_KEYS, src, "", required=REQUIRED_TOP_KEYS)
 
-    metric = raw["metric"]
-    if not isinstance(metric, str) or not re.fullmatch(r"[A-Za-z_][\w/.-]*", metric):
-        raise SweeperError(f"{src}: metric: expected the name of a reported metric such as 'val_iou', got {metric!r}")
+    metric = check_metric(raw["metric"], src)  # only a metric that means the same in every trial ranks them
     mode = raw["mode"]
     if mode not in ("min", "max"):
         raise SweeperError(f"{src}: mode: must be 'min' or 'max', got {mode!r}")

@@ -48,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from sweeper.errors import SweeperError
+from sweeper.parallel import available_cores, pool_map
 from sweeper.synth_scene import render_scene
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ def _install(tmp: Path, out: Path, spec: dict[str, object]) -> None:
 
 
 def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int, seed: int = 0,
-             size: tuple[int, int] = (960, 540), progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write a synthetic set in the offroad layout to `out_dir` (new, empty or an earlier synthetic set)."""
+             size: tuple[int, int] = (960, 540), progress: Callable[[int, int], None] | None = None,
+             workers: int | None = None) -> Path:
+    """Write a synthetic set in the offroad layout to `out_dir` (new, empty or an earlier synthetic set), with
+    `workers` processes (default: every available core); the bytes do not depend on it."""
     out = Path(out_dir)
     counts = {"train": train, "val": val, "test": test}
     for name, n in counts.items():
@@ -138,23 +141,19 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
         tmp.mkdir()
     except OSError as e:
         raise SweeperError(f"cannot write the synthetic dataset next to {out}: {e.strerror or e}") from None
-    total, done = sum(counts.values()), 0
-    log.info("generating %d synthetic images (%dx%d, seed %d) into %s", total, width, height, seed, out)
+    jobs = [(tmp, split, code, index, seed, width, height)
+            for code, split in enumerate(SPLITS) for index in range(counts[split])]
+    workers = max(1, min(workers or available_cores(), len(jobs)))
+    log.info("generating %d synthetic images (%dx%d, seed %d, %d workers) into %s", len(jobs), width, height, seed,
+             workers, out)
     try:
-        for code, split in enumerate(SPLITS):
-            images, masks = tmp / split / "Color_Images", tmp / split / "Segmentation"
-            images.mkdir(parents=True)
-            masks.mkdir(parents=True)
-            for index in range(counts[split]):
-                rng = np.random.default_rng([seed, code, index])
-                rgb, mask = render_scene(rng, width=width, height=height, shifted=split == "test")
-                name = f"{index:06d}.png"
-                # Low zlib effort: the noisy images barely compress further and writing dominates otherwise.
-                Image.fromarray(rgb).save(images / name, compress_level=1)
-                Image.fromarray(mask).save(masks / name, compress_level=1)  # uint16 -> 16-bit greyscale PNG
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+        for split in SPLITS:
+            (tmp / split / "Color_Images").mkdir(parents=True)
+            (tmp / split / "Segmentation").mkdir(parents=True)
+        # Each image has its own seed, so any number of workers writes the same bytes.
+        for done, _ in enumerate(pool_map(_write_scene, jobs, workers=workers), 1):
+            if progress is not None:
+                progress(done, len(jobs))
         (tmp / MARKER).write_text(json.dumps(spec, indent=1) + "\n")
         _install(tmp, out, spec)
     except OSError as e:
@@ -165,6 +164,17 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
         raise
     log.info("synthetic dataset ready at %s", out)
     return out
+
+
+def _write_scene(job: tuple[Path, str, int, int, int, int, int]) -> None:
+    """Render and write image `index` of a split: the pool's unit of work."""
+    tmp, split, code, index, seed, width, height = job
+    rng = np.random.default_rng([seed, code, index])
+    rgb, mask = render_scene(rng, width=width, height=height, shifted=split == "test")
+    name = f"{index:06d}.png"
+    # Low zlib effort: the noisy images barely compress further and writing dominates otherwise.
+    Image.fromarray(rgb).save(tmp / split / "Color_Images" / name, compress_level=1)
+    Image.fromarray(mask).save(tmp / split / "Segmentation" / name, compress_level=1)  # uint16 -> 16-bit PNG
 
 
 def default_dataset(cache_root: str | os.PathLike[str], *, train: int = 32, val: int = 16, test: int = 16,

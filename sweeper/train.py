@@ -58,6 +58,7 @@ class RunState:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     flips: torch.Generator | None = None  # which training images are drawn mirrored (flip_prob > 0)
+    scaler: torch.amp.GradScaler | None = None  # float16 autocast's loss scale (GPUs before compute capability 8.0)
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint: weights, optimiser, generators, step and history (torch.save-able, weights_only).
@@ -68,7 +69,8 @@ class RunState:
                 "optimizer": to_cpu(self.optimizer.state_dict()), "shuffle": self.shuffle.get_state(),
                 "metrics_shuffle": self.metrics_shuffle.get_state(), "step": self.step,
                 "history": [dict(r) for r in self.history],
-                **({"flips": self.flips.get_state()} if self.flips is not None else {})}
+                **({"flips": self.flips.get_state()} if self.flips is not None else {}),
+                **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict()` checkpoint (the optimiser moves its state to the head's device)."""
@@ -80,6 +82,8 @@ class RunState:
         self.history = [dict(r) for r in state["history"]]
         if self.flips is not None and "flips" in state:
             self.flips.set_state(state["flips"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def to_cpu(obj: Any) -> Any:
@@ -252,7 +256,8 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
 
     `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
     training continues after its last epoch with the same weights, optimiser and shuffles.
-    On CUDA the run's allocator is capped at `config.gpu_share` of the GPU, and running out
+    On CUDA the run's allocator is capped at `config.gpu_share` of the GPU (of `config.gpu_memory_gib` of it
+    where set; `sweeper.device.memory_budget`), and running out
     of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
     the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
     The one process-wide setting made here is CUDA's (the allocator cap and cuDNN's benchmark mode): the
@@ -260,7 +265,7 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
-    cap = cap_memory(device, config.gpu_share)
+    cap = cap_memory(device, config.gpu_share, limit_bytes=int(config.gpu_memory_gib * 2**30) or None)
     if device.type == "cuda":
         # cuDNN's benchmark tries workspace-hungry kernels: only worth it with the whole GPU to oneself
         torch.backends.cudnn.benchmark = config.gpu_share >= 1
@@ -290,11 +295,11 @@ def _train(config: TrainConfig, data: TrainData, *, device: torch.device, budget
     run = RunState(head=head, optimizer=make_optimizer(config, head.parameters()),
                    shuffle=torch.Generator().manual_seed(config.seed),
                    metrics_shuffle=torch.Generator().manual_seed(config.seed + METRICS_SHUFFLE_OFFSET),
-                   flips=torch.Generator().manual_seed(config.seed + FLIPS_OFFSET) if config.flip_prob > 0 else None)
+                   flips=torch.Generator().manual_seed(config.seed + FLIPS_OFFSET) if config.flip_prob > 0 else None,
+                   scaler=grad_scaler(device, config.amp))
     if resume is not None:
         run.load_state_dict(resume)
-    optimizer = run.optimizer
-    scaler = grad_scaler(device, config.amp)
+    optimizer, scaler = run.optimizer, run.scaler
 
     n_train = len(data.train.labels)
     steps_per_epoch = math.ceil(n_train / config.batch_size)

@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import psutil
 import torch
 
 from sweeper.config import TrainConfig
 from sweeper.device import release_memory, trial_device
 from sweeper.files import append_jsonl
+from sweeper.objective import METRIC_KEY, MODE_KEY, Objective
 from sweeper.results import (BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY, best_index, trial_groups,
                              write_trial_start)
 from sweeper.tokens import TrainData
@@ -31,9 +34,12 @@ from sweeper.train import load_checkpoint, train
 log = logging.getLogger(__name__)
 
 
+WALL_KEY = "wall_seconds"  # in a trial's checkpoint state: its wall time so far, summed over its resumes
+
+
 def memory_mb() -> dict[str, float]:
-    """This process's private and shared resident memory (MB), and its peak RSS."""
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    """This process's resident memory now (MB): RSS, and its private and shared parts."""
+    out = {"rss_mb": psutil.Process().memory_info().rss / 2**20}
     try:
         fields = {}
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
@@ -44,6 +50,42 @@ def memory_mb() -> dict[str, float]:
     except (OSError, ValueError):  # not Linux: peak RSS only
         pass
     return out
+
+
+class PeakMemory:
+    """One trial's own peak memory (MB), sampled in a thread from the trial's start to its end.
+
+    Not ru_maxrss: that is the process's peak over its whole life, and Ray reuses a trial's process
+    (its actor) for the next trial, which would then report an earlier trial's peak.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s  # between samples; a shorter spike can be missed
+        self.peak = {"rss_mb": 0.0, "private_mb": 0.0, "shared_mb": 0.0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> dict[str, float]:
+        """Memory now, folded into the peaks."""
+        now = memory_mb()
+        for k in self.peak:
+            self.peak[k] = max(self.peak[k], now.get(k, 0.0))
+        return now
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> "PeakMemory":
+        self.sample()
+        self._thread = threading.Thread(target=self._sample_until_stopped, name="trial-peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def epoch_metrics(record: dict[str, Any], class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -78,8 +120,9 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     folder = Path(tune.get_context().get_storage().trial_fs_path)  # this trial's folder under ray/ (storage)
     write_trial_start(folder, config, trial_id=tune.get_context().get_trial_id())
     number = config.get(TRIAL_KEY)  # the study's number; none in a confirm run
+    objective = Objective.from_config(config)  # what its best epoch is: the sweep's metric and mode
     # confirm runs tag their source trial; sweep trials carry their study number
-    config = {k: v for k, v in config.items() if k not in (CONFIRM_KEY, TRIAL_KEY)}
+    config = {k: v for k, v in config.items() if k not in (CONFIRM_KEY, TRIAL_KEY, METRIC_KEY, MODE_KEY)}
     cfg = TrainConfig.from_dict(config, source="trial config")
     cfg = cfg.replace(device=trial_device(cfg.device, gpu_ids), gpu_share=min(1.0, share) if share > 0 else 1.0)
     resume = None
@@ -106,39 +149,48 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
 
     if cfg.threads:  # this trial process's torch threads: set here, `train` changes no global state
         torch.set_num_threads(cfg.threads)
-    run_trial(cfg, data, report=report, resume=resume)
+    run_trial(cfg, data, report=report, resume=resume, objective=objective)
 
 
 def run_trial(cfg: TrainConfig, data: TrainData, *, report: Callable[[dict[str, Any], dict[str, Any]], None],
-              resume: dict[str, Any] | None = None) -> None:
+              resume: dict[str, Any] | None = None, objective: Objective = Objective()) -> None:
     """Train one trial, handing `report` each epoch's metrics and checkpoint state.
 
     ASHA stops a trial by raising inside `report` (Ray's `tune.report`): the trial's memory is
     released however it ends.
     """
-    peak = {"private_mb": 0.0, "shared_mb": 0.0}
+    on_gpu = cfg.device.startswith("cuda") and torch.cuda.is_available()
+    if on_gpu:  # a reused worker process: this trial's own GPU peak, not an earlier trial's
+        torch.cuda.reset_peak_memory_stats()
+    # wall time: what the checkpoint resumed from had already run, plus this run's (Ray's elapsed_seconds
+    # restarts on a resume)
+    wall_before, started = float((resume or {}).get(WALL_KEY, 0.0)), time.perf_counter()
     # The best epoch's head rides in every checkpoint beside the latest state (that one is for resume):
     # the report ranks a trial by its best epoch, so `evaluate` scores that epoch's head.
     best: dict[str, Any] | None = (resume or {}).get(BEST_KEY)
 
     def on_epoch(record: dict[str, Any], run) -> None:
         nonlocal best
-        mem = memory_mb()
-        for k in peak:
-            peak[k] = max(peak[k], mem.get(k, 0.0))
+        memory.sample()
+        peak = memory.peak
         metrics = epoch_metrics(record, data.class_names)
-        state = run.state_dict()
-        i = best_index([r["val_iou"] for r in run.history])
+        state = {**run.state_dict(), WALL_KEY: wall_before + time.perf_counter() - started}
+        metric = objective.metric
+        i = best_index([r.get(metric) for r in run.history], mode=objective.mode)
         if i == len(run.history) - 1 and (best is None or best["epoch"] != record["epoch"]):  # a new best
-            best = {"epoch": int(record["epoch"]), "val_iou": float(record["val_iou"]), "head": state["head"]}
-        metrics.update({"peak_rss_mb": mem["peak_rss_mb"], "peak_private_mb": peak["private_mb"],
-                        "peak_shared_mb": peak["shared_mb"],
-                        "best_val_iou": run.history[i]["val_iou"] if i is not None else math.nan,
+            best = {"epoch": int(record["epoch"]), "metric": metric, metric: float(record[metric]),
+                    "val_iou": float(record["val_iou"]), "head": state["head"]}
+        metrics.update({"peak_rss_mb": peak["rss_mb"], "peak_private_mb": peak["private_mb"],
+                        "peak_shared_mb": peak["shared_mb"], WALL_KEY: state[WALL_KEY],
+                        # what this trial's allocator held at most (its CUDA context comes on top)
+                        "gpu_peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20 if on_gpu else None,
+                        objective.column: run.history[i][metric] if i is not None else math.nan,
                         "best_epoch": run.history[i]["epoch"] if i is not None else None})
         report(metrics, {**state, BEST_KEY: best} if best is not None else state)
 
     try:
-        train(cfg, data, on_epoch=on_epoch, resume=resume)
+        with PeakMemory() as memory:  # this trial's own, from here
+            train(cfg, data, on_epoch=on_epoch, resume=resume)
     finally:
         release_memory()
 

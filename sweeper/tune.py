@@ -81,6 +81,26 @@ def check_trusted(run_dir: Path) -> None:
                                f"Ray's pickled state from here, which runs code: chmod o-w it first if you trust it")
 
 
+ASHA_TESTED_RAY = "2.60"  # the Ray release whose ASHA internals the baseline exemption was tested with
+
+
+def check_asha_internals(scheduler) -> None:
+    """Refuse to run when Ray's ASHA no longer keeps the private bookkeeping the baseline exemption edits
+    (`_num_stopped`, and per bracket `_rungs` as (milestone, {trial id: score})): one line, not a silent
+    miscount or a crash mid-sweep."""
+    import ray
+
+    brackets = getattr(scheduler, "_brackets", None)
+    rungs = [getattr(b, "_rungs", None) for b in brackets] if isinstance(brackets, list) and brackets else [None]
+    ok = (isinstance(getattr(scheduler, "_num_stopped", None), int)
+          and all(isinstance(r, list) and r and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], dict)
+                                                    for x in r) for r in rungs))
+    if not ok:
+        raise SweeperError(f"ray {ray.__version__}: AsyncHyperBandScheduler's internals (_num_stopped, rungs) "
+                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.tune's baseline exemption was "
+                           f"tested with: install ray {ASHA_TESTED_RAY}.x or update make_scheduler")
+
+
 def make_scheduler(space: SearchSpace):
     """ASHA on the epoch counter, except that the baseline trial always runs its full length."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
@@ -105,9 +125,11 @@ def make_scheduler(space: SearchSpace):
                     return TrialScheduler.CONTINUE
             return action
 
-    return BaselineKeepingASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
-                               max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
-                               reduction_factor=space.asha.reduction_factor)
+    scheduler = BaselineKeepingASHA(time_attr="epoch", metric=space.metric, mode=space.mode,
+                                    max_t=space.asha.max_epochs, grace_period=space.asha.grace_period,
+                                    reduction_factor=space.asha.reduction_factor)
+    check_asha_internals(scheduler)
+    return scheduler
 
 
 @contextlib.contextmanager
@@ -124,7 +146,7 @@ def optuna_experimental_ok() -> Iterator[None]:
 
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
-                  exp_dir: Path | None = None):
+                  exp_dir: Path | None = None, max_concurrent: int = 1):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
 
     Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
@@ -137,12 +159,15 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
     entry left RUNNING by a killed driver whose Ray trial its last snapshot did not know is handed to the
     next new Ray trial (same number and params, its epochs under `exp_dir` told to the study), so a resume
     continues that trial instead of adding one beyond the budget.
+
+    With trials running at once (`max_concurrent` > 1), TPE's constant liar counts each running trial as a
+    poor result, so concurrent suggestions spread out instead of landing on the same spot.
     """
 
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    objective = f"best_{space.metric}"
+    objective = space.objective.column
 
     class BestEpochOptunaSearch(OptunaSearch):
         """OptunaSearch telling the study each trial's best epoch, its learning curve, and ASHA's stops."""
@@ -229,6 +254,7 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             seed=seed,
             n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
             multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
+            constant_liar=max_concurrent > 1,  # suggestions made while others run know they run
         )
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
@@ -286,9 +312,10 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
                                    resume_errored=False, param_space=None)
     else:
         # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
-        constants = {"threads": max(1, int(opts.cpus_per_trial)), **(trial_overrides or {})}
+        constants = {"threads": max(1, int(opts.cpus_per_trial)), **space.objective.trial_keys(),
+                     **(trial_overrides or {})}
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
-                                 exp_dir=exp_dir)
+                                 exp_dir=exp_dir, max_concurrent=opts.max_concurrent)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),

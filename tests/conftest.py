@@ -40,3 +40,11 @@ def make_dataset(root: Path, *, train: int = 3, val: int = 2, size=(96, 54)) -> 
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """One 8 GiB GPU of compute capability 8.6, faked with torch's own argument checks (tests/fake_cuda.py)."""
+    from fake_cuda import FakeCuda
+
+    return FakeCuda(monkeypatch)

@@ -110,13 +110,13 @@ def test_a_full_disk_while_writing_a_cache_entry_is_one_line_naming_the_folder_a
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (needs root and mount; skipped elsewhere)."""
+    """An 8 MiB tmpfs (needs root and mount; skipped elsewhere)."""
     mount = shutil.which("mount")
     if os.geteuid() != 0 or mount is None:
         pytest.skip("needs root and mount")
     folder = tmp_path / "tmpfs"
     folder.mkdir()
-    if subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+    if subprocess.run([mount, "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
         yield folder
@@ -124,17 +124,36 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", str(folder)], capture_output=True)
 
 
+# The disk fills after the search's check that the cache fits (another job writes there): the real check runs,
+# then all but 64 KiB of the tmpfs is taken, then the entries are built.
+FILLED_AFTER_THE_CHECK = """
+import shutil, sys
+from pathlib import Path
+import sweeper.features as features
+real = features.check_cache_fits
+def then_filled(entries, cache_root):
+    real(entries, cache_root)
+    filler = Path(sys.argv[1]) / "filler"
+    with open(filler, "wb") as f:
+        f.write(bytes(shutil.disk_usage(filler.parent).free - 64 * 1024))
+features.check_cache_fits = then_filled
+from sweeper.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_a_real_full_disk_under_the_cache_is_one_line_not_a_bus_error(tmp_path, small_tmpfs):
-    # the train labels (2 x 476x266 bytes) fit in 1 MiB, the train tokens (2 x 19x34 x 384 float32, 2 MB) do not
+    # 64 KiB left: the train labels (2 x 476x266 bytes) do not fit
     data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
     cache = small_tmpfs / "cache"
-    got = subprocess.run([sys.executable, "-m", "sweeper", "-q", "baseline", "--data", str(data), "--backbone",
-                          "random_vits14", "--epochs", "1", "--out", str(tmp_path / "run"), "--cache-dir", str(cache)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    got = subprocess.run([sys.executable, "-c", FILLED_AFTER_THE_CHECK, str(small_tmpfs), "-q", "baseline", "--data",
+                          str(data), "--backbone", "random_vits14", "--epochs", "1", "--out", str(tmp_path / "run"),
+                          "--cache-dir", str(cache)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert got.returncode == 2, (got.returncode, got.stderr[-2000:])  # was -7 (SIGBUS), 135 from a shell
     line = error_line(got.stderr)
-    assert line.startswith(f"error: {cache / 'tokens'}: cannot write a feature cache entry (No space left on "
-                           f"device: {128 + 2 * 19 * 34 * 384 * 4:,} bytes needed)"), line
+    assert line == (f"error: {cache / 'labels'}: cannot write a feature cache entry (No space left on device: "
+                    f"{128 + 2 * 266 * 476:,} bytes needed); free some space or point --cache-dir (or SWEEPER_CACHE) "
+                    f"at another folder"), line
     assert partials(small_tmpfs) == []
 
 

@@ -43,7 +43,7 @@ def test_an_option_out_of_range_is_one_line_naming_it_and_its_range(capsys, argv
 
 
 def test_an_unknown_command_or_option_is_one_line(capsys):
-    assert option_error(capsys, "serach") == ("error: COMMAND: expected one of synth, baseline, search, confirm, "
+    assert option_error(capsys, "serach") == ("error: COMMAND: expected one of synth, baseline, search, confirm, plan, "
                                               "report, evaluate, export, cache, got 'serach'; see sweeper -h\n")
     assert option_error(capsys, "search", "--trails", "3") == ("error: unrecognized arguments: --trails 3; "
                                                                "see sweeper search -h\n")

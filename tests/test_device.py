@@ -24,12 +24,7 @@ from conftest import make_dataset
 from test_train import SMALL, learnable_data
 
 
-@pytest.fixture
-def cuda_present(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-
-
-def test_trial_device_follows_the_gpus_ray_granted(cuda_present):
+def test_trial_device_follows_the_gpus_ray_granted(fake_cuda):
     assert dev.trial_device("auto", [0]) == "cuda"
     assert dev.trial_device("auto", ["3"]) == "cuda"
     assert dev.trial_device("auto", []) == "cpu"  # a CPU trial even though this node has a GPU
@@ -52,24 +47,62 @@ def test_amp_dtype_from_compute_capability():
     assert dev.amp_dtype((6, 1)) == torch.float16
 
 
-def test_memory_fraction_is_the_share():
-    assert dev.memory_fraction(0.25) == 0.25
-    assert dev.memory_fraction(0.5) == 0.5
-    assert dev.memory_fraction(1.0) is None  # a whole GPU: no cap
-    assert dev.memory_fraction(2.0) is None
-    assert dev.memory_fraction(0.0) is None
+def test_fake_cuda_rejects_what_torch_rejects(fake_cuda):
+    # the fake resolves devices with torch's own helper: an index-less device is refused where torch refuses it
+    with pytest.raises(ValueError, match="specified index"):
+        torch.cuda.set_per_process_memory_fraction(0.5, torch.device("cuda"))
+    with pytest.raises(TypeError):
+        torch.cuda.set_per_process_memory_fraction(1, 0)
+    with pytest.raises(ValueError, match="Allowed range"):
+        torch.cuda.set_per_process_memory_fraction(1.5, 0)
+    with pytest.raises(AssertionError):
+        torch.cuda.get_device_properties(1)  # one GPU only
+    assert torch.cuda.get_device_properties(torch.device("cuda")).total_memory == 8 * 2**30  # optional index
 
 
-def test_cap_memory_sets_the_per_process_fraction(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda d: argparse.Namespace(total_memory=8 * 2**30))
-    cuda = torch.device("cuda")
-    assert dev.cap_memory(cuda, 0.25) == 2 * 2**30
-    assert calls == [(0.25, cuda)]
-    assert dev.cap_memory(cuda, 1.0) == 8 * 2**30 and len(calls) == 1  # whole GPU: budget, no cap
-    assert dev.cap_memory(torch.device("cpu"), 0.25) is None and len(calls) == 1
+def test_memory_budget_is_the_share_less_the_contexts():
+    gib, ctx = 2**30, dev.CUDA_CONTEXT_BYTES
+    assert dev.memory_budget(1.0, 8 * gib) is None  # a whole GPU: no cap
+    assert dev.memory_budget(2.0, 8 * gib) is None
+    assert dev.memory_budget(0.25, 8 * gib) == int(0.25 * (8 * gib - ctx)) - ctx
+    assert dev.memory_budget(1.0, 80 * gib, limit_bytes=6 * gib) == 6 * gib - 2 * ctx  # --gpu-memory 6, whole
+    assert dev.memory_budget(0.5, 8 * gib, limit_bytes=80 * gib) == dev.memory_budget(0.5, 8 * gib)
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1 / 3])
+def test_the_caps_leave_room_for_every_context_on_a_6gb_card(share):
+    # 1/share trials at once on a 6 GB card (the phase-1 laptop's RTX 3050), plus the driver's context
+    # from building the cache: allocator caps and CUDA contexts together must fit the card
+    card = 6 * 2**30
+    trials = round(1 / share)
+    cap = dev.memory_budget(share, card)
+    assert cap > 0.5 * 2**30  # still room to train
+    assert trials * cap + (trials + 1) * dev.CUDA_CONTEXT_BYTES <= card
+    # --gpu-memory 6 on a larger card holds the same arithmetic
+    assert dev.memory_budget(share, 80 * 2**30, limit_bytes=card) == cap
+
+
+def test_cap_memory_sets_the_per_process_fraction_on_an_indexed_device(fake_cuda):
+    gib = 2**30
+    cuda = torch.device("cuda")  # no index: what resolve_device('auto') gives and every trial uses
+    cap = dev.cap_memory(cuda, 0.25)
+    assert cap == dev.memory_budget(0.25, 8 * gib)
+    assert fake_cuda.calls == [("set_per_process_memory_fraction", (cap / (8 * gib), 0))]
+    assert dev.cap_memory(cuda, 1.0) == 8 * gib and len(fake_cuda.calls) == 1  # whole GPU: budget, no cap
+    assert dev.cap_memory(torch.device("cpu"), 0.25) is None and len(fake_cuda.calls) == 1
+    # --gpu-memory: a whole-GPU run on a larger card still keeps within the stated memory
+    assert dev.cap_memory(cuda, 1.0, limit_bytes=6 * gib) == 6 * gib - 2 * dev.CUDA_CONTEXT_BYTES
+    assert fake_cuda.fractions[0] == (6 * gib - 2 * dev.CUDA_CONTEXT_BYTES) / (8 * gib)
+
+
+def test_cap_memory_on_a_second_gpu(monkeypatch):
+    from fake_cuda import FakeCuda
+
+    fake = FakeCuda(monkeypatch, count=2)
+    dev.cap_memory(torch.device("cuda:1"), 0.5)
+    fake.current = 1  # Ray's CUDA_VISIBLE_DEVICES or torch.cuda.set_device make another GPU the current one
+    dev.cap_memory(torch.device("cuda"), 0.5)
+    assert [c[1][1] for c in fake.calls] == [1, 1]
 
 
 def test_tokens_go_to_the_gpu_only_when_half_the_budget_holds_them():
@@ -239,10 +272,11 @@ def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
 
 
 def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, monkeypatch):
+    from fake_cuda import FakeCuda
     from sweeper.backbone import FrozenBackbone
     from sweeper.inputs import prepare
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    FakeCuda(monkeypatch)
     moves = []
 
     def to(self, device, *a, **k):  # record the move; the weights stay on the CPU (there is no GPU here)
@@ -268,3 +302,34 @@ def test_gpu_check_without_cuda_exits_2_with_one_line():
                        env={**os.environ, "PYTHON": sys.executable})
     assert p.returncode == 2
     assert p.stderr.strip().startswith("gpu_check: no CUDA GPU") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_float16_amp_run_resumes_with_its_grad_scaler_state(monkeypatch):
+    # GPUs before compute capability 8.0 train under float16 autocast with a GradScaler, whose scale grows
+    # and backs off as training goes: a resumed run must continue from the scale it had, not start over.
+    # On the CPU: a real GradScaler for the CPU stands in for the CUDA one train would make there.
+    import sweeper.train as tr
+
+    made = []
+
+    def scaler(device, amp):
+        s = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)  # doubles after every step
+        made.append(s)
+        return s
+
+    monkeypatch.setattr(tr, "grad_scaler", scaler)
+    cfg = TrainConfig(**SMALL, epochs=3, amp=True)
+    data = learnable_data(n_train=4, n_val=2)
+    scales, states = [], []
+
+    def on_epoch(record, run):
+        scales.append(made[-1].get_scale())
+        states.append(run.state_dict())
+
+    full = train(cfg, data, on_epoch=on_epoch).history
+    assert scales == [2.0**6, 2.0**8, 2.0**10]  # 2 steps an epoch
+    assert states[0]["scaler"]["scale"] == 2.0**6
+    scales.clear()
+    resumed = train(cfg, data, on_epoch=on_epoch, resume=states[0]).history
+    assert scales == [2.0**8, 2.0**10]
+    assert [r["val_iou"] for r in resumed] == [r["val_iou"] for r in full]

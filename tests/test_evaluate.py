@@ -177,7 +177,7 @@ def test_evaluation_text_is_the_organisers_layout():
                     "\n"
                     "Per-Class IoU:\n"
                     "----------------------------------------\n"
-                    "  Flowers/bg          : 0.5000\n"
+                    "  Background          : 0.5000\n"  # their name for class 0 (ours: Flowers/bg)
                     "  Trees               : N/A\n"
                     "  Ground Clutter      : 0.1235\n")
 
@@ -200,10 +200,11 @@ def test_constant_head_scores_the_class_share(tmp_path, dataset, cache, test_lab
         assert (color == (160, 82, 45)).all()  # Landscape in the organisers' palette: sienna
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{n}_pred.png" for n in names]
     assert sorted(p.name for p in (out / "comparisons").iterdir()) == [  # fewer than 5 test images
-        "sample_0_comparison.png", "sample_1_comparison.png", "sample_2_comparison.png"]
+        f"sample_{k}_{kind}.png" for k in range(3) for kind in ("comparison", "details")]  # theirs and ours
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
-        "evaluation_metrics.txt", "per_class_metrics.png", "test_metrics.json"]
-    assert (out / "per_class_metrics.png").stat().st_size > 10_000
+        "evaluation_metrics.txt", "per_class_metrics.png", "per_class_test_vs_val.png", "test_metrics.json"]
+    assert (out / "per_class_test_vs_val.png").stat().st_size > 10_000
+    assert Image.open(out / "per_class_metrics.png").info["dpi"] == pytest.approx((150, 150), abs=0.1)  # theirs
 
     m = json.loads((out / "test_metrics.json").read_text())
     assert {"run", "config", "backbone", "data", "evaluation", "phase1", "dataset", "validation", "class_pixels",
@@ -230,6 +231,8 @@ def test_constant_head_scores_the_class_share(tmp_path, dataset, cache, test_lab
     text = (out / "evaluation_metrics.txt").read_text()
     assert text.startswith(f"EVALUATION RESULTS\n{'=' * 50}\nMean IoU:          {m['phase1']['iou']:.4f}\n")
     assert f"  Landscape           : {np.mean(batch_acc):.4f}\n" in text and "  Sky                 : " in text
+    assert "\n  Background          : " in text and "Flowers/bg" not in text  # their name; ours in the JSON
+    assert m["class_names"][0] == "Flowers/bg" and "Flowers/bg" in m["dataset"]["class_iou"]
     assert m["class_pixels"]["predicted"]["Landscape"] == test_labels.size
     assert m["data"] == {"root": str(dataset.resolve()), "test_folder": str((dataset / "test").resolve()),
                          "images": 3, "synthetic": True, "trained_on": "/somewhere/train-set",
@@ -248,7 +251,8 @@ def test_rerun_replaces_outputs_and_out_is_honoured(tmp_path, dataset, cache):
     (out / "masks" / "stale.png").write_bytes(b"old")
     assert ev.evaluate_run(run, data=dataset / "test", out=out, cache_root=cache, device="cpu",
                            show_progress=False, comparisons=1) == out
-    assert [p.name for p in (out / "comparisons").iterdir()] == ["sample_0_comparison.png"]
+    assert sorted(p.name for p in (out / "comparisons").iterdir()) == ["sample_0_comparison.png",
+                                                                       "sample_0_details.png"]
     assert not (out / "masks" / "stale.png").exists()
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["validation"] is None and m["data"]["synthetic"] is True  # a test folder inside a synthetic set

@@ -3,6 +3,8 @@ resources that do not exist. Each must be one line and exit 2, and lose or mix n
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import socket
@@ -456,6 +458,48 @@ def test_an_address_where_no_cluster_answers_times_out_in_one_line(tmp_path):
     proc = search_cli(tmp_path, "--address", "127.0.0.1:1", timeout=90)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "127.0.0.1:1" in error_line(proc.stderr) and time.time() - started < 90
+    assert not (tmp_path / "results" / "sw").exists()
+
+
+def test_trial_resources_come_from_the_cluster_not_the_driver():
+    from sweeper.cluster import trial_resources
+
+    head, gpu_worker = {"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}
+    # a CPU-only head (the driver's machine) with two one-GPU workers: trials get GPU shares
+    assert trial_resources([head, gpu_worker, gpu_worker], device="auto", gpus_per_trial=None,
+                           max_concurrent=None, default_concurrent=2) == (0.25, 8)
+    assert trial_resources([head], device="auto", gpus_per_trial=None, max_concurrent=None,
+                           default_concurrent=2) == (0.0, 2)  # no GPU anywhere: the space's concurrency
+    assert trial_resources([gpu_worker], device="auto", gpus_per_trial=1 / 3, max_concurrent=None,
+                           default_concurrent=2) == (1 / 3, 3)
+    assert trial_resources([gpu_worker, gpu_worker], device="auto", gpus_per_trial=0.4, max_concurrent=None,
+                           default_concurrent=2) == (0.4, 4)  # 2 per GPU: a share does not span two GPUs
+    assert trial_resources([gpu_worker], device="auto", gpus_per_trial=None, max_concurrent=1,
+                           default_concurrent=2) == (0.25, 1)  # --max-concurrent as given
+    # --device cpu: no GPU share by default; an explicit share would hold a GPU the trial does not use
+    assert trial_resources([gpu_worker], device="cpu", gpus_per_trial=None, max_concurrent=None,
+                           default_concurrent=2) == (0.0, 2)
+    with pytest.raises(SweeperError, match=r"^--device cpu with --gpus-per-trial 0.25: .*--gpus-per-trial 0"):
+        trial_resources([gpu_worker], device="cpu", gpus_per_trial=0.25, max_concurrent=None, default_concurrent=2)
+    with pytest.raises(SweeperError, match=r"^--device cuda .*--gpus-per-trial 0"):
+        trial_resources([gpu_worker], device="cuda", gpus_per_trial=0.0, max_concurrent=None, default_concurrent=2)
+
+
+def test_device_cpu_reaches_the_trials(tmp_path):
+    # the trials decide their device inside Ray: --device must travel in their config, or a trial granted a
+    # GPU trains there whatever the user asked for
+    from sweeper.search_command import trial_overrides
+
+    args = argparse.Namespace(device="cpu", label_mode=None, amp=False, gpu_memory=None)
+    assert trial_overrides(args)["device"] == "cpu"
+    args = argparse.Namespace(device="auto", label_mode="nearest", amp=True, gpu_memory=6.0)
+    assert trial_overrides(args) == {"device": "auto", "label_mode": "nearest", "amp": True, "gpu_memory_gib": 6.0}
+
+
+def test_device_cpu_with_a_gpu_share_is_refused_before_any_work(tmp_path):
+    proc = search_cli(tmp_path, "--device", "cpu", "--gpus-per-trial", "0.25", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert error_line(proc.stderr).startswith("error: --device cpu with --gpus-per-trial 0.25")
     assert not (tmp_path / "results" / "sw").exists()
 
 

@@ -56,3 +56,38 @@ def test_cache_is_reused_and_rebuilt_when_a_key_part_changes(tmp_path, backbone)
     changed, hit = cached_tokens(find_split(root, "train"), backbone, **kw)
     assert not hit and not np.allclose(changed[0], first[0]) and np.allclose(changed[1], first[1], atol=1e-5)
     assert not list((tmp_path / "cache" / "tokens").glob("*.partial-*"))  # no half-written files left
+
+
+def test_parallel_decoding_writes_the_same_entries(tmp_path, backbone):
+    # the entry built with images decoded by worker processes (ahead of the forward pass) is the one the
+    # sequential build writes, byte for byte; and so are the labels
+    import hashlib
+
+    from sweeper.data import load_split_labels
+
+    split = find_split(make_dataset(tmp_path / "d", train=7, val=1, size=(112, 56)), "train")
+    entries = {}
+    for workers in (0, 2):
+        cache = tmp_path / f"cache-{workers}"
+        _, hit = cached_tokens(split, backbone, cache_root=cache, height=56, width=112, batch_size=3,
+                               show_progress=False, workers=workers)
+        assert not hit
+        (path,) = (cache / "tokens").glob("*.npy")
+        entries[workers] = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entries[0] == entries[2]
+    one = load_split_labels(split, height=56, width=112, mode=LabelMode.PHASE1, workers=1)
+    three = load_split_labels(split, height=56, width=112, mode=LabelMode.PHASE1, workers=3)
+    assert one.shape == (7, 56, 112) and np.array_equal(one, three)
+
+
+def test_an_unreadable_image_is_one_line_from_a_decoding_worker(tmp_path, backbone):
+    from sweeper.errors import SweeperError
+
+    root = make_dataset(tmp_path / "d", train=4, val=1, size=(112, 56))
+    bad = root / "train" / "Color_Images" / "0002.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    split = find_split(root, "train")
+    with pytest.raises(SweeperError) as e:
+        cached_tokens(split, backbone, cache_root=tmp_path / "c", height=56, width=112, batch_size=2,
+                      show_progress=False, workers=2)
+    assert str(e.value).startswith(str(bad)) and "\n" not in str(e.value)

@@ -6,6 +6,7 @@ They also run without pytest (a GPU box with only PyTorch and the project's runt
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_memory_cap_and_oom_message_in_a_fresh_process(tmp_path):
     code = """
 import torch
 from sweeper import device as dev
-cap = dev.cap_memory(torch.device("cuda"), 0.05)
+cap = dev.cap_memory(torch.device("cuda"), 0.25, limit_bytes=6 * 2**30)  # a quarter of a 6 GB card
 try:
     torch.empty(int(cap * 1.5), dtype=torch.uint8, device="cuda")
     print("NO-OOM")
@@ -136,6 +137,19 @@ except torch.cuda.OutOfMemoryError:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("OOM"), out.stdout + out.stderr[-2000:]
+
+
+def test_a_cuda_context_fits_the_figure_the_caps_keep_back():
+    # The per-process cap leaves out the CUDA context: measured by scripts/cuda_context.py in a fresh process
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "cuda_context.py")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    if m["context_mb"] is None:
+        if pytest is not None:
+            pytest.skip("nvidia-smi cannot see this process (a container's PID namespace)")
+        return
+    assert m["context_mb"] * 2**20 <= dev.CUDA_CONTEXT_BYTES, f"a CUDA context takes {m['context_mb']:.0f} MB here"
 
 
 if __name__ == "__main__":  # without pytest: run every test with a fresh temp folder

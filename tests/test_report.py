@@ -397,7 +397,7 @@ def test_confirm_summary_appears_in_page_and_markdown(tmp_path):
     page = write_report(run).read_text()
     assert 'id="confirm"' in page and "real: gain &gt; 2x seed spread" in page and "+0.1000" in page
     md = (run / "report" / "summary.md").read_text()
-    assert "Is the winner real?" in md and "| 0 (phase 1) | 3 | 0.2000 |" in md
+    assert "Is the winner real?" in md and "| 0 (phase 1) | sgd, lr 1.0e-04, class weights none | 3 | 0.2000 |" in md
 
 
 # --------------------------------------------------------------------------- phase 1's four training figures

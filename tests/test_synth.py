@@ -120,6 +120,7 @@ def test_default_dataset_is_generated_once(tmp_path: Path, monkeypatch: pytest.M
         return render(*args, **kwargs)
 
     monkeypatch.setattr(synth, "render_scene", counting)
+    monkeypatch.setattr(synth, "available_cores", lambda: 1)  # render in this process, where `calls` counts
     first = synth.default_dataset(tmp_path, train=2, val=1, test=1)
     assert calls == [False, False, False, True]  # the test split is the shifted location
     assert first.parent == tmp_path and "s0-2-1-1" in first.name
@@ -184,3 +185,27 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         synth.generate(tmp_path / "ds", train=-1, val=1, test=1)
     with pytest.raises(SweeperError, match="size"):
         synth.generate(tmp_path / "ds", train=1, val=1, test=1, size=(8, 8))
+
+
+def test_any_number_of_workers_writes_the_same_bytes(tmp_path):
+    import hashlib
+
+    def digests(root):
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    seen = []
+    one = synth.generate(tmp_path / "one", train=5, val=3, test=2, seed=3, size=(64, 36), workers=1)
+    four = synth.generate(tmp_path / "four", train=5, val=3, test=2, seed=3, size=(64, 36), workers=4,
+                    progress=lambda done, total: seen.append((done, total)))
+    assert len(digests(one)) == 2 * 10 + 1
+    assert digests(one) == digests(four)
+    assert seen[-1] == (10, 10) and len(seen) == 10
+
+
+def test_synth_command_takes_workers(tmp_path):
+    from sweeper.cli import main
+
+    assert main(["-q", "synth", str(tmp_path / "s"), "--train", "2", "--val", "1", "--test", "0",
+                 "--size", "32x32", "--workers", "2"]) == 0
+    assert len(list((tmp_path / "s" / "train" / "Color_Images").iterdir())) == 2

@@ -85,11 +85,27 @@ def new_figure(panels: int = 1, *, width: float = 7.0, height: float = 4.5) -> t
     return fig, list(axes.flat)
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path, *, dpi: float = DPI) -> Path:
     """Lay out and write a figure as PNG (atomically: a reader never sees half a file)."""
     with house_style():  # layout and savefig read the style too
         fig.tight_layout()
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return path
+
+
+def plain_figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Axes]]:
+    """A figure in matplotlib's own default style, `panels` axes in a row: the organisers' figures are drawn so."""
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        fig = Figure(figsize=(width, height))
+        FigureCanvasAgg(fig)
+        return fig, list(fig.subplots(1, panels, squeeze=False)[0])
+
+
+def save_plain(fig: Figure, path: Path, *, dpi: float) -> Path:
+    """Write a `plain_figure` as the organisers' scripts do: tight layout, tight bounding box, at `dpi`."""
+    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+        fig.tight_layout()
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     return path
 
 

@@ -17,11 +17,10 @@ import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.files import check_sqlite, read_csv, read_json, read_jsonl
+from sweeper.objective import Objective
 from sweeper.results import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE,
-                             SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV, collect)
+                             SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV, collect, run_space, space_dimensions)
 from sweeper.space import load_space
-
-SCORE = "best_val_iou"  # trials.csv column every ranking uses: phase 1's per-batch IoU, the one 0.2971 is in
 
 
 def num(v: Any) -> float | None:
@@ -68,6 +67,13 @@ class SweepRun(RunFacts):
     missing: tuple[str, ...] = ()  # what is absent or unfinished, for the reader
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
+    objective: Objective = Objective()  # what ranks the trials (the space copy's metric and mode)
+    dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.results.describe_trial`)
+
+    @property
+    def score(self) -> str:
+        """trials.csv column every ranking uses: the objective's best epoch, e.g. best_val_iou."""
+        return self.objective.column
 
     @property
     def planned_trials(self) -> int | None:
@@ -82,18 +88,19 @@ class SweepRun(RunFacts):
     @property
     def baseline_score(self) -> float | None:
         b = self.baseline
-        return None if b is None else num(b.get(SCORE))
+        return None if b is None else num(b.get(self.score))
 
     def ranked(self) -> pd.DataFrame:
-        """All trials, best score first; trials without a score (failed before an epoch) last."""
+        """All trials, best score first (by the objective's mode); trials without a score last."""
         if self.trials.empty:
             return self.trials
-        return self.trials.sort_values([SCORE, "trial"], ascending=[False, True], na_position="last")
+        return self.trials.sort_values([self.score, "trial"], ascending=[self.objective.ascending, True],
+                                       na_position="last")
 
     def scored(self) -> pd.DataFrame:
         """Ranked trials that have a score."""
         r = self.ranked()
-        return r[r[SCORE].notna()] if not r.empty else r
+        return r[r[self.score].notna()] if not r.empty else r
 
     def failed(self) -> pd.DataFrame:
         return self.trials[self.trials.status == "ERROR"] if "status" in self.trials else self.trials.iloc[:0]
@@ -166,18 +173,22 @@ def load_sweep(run_dir: Path) -> SweepRun:
     else:
         missing.append(f"{TRIALS_CSV} and {EXPERIMENT_DIR}/: missing, so no trial has results yet")
 
+    space = run_space(run_dir)
+    objective = space.objective if space is not None else Objective()
+    score = objective.column
     if not trials.empty:
-        if SCORE not in trials:
-            raise SweeperError(f"{run_dir / TRIALS_CSV}: no {SCORE} column, so trials cannot be ranked")
+        if score not in trials:
+            raise SweeperError(f"{run_dir / TRIALS_CSV}: no {score} column, so trials cannot be ranked")
         for col in ("baseline", "stopped_early"):
             trials[col] = _as_bool(trials[col]) if col in trials else False
-        trials[SCORE] = pd.to_numeric(trials[SCORE], errors="coerce")
+        trials[score] = pd.to_numeric(trials[score], errors="coerce")
     if not history.empty and "baseline" in history:
         history["baseline"] = _as_bool(history["baseline"])
 
     confirm = read_csv(run_dir / CONFIRM_SUMMARY_CSV) if (run_dir / CONFIRM_SUMMARY_CSV).is_file() else None
     run = SweepRun(run_dir=run_dir, name=(info.get("options") or {}).get("name") or run_dir.name, info=info,
-                   trials=trials, history=history, confirm=confirm)
+                   trials=trials, history=history, confirm=confirm, objective=objective,
+                   dims=space_dimensions(space, trials))
     missing += _trial_gaps(run)
     if (run_dir / STUDY_FILE).is_file():
         check_sqlite(run_dir / STUDY_FILE)  # before report/ is written: a damaged study is one line

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sweeper.report.figures import FigureSpec
-from sweeper.report.load import SCORE, BaselineRun, SweepRun
-from sweeper.report.summary import (banner, baseline_headline, baseline_title, cell, confirm_rows, describe_trial,
+from sweeper.report.load import BaselineRun, SweepRun
+from sweeper.results import describe_trial
+from sweeper.report.summary import (banner, baseline_headline, baseline_title, cell, confirm_rows,
                                     sweep_headline, sweep_title, table_frame)
 
 CSS = """
@@ -72,7 +73,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("class_weights", "class weights", "text"), ("class_weight_power", "cw power", "num"),
     ("class_weight_max", "cw max", "num"), ("batch_size", "batch", "int"), ("epochs_planned", "ep. planned", "int"),
     ("epochs_run", "ep. run", "int"), ("stopped_early", "stopped early", "bool"),
-    (SCORE, "best val IoU", "num"), ("best_epoch", "best ep.", "int"), ("best_val_miou", "best val mIoU", "num"),
+    ("best_val_iou", "best val IoU", "num"), ("best_epoch", "best ep.", "int"), ("best_val_miou", "best val mIoU", "num"),
     ("delta_vs_baseline", "Δ vs baseline", "signed"), ("delta_vs_published", "Δ vs 0.2971", "signed"),
     ("wall_seconds", "wall s", "int"), ("error", "error", "text"),
 )
@@ -84,7 +85,11 @@ def trials_table_html(run: SweepRun) -> str:
     if t.empty:
         return "<p>No trials yet.</p>"
     # phase 3's columns only where they vary: a phase-2 sweep's are phase 1's head, labels and no flips
-    cols = [(c, h, k) for c, h, k in TABLE_COLUMNS
+    columns = list(TABLE_COLUMNS)
+    if run.score not in (c for c, _, _ in columns):  # an objective other than the two reference metrics
+        columns.insert(next(i for i, (c, _, _) in enumerate(columns) if c == "best_epoch"),
+                       (run.score, f"best {run.objective.label}", "num"))
+    cols = [(c, h, k) for c, h, k in columns
             if c in t.columns and not (c in PHASE3_COLUMNS and t[c].nunique(dropna=False) <= 1)]
     best = run.scored().trial.iloc[0] if len(run.scored()) else None
     head = "".join(f'<th title="click to sort">{html.escape(h)}</th>' for _, h, _ in cols)
@@ -154,7 +159,7 @@ def sweep_html(run: SweepRun, figures: Sequence[tuple[FigureSpec, Path]]) -> str
     extra = ""
     if len(failed):
         extra = ('<section id="failed" class="failed"><h2>Failed trials</h2><ul>'
-                 + "".join(f"<li>trial {int(r.trial)} ({html.escape(describe_trial(r))}): "
+                 + "".join(f"<li>trial {int(r.trial)} ({html.escape(describe_trial(r, run.dims))}): "
                            f"<code>{html.escape(str(r.get('error') or 'no error text saved'))}</code></li>"
                            for _, r in failed.iterrows()) + "</ul></section>")
     if run.notes:

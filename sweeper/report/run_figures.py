@@ -18,7 +18,8 @@ from matplotlib.ticker import MaxNLocator
 
 from sweeper.errors import SweeperError
 from sweeper.files import read_jsonl
-from sweeper.report.figures import FigureSpec, NoData, new_figure, save_figure, styled, val_iou_curves_axes
+from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure, save_figure, save_plain, styled,
+                                    val_iou_curves_axes)
 from sweeper.report.load import BaselineRun
 from sweeper.report.summary import fmt, synthetic_tag
 from sweeper.results import METRICS_FILE
@@ -38,6 +39,12 @@ PALETTE = np.array([
     (160, 82, 45),    # 8 Landscape: sienna
     (135, 206, 235),  # 9 Sky: sky blue
 ], dtype=np.uint8)
+# The class names the organisers' test script writes and draws: class 0 is their "Background" (ours,
+# `Flowers/bg` in our own files, says what it holds in practice).
+ORGANISERS_CLASS_NAMES = ("Background", "Trees", "Lush Bushes", "Dry Grass", "Dry Bushes", "Ground Clutter",
+                          "Logs", "Rocks", "Landscape", "Sky")
+ORGANISERS_TRAIN_DPI = 100  # their train script saves its curves at matplotlib's default resolution
+ORGANISERS_TEST_DPI = 150  # their test script's comparisons and bar chart
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,8 @@ def phase1_plots(run_dir: Path) -> list[Path]:
     if not path.is_file():
         raise SweeperError(f"{path}: no per-epoch metrics in this run folder")
     history = read_jsonl(path)
-    return [save_figure(phase1_figure(history, name), run_dir / name) for name in PHASE1_FIGURES]
+    return [save_figure(phase1_figure(history, name), run_dir / name, dpi=ORGANISERS_TRAIN_DPI)
+            for name in PHASE1_FIGURES]
 
 
 # --------------------------------------------------------------------------- a baseline run's report
@@ -224,3 +232,37 @@ def per_class_figure(metrics: dict[str, Any], path: Path) -> Path:
     ax.grid(axis="x", visible=False)  # vertical lines would cut through the bar pairs
     ax.legend(loc="upper center", ncol=len(series), fontsize="x-small")
     return save_figure(fig, path)
+
+
+def organisers_comparison(image: np.ndarray, target: np.ndarray, pred: np.ndarray, *, name: str,
+                          path: Path) -> Figure:
+    """The organisers' comparisons/sample_<k>_comparison.png: "Input Image", "Ground Truth", "Prediction" in a
+    row, titled "Sample: <file name>", 15x5 in at 150 dpi, in matplotlib's default style; returned closed-over."""
+    fig, axes = plain_figure(15, 5, panels=3)
+    for ax, img, title in zip(axes, (image, colorize(target), colorize(pred)),
+                              ("Input Image", "Ground Truth", "Prediction")):
+        ax.imshow(img)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"Sample: {name}")
+    save_plain(fig, path, dpi=ORGANISERS_TEST_DPI)
+    return fig
+
+
+def organisers_per_class(class_iou: Sequence[float | None], mean_iou: float, *, path: Path) -> Figure:
+    """The organisers' per_class_metrics.png: one bar per class in the palette's colours (a class with no IoU
+    drawn at 0), a red dashed mean line, titled "Per-Class IoU (Mean: x)", 12x6 in at 150 dpi."""
+    fig, (ax,) = plain_figure(12, 6)
+    n = len(class_iou)
+    ax.bar(range(n), [0.0 if v is None or np.isnan(v) else v for v in class_iou], color=list(PALETTE[:n] / 255),
+           edgecolor="black")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(ORGANISERS_CLASS_NAMES[:n], rotation=45, ha="right")
+    ax.set_ylabel("IoU")
+    ax.set_title(f"Per-Class IoU (Mean: {mean_iou:.4f})")
+    ax.set_ylim(0, 1)
+    ax.axhline(y=mean_iou, color="red", linestyle="--", label="Mean IoU")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    save_plain(fig, path, dpi=ORGANISERS_TEST_DPI)
+    return fig

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sweeper.config import PUBLISHED_BASELINE_IOU
-from sweeper.report.load import SCORE, BaselineRun, SweepRun, num
-from sweeper.results import best_index, confirm_verdict
+from sweeper.objective import Objective, confirm_verdict
+from sweeper.report.load import BaselineRun, SweepRun, num
+from sweeper.results import best_index, describe_trial
 
 TOP_SUMMARY = 10  # trials in summary.md's table
 PUBLISHED_LABEL = "published phase-1 figure on the real data"
@@ -54,16 +55,18 @@ def cell(v: Any, kind: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- wording shared by page and summary
 
 
-def describe_trial(row: pd.Series) -> str:
-    """'adamw, lr 1.2e-03, cosine, class weights log, batch 8': what sets a trial apart, in a few words."""
-    parts = [str(row.get("optimizer", "?"))]
-    if num(row.get("lr")) is not None:
-        parts.append(f"lr {row['lr']:.1e}")
-    for key, label in (("schedule", ""), ("class_weights", "class weights "), ("batch_size", "batch ")):
-        v = row.get(key)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            parts.append(f"{label}{int(v) if isinstance(v, float) and v.is_integer() else v}")
-    return ", ".join(parts)
+# what each reference metric is, beside the objective: phase 1's (0.2971's) and the dataset-level one
+REFERENCE_METRICS = (("val_iou", "val IoU", "phase-1 per-batch"), ("val_miou", "val mIoU", "dataset-level"))
+
+
+def reference_columns(objective: Objective) -> list[tuple[str, str, str]]:
+    """(trials.csv column, words, kind) of the reference metrics other than the objective."""
+    return [(f"best_{m}", label, kind) for m, label, kind in REFERENCE_METRICS if m != objective.metric]
+
+
+def ranking_words(objective: Objective) -> str:
+    """'best val IoU', or 'best val mIoU (lowest first)' for a metric ranked lowest first."""
+    return f"best {objective.label}" + (" (lowest first)" if objective.ascending else "")
 
 
 def trial_label(row: pd.Series) -> str:
@@ -106,25 +109,31 @@ def sweep_headline(run: SweepRun) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     scored = run.scored()
     base, base_score = run.baseline, run.baseline_score
-    base_miou = None if base is None else num(base.get("best_val_miou"))
+    obj = run.objective
     if scored.empty:
         return [("Best trial", "no trial has a score yet"), ("Trials", trial_counts(run))]
     best = scored.iloc[0]
-    best_score, best_miou = float(best[SCORE]), num(best.get("best_val_miou"))
+    best_score = float(best[run.score])
     best_epoch = num(best.get("best_epoch"))
     at = f" at epoch {int(best_epoch)}" if best_epoch is not None else ""
-    who = f"{trial_label(best)}: {describe_trial(best)}"
+    who = f"{trial_label(best)}: {describe_trial(best, run.dims)}"
     if base is not None and best.trial == base.trial:
         who += " — no sampled trial beat the baseline trial"
-    lines.append(("Best trial", f"{who}; val IoU {best_score:.4f}{at} (phase-1 per-batch), "
-                                f"val mIoU {fmt(best_miou)} (dataset-level)"))
+    # the objective first (what ranked them), then the reference metrics it is not
+    own = dict((m, kind) for m, _, kind in REFERENCE_METRICS).get(obj.metric, f"ranked by it, {obj.mode}")
+    refs = reference_columns(obj)
+    lines.append(("Best trial", f"{who}; {obj.label} {best_score:.4f}{at} ({own}), "
+                  + ", ".join(f"{label} {fmt(best.get(col))} ({kind})" for col, label, kind in refs)))
+    short = lambda label: label.replace("val ", "")  # noqa: E731  'IoU', 'mIoU'
     if base_score is not None:
-        lines.append((f"vs this sweep's baseline trial {int(base.trial)} (phase-1 settings; IoU {base_score:.4f}, "
-                      f"mIoU {fmt(base_miou)})",
-                      f"IoU {delta(best_score, base_score)}; mIoU {delta(best_miou, base_miou)}"))
+        scores = [(short(obj.label), best_score, base_score)] + [
+            (short(label), num(best.get(col)), num(base.get(col))) for col, label, _ in refs]
+        lines.append((f"vs this sweep's baseline trial {int(base.trial)} (phase-1 settings; "
+                      + ", ".join(f"{w} {fmt(b)}" for w, _, b in scores) + ")",
+                      "; ".join(f"{w} {delta(v, b)}" for w, v, b in scores)))
     else:
         lines.append(("vs this sweep's baseline trial", "— (no baseline trial with a score)"))
-    published = (f"IoU {delta(best_score, PUBLISHED_BASELINE_IOU)} (phase 1 published no mIoU)"
+    published = (f"IoU {delta(num(best.get('best_val_iou')), PUBLISHED_BASELINE_IOU)} (phase 1 published no mIoU)"
                  + comparability(run.synthetic, run.backbone_trained))
     lines.append((f"vs the {PUBLISHED_LABEL} ({PUBLISHED_BASELINE_IOU})", published))
     lines.append(("Trials", trial_counts(run)))
@@ -176,22 +185,28 @@ def table_frame(run: SweepRun) -> pd.DataFrame:
     if t.empty:
         return t
     base = run.baseline_score
-    t["delta_vs_baseline"] = t[SCORE] - base if base is not None else math.nan
-    t["delta_vs_published"] = t[SCORE] - PUBLISHED_BASELINE_IOU
+    t["delta_vs_baseline"] = t[run.score] - base if base is not None else math.nan
+    iou = t["best_val_iou"] if "best_val_iou" in t else math.nan  # 0.2971 is phase 1's val IoU
+    t["delta_vs_published"] = pd.to_numeric(iou, errors="coerce") - PUBLISHED_BASELINE_IOU
     return t
 
 
 def confirm_rows(run: SweepRun) -> tuple[list[str], list[list[str]]]:
     """The confirm summary as table rows: each config's mean and spread over seeds, gain, verdict."""
-    header = ["trial", "seeds", "mean best val IoU", "std", "min", "max", "gain vs baseline", "verdict"]
+    header = ["trial", "settings", "seeds", f"mean best {run.objective.label}", "std", "min", "max",
+              "gain vs baseline", "verdict"]
     rows = []
+    by_trial = {int(t.trial): t for _, t in run.trials.iterrows()} if "trial" in run.trials else {}
     bases = run.confirm["baseline"].astype(str).str.lower() == "true"
     base_seeds = int(run.confirm[bases]["seeds"].iloc[0]) if bases.any() else 0
     for (_, r), is_base in zip(run.confirm.iterrows(), bases):
         # from the numbers, not a stored verdict: a summary written before one seed meant "cannot tell" says so too
         verdict = confirm_verdict(baseline=bool(is_base), seeds=int(r.seeds), baseline_seeds=base_seeds,
-                                  exceeds=str(r.get("gain_exceeds_spread")).lower() == "true")
-        rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}", str(int(r.seeds)), fmt(r["mean"]),
+                                  exceeds=str(r.get("gain_exceeds_spread")).lower() == "true",
+                                  has_gain=num(r.get("gain_vs_baseline")) is not None)
+        row = by_trial.get(int(r.trial))
+        rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}",
+                     "—" if row is None else describe_trial(row, run.dims), str(int(r.seeds)), fmt(r["mean"]),
                      fmt(r["std"]), fmt(r["min"]), fmt(r["max"]), cell(r["gain_vs_baseline"], "signed")[0],
                      verdict])
     return header, rows
@@ -229,16 +244,17 @@ def sweep_summary_md(run: SweepRun, top: int = TOP_SUMMARY) -> str:
     """summary.md: the headline and the top trials as a Markdown table."""
     out = _md(sweep_title(run), banner(run.synthetic, run.backbone_trained), sweep_headline(run), run.missing)
     t = table_frame(run)
-    t = t[t[SCORE].notna()].head(top) if not t.empty else t
-    out += [f"## Top {top} trials by best val IoU", ""]
+    t = t[t[run.score].notna()].head(top) if not t.empty else t
+    out += [f"## Top {top} trials by {ranking_words(run.objective)}", ""]
     if t.empty:
         out += ["No trial has a score yet.", ""]
     else:
-        header = ["rank", "trial", "status", "settings", "epochs run", "best val IoU", "best val mIoU",
-                  "Δ vs baseline trial", "Δ vs 0.2971"]
-        rows = [[str(i), trial_label(r), str(r.get("status", "")), describe_trial(r),
-                 cell(r.get("epochs_run"), "int")[0],
-                 fmt(r[SCORE]), fmt(r.get("best_val_miou")), cell(r.get("delta_vs_baseline"), "signed")[0],
+        refs = reference_columns(run.objective)
+        header = ["rank", "trial", "status", "settings", "epochs run", f"best {run.objective.label}",
+                  *(f"best {label}" for _, label, _ in refs), "Δ vs baseline trial", "Δ vs 0.2971"]
+        rows = [[str(i), trial_label(r), str(r.get("status", "")), describe_trial(r, run.dims),
+                 cell(r.get("epochs_run"), "int")[0], fmt(r[run.score]), *(fmt(r.get(col)) for col, _, _ in refs),
+                 cell(r.get("delta_vs_baseline"), "signed")[0],
                  cell(r.get("delta_vs_published"), "signed")[0]] for i, (_, r) in enumerate(t.iterrows(), 1)]
         out += [_md_table(header, rows), ""]
     if run.confirm is not None and not run.confirm.empty:

@@ -25,8 +25,9 @@ from matplotlib.ticker import MaxNLocator
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.report.figures import (REFERENCE_STYLE, FigureSpec, NoData, new_figure, optimizer_palette,
                                     outside_legend, reference_line, styled, val_iou_curves_axes)
-from sweeper.report.load import SCORE, SweepRun, num
-from sweeper.report.summary import PUBLISHED_LABEL, describe_trial
+from sweeper.report.load import SweepRun, num
+from sweeper.report.summary import PUBLISHED_LABEL, REFERENCE_METRICS, ranking_words
+from sweeper.results import describe_trial
 from sweeper.results import HISTORY_CSV, STUDY_FILE
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,19 @@ VERDICT_COLORS = {"all": "#2a9d55", "some": "#a6d96a", "none": "#bdbdbd", "basel
 
 
 def _baseline_refs(ax: Axes, run: SweepRun) -> None:
-    """The two horizontal references every score figure shares."""
-    reference_line(ax, PUBLISHED_BASELINE_IOU, kind="published", label=f"{PUBLISHED_LABEL}: {PUBLISHED_BASELINE_IOU}")
+    """The two horizontal references every score figure shares (0.2971 only on a val IoU axis: it is one)."""
+    if run.objective.metric == "val_iou":
+        reference_line(ax, PUBLISHED_BASELINE_IOU, kind="published",
+                       label=f"{PUBLISHED_LABEL}: {PUBLISHED_BASELINE_IOU}")
     if run.baseline_score is not None:
         reference_line(ax, run.baseline_score, kind="baseline",
                        label=f"baseline trial {int(run.baseline.trial)} (this sweep): {run.baseline_score:.4f}")
+
+
+def score_axis(run: SweepRun) -> str:
+    """The y label of a figure of trials' scores: 'Best val IoU (phase-1 per-batch)'."""
+    kind = {m: k for m, _, k in REFERENCE_METRICS}.get(run.objective.metric)
+    return f"Best {run.objective.label}" + (f" ({kind})" if kind else "")
 
 
 @styled
@@ -70,16 +79,16 @@ def _verdicts(run: SweepRun) -> tuple[list[tuple[str, float]], Callable[[pd.Seri
     refs: list[tuple[str, float]] = []
     if run.baseline_score is not None:
         refs.append(("the baseline trial", run.baseline_score))
-    if run.synthetic is False or not refs:
+    if (run.synthetic is False or not refs) and run.objective.metric == "val_iou":
         refs.append((str(PUBLISHED_BASELINE_IOU), PUBLISHED_BASELINE_IOU))
 
     def verdict(row: pd.Series) -> tuple[str, str]:
         if row.get("baseline"):
             return "baseline trial", "baseline"
-        score = num(row.get(SCORE))
+        score = num(row.get(run.score))
         if score is None:
             return "no score (failed)", "failed"
-        beaten = [name for name, v in refs if score > v]
+        beaten = [name for name, v in refs if run.objective.gain(score, v) > 0]
         if not beaten:
             return "does not beat " + " or ".join(n for n, _ in refs), "none"
         if len(beaten) == len(refs):
@@ -100,21 +109,21 @@ def plot_ranked_trials(run: SweepRun) -> Figure:
     n = len(df)
     fig, (ax,) = new_figure(width=max(9.0, 0.42 * n + 5.0), height=5.2)
     x = np.arange(n)
-    heights = df[SCORE].fillna(0).to_numpy()
+    heights = df[run.score].fillna(0).to_numpy()
     stopped = df.stopped_early.to_numpy() if "stopped_early" in df else np.zeros(n, bool)
     bars = ax.bar(x, heights, color=[VERDICT_COLORS[key] for _, key in cats], edgecolor="0.25", linewidth=0.6)
     for bar, s in zip(bars, stopped):
         if s:
             bar.set_hatch("///")
     if n <= 30:  # values above the bars stay legible up to about this many
-        for xi, v in zip(x, df[SCORE]):
+        for xi, v in zip(x, df[run.score]):
             ax.text(xi, (0 if pd.isna(v) else v) + 0.004, "failed" if pd.isna(v) else f"{v:.3f}",
                     ha="center", va="bottom", rotation=90, fontsize="x-small", zorder=5,
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
     _baseline_refs(ax, run)
     ax.set_xticks(x, [f"{int(t)}" for t in df.trial], rotation=0 if n <= 30 else 90)
-    ax.set_xlabel("Trial number (ranked by best val IoU)")
-    ax.set_ylabel("Best val IoU (phase-1 per-batch)")
+    ax.set_xlabel(f"Trial number (ranked by {ranking_words(run.objective)})")
+    ax.set_ylabel(score_axis(run))
     top = max([v for v in heights] + [PUBLISHED_BASELINE_IOU, run.baseline_score or 0])
     ax.set_ylim(0, top * 1.15 + 0.01)
     handles = [Patch(facecolor=VERDICT_COLORS[key], edgecolor="0.25", label=label)
@@ -126,7 +135,7 @@ def plot_ranked_trials(run: SweepRun) -> Figure:
               title="bar colour / reference")
     others = sum(key != "baseline" for _, key in cats)
     winners = sum(key == "all" for _, key in cats)
-    ax.set_title(f"Trials ranked by best val IoU\n{winners} of {others} sampled trials beat "
+    ax.set_title(f"Trials ranked by {ranking_words(run.objective)}\n{winners} of {others} sampled trials beat "
                  f"{' and '.join(name for name, _ in refs)}")
     return fig
 
@@ -142,7 +151,7 @@ def plot_lr_vs_iou(run: SweepRun) -> Figure:
                    **{"class weights": df.class_weights.astype(str) if "class_weights" in df else "none"})
     fig, (ax,) = new_figure(width=11.0, height=5.2)
     pal = optimizer_palette(df.optimiser)
-    sns.scatterplot(data=df, x="lr", y=SCORE, hue="optimiser", hue_order=list(pal), palette=pal,
+    sns.scatterplot(data=df, x="lr", y=run.score, hue="optimiser", hue_order=list(pal), palette=pal,
                     style="class weights", style_order=sorted(df["class weights"].unique()), s=80,
                     edgecolor="0.2", linewidth=0.5, ax=ax)
     b = run.baseline
@@ -153,8 +162,8 @@ def plot_lr_vs_iou(run: SweepRun) -> Figure:
     _baseline_refs(ax, run)
     ax.set_xscale("log")
     ax.set_xlabel("Learning rate (log scale)")
-    ax.set_ylabel("Best val IoU (phase-1 per-batch)")
-    ax.set_title("Learning rate vs best val IoU")
+    ax.set_ylabel(score_axis(run))
+    ax.set_title(f"Learning rate vs best {run.objective.label}")
     outside_legend(ax)
     return fig
 
@@ -175,7 +184,7 @@ def class_iou_table(run: SweepRun, top: int = TOP_CLASS_TRIALS) -> pd.DataFrame:
         if len(at):
             head = f"baseline trial {int(t.trial)}" if t.trial == b.trial else f"trial {int(t.trial)}"
             label = f"{head}, epoch {int(t.best_epoch)}\n" + (
-                "absolute IoU" if t.trial == b.trial else describe_trial(t).replace("class weights ", "cw "))
+                "absolute IoU" if t.trial == b.trial else describe_trial(t, run.dims))
             rows[label] = at.iloc[0][cols].astype(float).to_numpy()
     table = pd.DataFrame.from_dict(rows, orient="index", columns=[c[len(CLASS_PREFIX):] for c in cols])
     if table.empty or not table.index[0].startswith("baseline"):

@@ -1,0 +1,316 @@
+"""`sweeper plan`: what a sweep will cost on this machine, before anything expensive runs.
+
+The model, and what each projection rests on:
+
+- **Trial-epochs** (`trial_epoch_range`): the baseline trial always runs its epochs (ASHA never stops it).
+  Each other trial plans the space's expected epochs (the mean of `epochs` over its distribution, capped
+  at `asha.max_epochs`). ASHA's rungs are Ray's: grace x factor^k below max epochs.
+  *Lower bound*: synchronous survival, a 1/factor share of trials passing each rung.
+  *Expected*: Ray's asynchronous rule simulated (`simulate_asha`): trials reach each rung in the order they
+  started, each is stopped when its score is below the (1 - 1/factor) quantile of the scores recorded at that
+  rung so far (the first always passes, so small sweeps stop fewer than the synchronous share), scores drawn
+  at random and kept across rungs (a trial good at one rung is good at the next).
+  *Upper bound*: no stopping, every trial at the most epochs the space allows.
+- **Time**: cache = images without an entry x the backbone's forward per image (measured here, on the
+  device that builds it). A trial-epoch = train images x the head's training step per image at the
+  space's mean batch size + val images x the eval step per image (both measured here with `train`, the
+  product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
+  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. The sweep =
+  expected trial-epochs x trial-epoch / trials at once, plus Ray's start-up and each trial's set-up
+  (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU). The naive phase-1 run
+  = 10 epochs of 4 backbone passes per image plus the head's steps.
+- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory = a trial process's
+  own imports (measured in a fresh process) + the training working set (this process's peak resident
+  memory during the largest benchmark, less what it held before). On a GPU, a trial needs its working set
+  (the allocator's peak reserved bytes in the benchmark) plus the cached tokens where its share stages
+  them (`sweeper.device.tokens_fit`), within `sweeper.device.memory_budget` of its share.
+
+This module is the model (pure functions, tested on crafted numbers), the plan file and the table;
+`sweeper.plan_measure` measures this machine and makes the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sweeper.errors import SweeperError
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"  # written by `sweeper plan` into --out; `search` reuses a recent one
+PLAN_MAX_AGE_S = 7 * 24 * 3600  # a plan older than this is not reused (the machine may have changed)
+RAY_START_S = 12.4  # a local Ray's start-up with the sweep's set-up, measured by scripts/bench.py (2-core CPU)
+TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by scripts/bench.py
+GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recommendation chooses among
+MARGIN = 1.2  # a peak must fit this many times over to be recommended
+NAIVE_EPOCHS = 10  # phase 1's run
+
+
+# --------------------------------------------------------------------------- the model (pure)
+
+
+def asha_milestones(asha) -> list[int]:
+    """Ray's rungs for (grace, factor, max epochs), ascending: grace x factor^k up to max epochs' log."""
+    rungs = int(math.log(asha.max_epochs / asha.grace_period) / math.log(asha.reduction_factor) + 1)
+    return sorted(int(asha.grace_period * asha.reduction_factor ** k) for k in range(rungs))
+
+
+def epochs_distribution(space) -> np.ndarray:
+    """Every value a trial's `epochs` can take with its probability mass, as an (n, 2) array, capped at
+    ASHA's max epochs; the fixed or default value when the space does not search it."""
+    spec = next((p for p in space.params if p.name == "epochs"), None)
+    if spec is None:
+        values = [space.to_config({}).epochs]
+    elif spec.type.value == "categorical":
+        values = [int(v) for v in spec.choices]
+    else:
+        values = list(range(int(spec.low), int(spec.high) + 1))
+    values = [min(v, space.asha.max_epochs) for v in values]
+    return np.array([[v, 1 / len(values)] for v in values])
+
+
+def synchronous_epochs(epochs: float, milestones: Sequence[int], factor: int) -> float:
+    """Expected epochs of one trial planning `epochs` when a 1/factor share passes each rung."""
+    total, survive, start = 0.0, 1.0, 0
+    for m in [*milestones, math.inf]:
+        total += survive * max(0.0, min(epochs, m) - start)
+        if epochs <= m:
+            break
+        start, survive = m, survive / factor
+    return total
+
+
+def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int, milestones: Sequence[int],
+                  factor: int, *, runs: int = 2000, seed: int = 0) -> np.ndarray:
+    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring).
+    `trial_epochs`: an (n, 2) array of planned epochs and their probabilities for the non-baseline trials."""
+    rng = np.random.default_rng(seed)
+    values, probs = trial_epochs[:, 0].astype(int), trial_epochs[:, 1]
+    out = np.empty(runs)
+    q = 1 - 1 / factor
+    for r in range(runs):
+        recorded: dict[int, list[float]] = {m: [] for m in milestones}
+        total = 0
+        for t in range(n_trials):
+            score = rng.random()
+            planned = baseline_epochs if t == 0 else int(rng.choice(values, p=probs))
+            ran = planned
+            for m in milestones:
+                if m > planned:
+                    break
+                seen = recorded[m]
+                stopped = t != 0 and seen and score < np.quantile(seen, q)
+                seen.append(score)
+                if stopped:
+                    ran = m
+                    break
+            total += ran
+        out[r] = total
+    return out
+
+
+def trial_epoch_range(space, trials: int) -> dict[str, float]:
+    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring)."""
+    dist = epochs_distribution(space)
+    baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
+    milestones = asha_milestones(space.asha)
+    factor = space.asha.reduction_factor
+    others = trials - 1
+    lower = baseline + others * float(sum(p * synchronous_epochs(v, milestones, factor) for v, p in dist))
+    upper = baseline + others * float(dist[:, 0].max())
+    sims = simulate_asha(trials, dist, baseline, milestones, factor)
+    return {"lower": round(lower, 1), "expected": round(float(sims.mean()), 1), "upper": float(upper),
+            "simulated_p10": float(np.percentile(sims, 10)), "simulated_p90": float(np.percentile(sims, 90))}
+
+
+def mean_choice(space, name: str) -> float:
+    """The mean of a searched numeric field over its distribution, or its fixed/default value."""
+    spec = next((p for p in space.params if p.name == name), None)
+    if spec is None:
+        return float(getattr(space.to_config({}), name))
+    if spec.type.value == "categorical":
+        return float(np.mean([float(c) for c in spec.choices]))
+    return (float(spec.low) + float(spec.high)) / 2
+
+
+def choices(space, name: str) -> list[Any]:
+    """Every value a field can take in this space (the baseline's included)."""
+    spec = next((p for p in space.params if p.name == name), None)
+    base = getattr(space.to_config(space.baseline_point()), name)
+    values = list(spec.choices) if spec is not None and spec.type.value == "categorical" else [base]
+    return list(dict.fromkeys([base, *values]))
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What the micro-benchmarks measured on this machine and device (seconds per image, MB)."""
+
+    device: str
+    threads: int
+    backbone_s_per_image: float
+    train_s_per_image: dict[str, float]  # "head/batch" -> one training step's seconds per image
+    eval_s_per_image: dict[str, float]  # head -> the eval pass's seconds per image
+    working_set_mb: dict[str, float]  # "head/batch" -> host memory the run added at its peak
+    gpu_reserved_mb: dict[str, float] = field(default_factory=dict)  # "head/batch" -> allocator peak
+    trial_import_mb: float = 0.0  # a fresh trial process's resident memory before training
+    seconds: float = 0.0  # what the benchmarks took
+
+
+def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], n_train: int,
+                        n_val: int, slowdown: float) -> float:
+    """A trial-epoch's seconds, averaged over the heads and batch sizes the space can choose."""
+    per = [n_train * bench.train_s_per_image[f"{h}/{b}"] + n_val * bench.eval_s_per_image[h]
+           for h in heads for b in batches]
+    return slowdown * float(np.mean(per))
+
+
+def contention(concurrent: int, threads: int, cores: int, device: str) -> float:
+    """How much slower a trial-epoch runs when `concurrent` trials share this machine's cores (CPU only)."""
+    return 1.0 if device != "cpu" else max(1.0, concurrent * threads / max(1, cores))
+
+
+def naive_epoch_seconds(bench: Bench, n_train: int, n_val: int) -> float:
+    """Phase 1's epoch: the backbone on every image 4 times (train, train metrics, val loss, val metrics)
+    beside the head's steps at batch 2 and its two eval passes."""
+    head = "convnext_phase1"
+    train = bench.train_s_per_image.get(f"{head}/2", next(iter(bench.train_s_per_image.values())))
+    ev = bench.eval_s_per_image.get(head, next(iter(bench.eval_s_per_image.values())))
+    return (n_train * (2 * bench.backbone_s_per_image + train + ev)
+            + n_val * 2 * (bench.backbone_s_per_image + ev))
+
+
+def recommend_gpu(need_mb: dict[float, float], card_bytes: int, limit_bytes: int | None) -> dict[str, Any] | None:
+    """The smallest share (most trials at once) whose cap holds its measured need `MARGIN` times over.
+    `need_mb`: share -> MB a trial needs at that share (its working set plus any tokens the share stages)."""
+    from sweeper.device import memory_budget
+
+    for share in GPU_SHARES:
+        cap = memory_budget(share, card_bytes, limit_bytes=limit_bytes)
+        cap_mb = (cap if cap is not None else min(card_bytes, limit_bytes or card_bytes)) / 2**20
+        if need_mb[share] * MARGIN <= cap_mb:
+            return {"gpus_per_trial": round(share, 4), "max_concurrent": int(round(1 / share)),
+                    "cap_mb": round(cap_mb), "need_mb": round(need_mb[share]),
+                    "margin": round(cap_mb / need_mb[share], 2)}
+    return None
+
+
+def recommend_cpu(trial_mb: float, available_mb: float, cores: int, threads: int) -> dict[str, Any]:
+    """Trials at once on the CPU: one per `threads` cores, as many as the free memory holds `MARGIN` times."""
+    by_cores = max(1, cores // max(1, threads))
+    by_memory = max(1, int(available_mb / (trial_mb * MARGIN)))
+    n = min(by_cores, by_memory)
+    return {"gpus_per_trial": 0, "max_concurrent": n, "limited_by": "cores" if by_cores <= by_memory else "memory",
+            "margin": round(available_mb / (n * trial_mb), 2)}
+
+
+def plan_summary(plan: dict[str, Any]) -> str:
+    """The one line `search` prints at start."""
+    t, e, r = plan.get("time", {}), plan.get("trial_epochs", {}), plan.get("resources", {})
+    parts = []
+    if e:
+        parts.append(f"{e['expected']:.0f} trial-epochs expected ({e['lower']:.0f}-{e['upper']:.0f})")
+    if t.get("sweep_seconds"):
+        parts.append(f"about {t['sweep_seconds'] / 60:.0f} min at {plan['options']['max_concurrent']} at once")
+    if r.get("cache_missing_bytes") is not None:
+        parts.append(f"cache to build {r['cache_missing_bytes'] / 1e9:.2f} GB "
+                     f"({r['cache_free_bytes'] / 1e9:.1f} GB free)")
+    if r.get("trial_host_mb"):
+        parts.append(f"trial peak ~{r['trial_host_mb']:.0f} MB")
+    return "plan: " + ("; ".join(parts) if parts else "nothing to project")
+
+
+def load_recent_plan(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A plan.json written for the same data, device and space (`key`) in the last `PLAN_MAX_AGE_S`."""
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if plan.get("key") != key or time.time() - float(plan.get("written_at", 0)) > PLAN_MAX_AGE_S:
+        return None
+    return plan
+
+
+# --------------------------------------------------------------------------- plan files and refusals
+
+
+def plan_key(args, space) -> dict[str, Any]:
+    """What a plan's micro-benchmarks and projections are valid for: the same --data, --device, --backbone,
+    --cache-dtype and space file (as given on the command line: `search` checks it before loading anything)."""
+    from sweeper.files import file_sha256
+
+    return {"data": str(Path(args.data).resolve()) if args.data else "embedded synthetic set",
+            "device": str(args.device), "backbone": str(args.backbone), "cache_dtype": str(args.cache_dtype),
+            "space_sha256": file_sha256(Path(space.source))}
+
+
+def refusals(plan: dict[str, Any]) -> list[str]:
+    """What `search` would refuse with these options, each as its one-line reason."""
+    r, o = plan["resources"], plan["options"]
+    out = []
+    if r["cache_missing_bytes"] > r["cache_free_bytes"]:
+        out.append(f"the cache needs {r['cache_missing_bytes'] / 1e9:.2f} GB more and its disk has "
+                   f"{r['cache_free_bytes'] / 1e9:.2f} GB free")
+    cap = r.get("gpu_cap_mb")
+    if cap is not None and r.get("gpu_working_set_mb", 0) > cap:
+        out.append(f"--gpus-per-trial {o['gpus_per_trial']:g}: a trial needs ~{r['gpu_working_set_mb']} MB of GPU "
+                   f"memory and its share's cap is {cap} MB")
+    return out
+
+
+def check_share_fits(plan: dict[str, Any] | None, gpus_per_trial: float, card_bytes: int,
+                     limit_bytes: int | None, plan_path: Path) -> None:
+    """Refuse, in one line before any work, a GPU share whose cap cannot hold the trial's measured need."""
+    from sweeper.device import memory_budget
+
+    if plan is None or not gpus_per_trial or "gpu_working_set_mb" not in plan.get("resources", {}):
+        return
+    cap = memory_budget(gpus_per_trial, card_bytes, limit_bytes=limit_bytes)
+    need = float(plan["resources"]["gpu_working_set_mb"])
+    if cap is not None and need * 2**20 > cap:
+        rec = plan.get("recommendation") or {}
+        hint = (f"use --gpus-per-trial {rec['gpus_per_trial']:g} (the plan's recommendation)" if rec
+                else "no share of this card fits it")
+        raise SweeperError(f"--gpus-per-trial {gpus_per_trial:g}: a trial needs ~{need:.0f} MB of GPU memory "
+                           f"(measured by sweeper plan, {plan_path}) and its share's cap is {cap / 2**20:.0f} MB "
+                           f"on this card: {hint}")
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The table `sweeper plan` prints: one line per question, readable at a glance."""
+    d, o, b, e, t, r = (plan[k] for k in ("data", "options", "bench", "trial_epochs", "time", "resources"))
+    gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
+    mins = lambda s: f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"  # noqa: E731
+    train_ms = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items())
+    rows = [
+        ("data", f"{d['train_images']} train + {d['val_images']} val images {d['image_size'][0]}x{d['image_size'][1]}"
+                 f"{' (SYNTHETIC)' if d['synthetic'] else ''}, trained at {d['training_size'][1]}x{d['training_size'][0]}"),
+        ("measured here", f"{b['device']}, {b['threads']} thread(s): backbone {1000 * b['backbone_s_per_image']:.0f} ms/image; "
+                          f"train step ms/image {train_ms}; eval "
+                          + ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["eval_s_per_image"].items()) + " ms/image"),
+        ("cache", f"{gb(r['cache_bytes'])} in all, {gb(r['cache_missing_bytes'])} to build (~{mins(t['cache_seconds'])}); "
+                  f"{gb(r['cache_free_bytes'])} free there"),
+        ("trial-epochs", f"{e['expected']:.0f} expected (lower {e['lower']:.0f}, upper {e['upper']:.0f}) for "
+                         f"{o['trials']} trials"),
+        ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s x{t['contention']:g} contention; sweep ~"
+                 f"{mins(t['sweep_seconds'])} ({mins(t['sweep_seconds_range'][0])}-{mins(t['sweep_seconds_range'][1])}) "
+                 f"at {o['max_concurrent']} at once; one naive phase-1 run ~{mins(t['naive_phase1_seconds'])}"),
+        ("memory", f"trial ~{r['trial_host_mb']} MB host; object store {gb(r['object_store_bytes'])}; "
+                   f"{r['available_memory_mb']} MB available"
+                   + (f"; GPU working set {r['gpu_working_set_mb']} MB, cap {r['gpu_cap_mb']} MB at "
+                      f"{o['gpus_per_trial']:g}" if "gpu_working_set_mb" in r else "")),
+    ]
+    rec = plan.get("recommendation")
+    rows.append(("recommendation", "no share of this card holds a trial" if rec is None else
+                 f"--max-concurrent {rec['max_concurrent']} --gpus-per-trial {rec['gpus_per_trial']:g} "
+                 f"(margin {rec['margin']}x" + (f", limited by {rec['limited_by']})" if "limited_by" in rec else ")")))
+    rows.append(("search would refuse", "; ".join(plan["refusals"]) or "nothing"))
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {v}" for a, v in rows)

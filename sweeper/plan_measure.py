@@ -1,0 +1,246 @@
+"""`sweeper plan` on this machine: micro-benchmarks through the product's own code paths (`train` on random
+tokens of the real shape, the cache build's decoding and backbone), the memory the system and a trial
+process have, and `make_plan`, which hands them to the model in `sweeper.plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, contention,
+                          naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
+                          trial_epoch_range, trial_epoch_seconds)
+
+log = logging.getLogger(__name__)
+
+
+def available_memory_mb() -> float:
+    """Memory the system can give without swapping (MemAvailable), in MB."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") / 2**20
+
+
+def resident_mb() -> tuple[float, float]:
+    """This process's (resident, peak resident) memory in MB from /proc (peak since the last reset)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = float(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
+
+
+def reset_peak_resident() -> bool:
+    """Reset this process's peak resident memory (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def trial_import_mb() -> float:
+    """Private MB of a fresh process that imported what a trial imports (Ray, torch, sweeper's trial), read as
+    a trial reads its own (`sweeper.trial.memory_mb`)."""
+    code = "import ray, torch, sweeper.trial as t; print(t.memory_mb()['private_mb'])"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        log.warning("could not measure a trial process's imports (%s)", "; ".join(out.stderr.splitlines()[-1:])
+                    if "out" in locals() else "no output")
+        return 0.0
+
+
+def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int):
+    """Train data of random tokens and labels of the real shapes: what a trial's steps cost, not its scores."""
+    from sweeper.data import CLASS_NAMES, NUM_CLASSES
+    from sweeper.tokens import ArrayTokens, SplitData, TrainData
+
+    rng = np.random.default_rng(0)
+
+    def split(name: str, n: int) -> SplitData:
+        tokens = rng.standard_normal((n, *grid, embed_dim), dtype=np.float32)
+        labels = rng.integers(0, NUM_CLASSES, (n, height, width), dtype=np.uint8)
+        return SplitData(name, labels, ArrayTokens(tokens))
+
+    return TrainData(train=split("train", n_train), val=split("val", n_val), embed_dim=embed_dim,
+                     class_names=CLASS_NAMES[:NUM_CLASSES])
+
+
+def _epoch_seconds(cfg, data) -> tuple[float, float, float]:
+    """The second (warm) epoch's seconds of `train` on `data`; the host MB it added at its peak; the GPU
+    allocator's peak reserved MB (0 on the CPU)."""
+    import torch
+
+    from sweeper.train import train
+
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before, _ = resident_mb()
+    reset_peak_resident()
+    history = train(cfg.replace(epochs=2), data).history
+    _, peak = resident_mb()
+    reserved = torch.cuda.max_memory_reserved() / 2**20 if cuda else 0.0
+    return float(history[-1]["epoch_seconds"]), max(0.0, peak - before), reserved
+
+
+def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
+            height: int, width: int) -> Bench:
+    """Time the backbone's forward (the cache build's path: decoding workers, then the backbone) and, per head
+    and batch size, `train`'s training step and eval pass on random tokens of the real shape."""
+    import torch
+
+    from sweeper.config import TrainConfig
+    from sweeper.features import image_batches
+    from sweeper.parallel import default_workers
+
+    started = time.perf_counter()
+    cuda = device.startswith("cuda")
+    old_threads = torch.get_num_threads()
+    try:
+        batch = 32 if cuda else 4  # the cache build's batch, in the driver with all of its threads
+        n = min(len(split), 2 * batch)
+        sub = type(split)(split.name, split.root, split.image_paths[:n], split.mask_paths[:n])
+        backbone = backbone.to(device)
+        seconds, images = [], []
+        for x in image_batches(sub, batch_size=batch, height=height, width=width, workers=default_workers(),
+                               pin=cuda):
+            t = time.perf_counter()
+            backbone(x.to(device, non_blocking=True)).float().cpu()
+            seconds.append(time.perf_counter() - t)
+            images.append(len(x))
+        backbone.to("cpu")
+        # the first batch pays for lazy set-up: the rest when there is a rest
+        backbone_s = (sum(seconds[1:]) / sum(images[1:])) if len(seconds) > 1 else seconds[0] / images[0]
+        grid = (height // backbone.patch_size, width // backbone.patch_size)
+        torch.set_num_threads(max(1, threads))  # a trial's steps run on its own threads (--cpus-per-trial)
+        steps = 8 if cuda else 3
+        val_small, val_large = (8, 40) if cuda else (4, 16)
+        train_s, eval_s, working, reserved = {}, {}, {}, {}
+        for head in heads:
+            base = TrainConfig(head=head, train_metrics=False, device=device, image_height=height,
+                               image_width=width)
+            for b in batches:
+                data = _random_data(b * steps, val_small, grid=grid, embed_dim=backbone.embed_dim, height=height,
+                                    width=width)
+                t, w, r = _epoch_seconds(base.replace(batch_size=int(b)), data)
+                key = f"{head}/{b}"
+                train_s[key], working[key], reserved[key] = t, w, r
+            b0 = int(batches[0])
+            more = _random_data(b0 * steps, val_large, grid=grid, embed_dim=backbone.embed_dim, height=height,
+                                width=width)
+            t_more, _, _ = _epoch_seconds(base.replace(batch_size=b0), more)
+            eval_s[head] = max(0.0, (t_more - train_s[f"{head}/{b0}"]) / (val_large - val_small))
+            for b in batches:
+                key = f"{head}/{b}"
+                train_s[key] = max(1e-6, (train_s[key] - val_small * eval_s[head]) / (int(b) * steps))
+    finally:
+        torch.set_num_threads(old_threads)
+    return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
+                 eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
+                 trial_import_mb=trial_import_mb(), seconds=round(time.perf_counter() - started, 1))
+
+
+def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
+    """Everything `sweeper plan` prints and writes, for the options in `args` (the search's own options)."""
+    from sweeper.cluster import local_nodes, trial_resources
+    from sweeper.data import find_split, image_size
+    from sweeper.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
+    from sweeper.features import cache_entries, default_cache_root, free_bytes
+    from sweeper.inputs import resolve_backbone, resolve_data
+    from sweeper.parallel import available_cores
+
+    source = resolve_data(args)
+    device = resolve_device(args.device)
+    backbone = resolve_backbone(args, source)
+    base = space.to_config(space.baseline_point())
+    height, width = base.image_height, base.image_width
+    splits = {name: find_split(source.root, name) for name in ("train", "val")}
+    n_train, n_val = len(splits["train"]), len(splits["val"])
+    cache_root = Path(args.cache_dir or default_cache_root())
+    entries = cache_entries(splits, backbone, cache_root=cache_root, height=height, width=width,
+                            label_mode=base.label_mode, dtype=str(args.cache_dtype),
+                            allow_unknown=bool(args.allow_unknown_ids),
+                            train_variants=space.train_variants(base.label_mode.value))
+    trials = args.trials or space.trials
+    gpus, concurrent = trial_resources(local_nodes(), device="cpu" if device.type == "cpu" else args.device,
+                                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                                       default_concurrent=space.max_concurrent)
+    threads = max(1, int(args.cpus_per_trial))
+    heads = [str(h) for h in choices(space, "head")]
+    batches = sorted(int(b) for b in choices(space, "batch_size"))
+    if bench is None:
+        bench = measure(backbone, splits["val"], device=str(device), threads=threads, heads=heads,
+                        batches=batches, height=height, width=width)
+    cores = available_cores()
+    slowdown = contention(concurrent, threads, cores, bench.device)
+    epoch_s = trial_epoch_seconds(bench, heads, batches, n_train, n_val, slowdown)
+    e = trial_epoch_range(space, trials)
+    missing = [x for x in entries if not x.exists]
+    missing_images = sum(n_train if x.path.parent.name == "tokens" and x.path.name.startswith("train") else
+                         n_val if x.path.parent.name == "tokens" else 0 for x in missing)
+    cache_s = missing_images * bench.backbone_s_per_image
+    fixed_s = RAY_START_S + trials * TRIAL_SETUP_S
+
+    def sweep_s(trial_epochs: float) -> float:
+        return fixed_s + trial_epochs * epoch_s / concurrent
+
+    store = sum(x.nbytes for x in entries)
+    host_mb = bench.trial_import_mb + max(bench.working_set_mb.values())
+    resources: dict[str, Any] = {
+        "cache_bytes": store, "cache_missing_bytes": sum(x.nbytes for x in missing),
+        "cache_free_bytes": free_bytes(cache_root), "out_free_bytes": free_bytes(Path(args.out)),
+        "object_store_bytes": store, "trial_host_mb": round(host_mb), "available_memory_mb": round(available_memory_mb()),
+        "cache_entries": [{"path": str(x.path), "bytes": x.nbytes, "exists": x.exists} for x in entries]}
+    out: dict[str, Any] = {
+        "key": plan_key(args, space),
+        "written_at": time.time(), "space": str(space.source),
+        "data": {"root": str(source.root), "synthetic": source.synthetic, "train_images": n_train,
+                 "val_images": n_val, "image_size": list(image_size(splits["train"].image_paths[0])),
+                 "training_size": [height, width]},
+        "options": {"device": str(device), "gpus_per_trial": gpus, "max_concurrent": concurrent,
+                    "cpus_per_trial": threads, "cache_dtype": str(args.cache_dtype), "trials": trials,
+                    "gpu_memory_gib": args.gpu_memory},
+        "bench": asdict(bench), "trial_epochs": e, "resources": resources,
+        "time": {"trial_epoch_seconds": round(epoch_s, 2), "contention": round(slowdown, 2),
+                 "cache_seconds": round(cache_s, 1), "sweep_seconds": round(sweep_s(e["expected"]) + cache_s, 1),
+                 "sweep_seconds_range": [round(sweep_s(e["lower"]) + cache_s, 1), round(sweep_s(e["upper"]) + cache_s, 1)],
+                 "naive_phase1_seconds": round(NAIVE_EPOCHS * naive_epoch_seconds(bench, n_train, n_val), 1)},
+    }
+    if device.type == "cuda":
+        import torch
+
+        card = torch.cuda.get_device_properties(device.index or 0).total_memory
+        limit = int(args.gpu_memory * 2**30) if args.gpu_memory else None
+        tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
+        work_mb = max(bench.gpu_reserved_mb.values())
+        need = {}
+        for share in GPU_SHARES:
+            cap = memory_budget(share, card, limit_bytes=limit) or card
+            need[share] = work_mb + (tokens_bytes / 2**20 if tokens_fit(tokens_bytes, cap) else 0.0)
+        chosen_cap = memory_budget(gpus, card, limit_bytes=limit) if gpus else None
+        resources.update({"gpu_card_bytes": card, "gpu_working_set_mb": round(work_mb),
+                          "gpu_cap_mb": None if chosen_cap is None else round(chosen_cap / 2**20),
+                          "cuda_context_mb": CUDA_CONTEXT_BYTES / 2**20})
+        out["recommendation"] = recommend_gpu(need, card, limit)
+    else:
+        out["recommendation"] = recommend_cpu(host_mb, available_memory_mb(), cores, threads)
+    out["refusals"] = refusals(out)
+    return out

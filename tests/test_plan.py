@@ -1,0 +1,190 @@
+"""sweeper plan: the cost model on crafted numbers, the command on a tiny set, and search's refusals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweeper import plan
+from sweeper.errors import SweeperError
+from sweeper.space import AshaSettings, load_space
+
+from conftest import make_dataset
+
+GIB = 2**30
+TINY_SPACE = """
+metric: val_iou
+mode: max
+trials: 3
+max_concurrent: 2
+asha: {max_epochs: 2, grace_period: 1, reduction_factor: 2}
+fixed: {image_height: 56, image_width: 112, train_metrics: false, epochs: 2}
+params:
+  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+  batch_size: {type: categorical, choices: [2, 4]}
+"""
+
+
+def test_asha_rungs_are_rays():
+    assert plan.asha_milestones(AshaSettings(max_epochs=10, grace_period=1, reduction_factor=3)) == [1, 3, 9]
+    assert plan.asha_milestones(AshaSettings(max_epochs=2, grace_period=1, reduction_factor=2)) == [1, 2]
+
+
+def test_synchronous_survival_is_the_lower_bound_per_trial():
+    # 10 planned epochs, rungs 1, 3, 9, a third passing each: 1 + 2/3 + 6/9 + 1/27
+    assert plan.synchronous_epochs(10, [1, 3, 9], 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 1 / 27)
+    assert plan.synchronous_epochs(2, [1, 3, 9], 3) == pytest.approx(1 + 1 / 3)  # ends before the second rung
+
+
+def test_the_asynchronous_rule_stops_a_later_trial_below_the_recorded_quantile():
+    # two trials of 4 epochs, one rung at 1: the second stops there when its score is below the baseline's
+    # (the only score recorded): half the time, so 4 + (4 + 1) / 2 trial-epochs on average
+    sims = plan.simulate_asha(2, np.array([[4, 1.0]]), 4, [1], 2, runs=4000)
+    assert set(np.unique(sims)) == {5.0, 8.0}
+    assert sims.mean() == pytest.approx(6.5, abs=0.15)
+    assert plan.simulate_asha(1, np.array([[4, 1.0]]), 10, [1, 3, 9], 3, runs=10).tolist() == [10.0] * 10
+
+
+def test_the_default_space_trial_epoch_range():
+    space = load_space(Path("search_spaces/phase2.yaml"))
+    e = plan.trial_epoch_range(space, 12)
+    dist = plan.epochs_distribution(space)
+    assert dist[:, 0].tolist() == list(range(4, 11)) and dist[:, 1].sum() == pytest.approx(1)
+    lower = 10 + 11 * np.mean([plan.synchronous_epochs(v, [1, 3, 9], 3) for v in range(4, 11)])
+    assert e["lower"] == pytest.approx(lower, abs=0.05)
+    assert e["upper"] == 10 + 11 * 10  # nothing stopped, every trial at the space's longest
+    assert e["lower"] < e["expected"] < e["upper"]
+
+
+def test_contention_only_when_trials_outnumber_the_cores():
+    assert plan.contention(2, 1, 2, "cpu") == 1.0
+    assert plan.contention(4, 1, 2, "cpu") == 2.0
+    assert plan.contention(2, 2, 2, "cpu") == 2.0
+    assert plan.contention(8, 1, 2, "cuda") == 1.0
+
+
+def test_trial_and_naive_epochs_from_measured_steps():
+    bench = plan.Bench(device="cpu", threads=1, backbone_s_per_image=0.4,
+                       train_s_per_image={"convnext_phase1/2": 0.1, "convnext_phase1/4": 0.06},
+                       eval_s_per_image={"convnext_phase1": 0.03}, working_set_mb={"convnext_phase1/2": 100})
+    # 10 train, 4 val: mean over batch 2 and 4 of 10 x step + 4 x eval, twice as slow under contention
+    assert plan.trial_epoch_seconds(bench, ["convnext_phase1"], [2, 4], 10, 4, 2.0) == pytest.approx(
+        2 * ((10 * 0.1 + 4 * 0.03) + (10 * 0.06 + 4 * 0.03)) / 2)
+    # phase 1: train images see the backbone twice (step, train metrics), val images twice (loss, metrics)
+    assert plan.naive_epoch_seconds(bench, 10, 4) == pytest.approx(10 * (0.8 + 0.1 + 0.03) + 4 * 2 * 0.43)
+
+
+def test_gpu_recommendation_is_the_smallest_share_that_holds_the_trial_with_margin():
+    need = {share: 600.0 for share in plan.GPU_SHARES}
+    rec = plan.recommend_gpu(need, 6 * GIB, None)
+    # caps on a 6 GiB card: 1/8 -> 192 MB, 1/6 -> 427, 1/5 -> 614 (< 600 x 1.2), 1/4 -> 896
+    assert rec["gpus_per_trial"] == 0.25 and rec["max_concurrent"] == 4 and rec["cap_mb"] == 896
+    assert plan.recommend_gpu({s: 10_000.0 for s in plan.GPU_SHARES}, 6 * GIB, None) is None
+    assert plan.recommend_gpu(need, 80 * GIB, 6 * GIB)["gpus_per_trial"] == 0.25  # --gpu-memory 6
+
+
+def test_cpu_recommendation_by_cores_or_memory():
+    assert plan.recommend_cpu(1000, 3000, 8, 1) == {"gpus_per_trial": 0, "max_concurrent": 2,
+                                                    "limited_by": "memory", "margin": 1.5}
+    assert plan.recommend_cpu(500, 20_000, 2, 1)["max_concurrent"] == 2
+    assert plan.recommend_cpu(500, 20_000, 2, 1)["limited_by"] == "cores"
+
+
+def test_a_share_whose_cap_cannot_hold_the_measured_trial_is_refused_in_one_line(tmp_path):
+    crafted = {"resources": {"gpu_working_set_mb": 1200}, "recommendation": {"gpus_per_trial": 0.5}}
+    with pytest.raises(SweeperError) as e:
+        plan.check_share_fits(crafted, 0.25, 6 * GIB, None, tmp_path / "plan.json")
+    msg = str(e.value)
+    assert msg.startswith("--gpus-per-trial 0.25: a trial needs ~1200 MB") and "cap is 896 MB" in msg
+    assert "--gpus-per-trial 0.5" in msg and "\n" not in msg
+    plan.check_share_fits(crafted, 0.5, 6 * GIB, None, tmp_path / "plan.json")  # 2.25 GiB holds it
+    plan.check_share_fits(None, 0.25, 6 * GIB, None, tmp_path / "plan.json")  # no plan: nothing to check
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    data = make_dataset(tmp_path / "data", train=4, val=2, size=(112, 56))
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    return data, space
+
+
+def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys):
+    from sweeper.cli import main
+
+    data, space = tiny
+    out = tmp_path / "out"
+    assert main(["-q", "plan", "--data", str(data), "--backbone", "random_vits14", "--space", str(space),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for row in ("data", "measured here", "cache", "trial-epochs", "time", "memory", "recommendation",
+                "search would refuse"):
+        assert any(line.startswith(row) for line in table.splitlines()), (row, table)
+    p = json.loads((out / "plan.json").read_text())
+    assert p["data"]["train_images"] == 4 and p["data"]["val_images"] == 2
+    assert set(p["bench"]["train_s_per_image"]) == {"convnext_phase1/2", "convnext_phase1/4"}
+    assert all(v > 0 for v in p["bench"]["train_s_per_image"].values())
+    # 2 splits x (labels + float16 tokens of a 4x8 grid of 384): exact bytes, none built yet
+    grid = 4 * 8 * 384 * 2
+    want = (4 + 2) * (56 * 112 + grid) + 4 * 128
+    assert p["resources"]["cache_bytes"] == want == p["resources"]["cache_missing_bytes"]
+    assert not (tmp_path / "cache" / "tokens").exists()  # a plan builds nothing
+    e = p["trial_epochs"]
+    assert e["lower"] <= e["expected"] <= e["upper"] == 2 + 2 * 2
+    assert p["time"]["sweep_seconds_range"][0] <= p["time"]["sweep_seconds"] <= p["time"]["sweep_seconds_range"][1]
+    assert p["refusals"] == [] and p["recommendation"]["max_concurrent"] >= 1
+    assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny, tmp_path, monkeypatch, capsys):
+    from sweeper import features
+    from sweeper.cli import main
+
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def small_disk(path):
+        real(path)  # the real one's checks: a missing path raises FileNotFoundError
+        return usage(10**9, 10**9 - 10_000, 10_000)  # 10 kB free
+
+    monkeypatch.setattr(features.shutil, "disk_usage", small_disk)
+    data, space = tiny
+    cache = tmp_path / "cache"
+    rc = main(["-q", "search", "--data", str(data), "--backbone", "random_vits14", "--space", str(space),
+               "--cache-dir", str(cache), "--device", "cpu", "--out", str(tmp_path / "runs"), "--name", "s"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and str(cache) in line[0] and "needs 0.00 GB more" in line[0] and "Traceback" not in err
+    assert not list(cache.rglob("*.npy"))
+
+
+def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monkeypatch, capsys):
+    from fake_cuda import FakeCuda
+    from sweeper.cli import main
+
+    FakeCuda(monkeypatch, total_gib=6)
+    data, space_file = tiny
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    args = argparse.Namespace(data=data, device="auto", backbone="random_vits14", cache_dtype="float16")
+    space = load_space(space_file)
+    crafted = {"key": plan.plan_key(args, space), "written_at": __import__("time").time(),
+               "options": {"trials": 3, "max_concurrent": 4, "gpus_per_trial": 0.25},
+               "resources": {"gpu_working_set_mb": 1200, "trial_host_mb": 600},
+               "recommendation": {"gpus_per_trial": 0.5}, "time": {"sweep_seconds": 60},
+               "trial_epochs": {"lower": 3, "expected": 4, "upper": 6}}
+    (runs / plan.PLAN_FILE).write_text(json.dumps(crafted))
+    rc = main(["-q", "search", "--data", str(data), "--backbone", "random_vits14", "--space", str(space_file),
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(runs), "--name", "s"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and line[0].startswith("error: --gpus-per-trial 0.25: a trial needs ~1200 MB"), err
+    assert not (tmp_path / "cache").exists()  # refused before any work

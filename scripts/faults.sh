@@ -231,9 +231,26 @@ if mount -t tmpfs -o size=256m tmpfs "$FULL" 2>/dev/null; then
   row "full disk: search, --resume" "rc $RC, then $RC2; $(errline "$WORK/full-search.err")" \
     "$(counts "$FULL/results/full")" "temp files left: $(temps); $AT_FULL when the disk was full"
 
-  fill 64  # room for an entry's first pages, not for the entry: was a Bus error (rc 135) and a partial file kept
-  "$PY" -m sweeper -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 1 --out "$WORK/cache-full" \
-    --cache-dir "$FULL/cache" >/dev/null 2>"$WORK/full-cache.err"
+  # Another job fills the disk (all but 64 KiB) after the run's check that its cache entries fit: the entry
+  # then cannot be written. Was a Bus error (rc 135) with the partial file kept.
+  rm -f "$FULL/filler"
+  "$PY" - "$FULL" -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 1 --out "$WORK/cache-full" \
+    --cache-dir "$FULL/cache" >/dev/null 2>"$WORK/full-cache.err" <<'EOF2'
+import shutil, sys
+from pathlib import Path
+import sweeper.features as features
+real = features.check_cache_fits
+def then_filled(entries, cache_root):
+    real(entries, cache_root)
+    filler = Path(sys.argv[1]) / "filler"
+    with open(filler, "wb") as f:
+        while (free := shutil.disk_usage(filler.parent).free) > 64 * 1024:
+            f.write(bytes(min(16 << 20, free - 64 * 1024)))
+            f.flush()
+features.check_cache_fits = then_filled
+from sweeper.cli import main
+sys.exit(main(sys.argv[2:]))
+EOF2
   RC=$?
   row "full disk: cache" "rc $RC; $(errline "$WORK/full-cache.err")" "-" "temp files left: $(temps)"
   rm -rf "$FULL/cache" "$FULL/filler"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fault injection on a tiny dataset (a few minutes on 2 CPUs): twin runs on one folder, a resume with other
 # inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, SIGTERM then --resume, a run
-# folder moved or copied then resumed, a full disk (a tmpfs, as root). Prints a table: case, outcome, trials in
-# trials.csv vs in the study, and anything lost. Everything happens under a temporary folder (kept with --keep).
+# folder moved or copied then resumed, a full disk (a tmpfs, as root; the cache's full disk injected elsewhere),
+# kill -9 during a cache build (its orphan partial file), a non-editable install. Prints a table: case, outcome,
+# trials in trials.csv vs in the study, and anything lost. Everything happens under a temporary folder (kept
+# with --keep).
 #
 #   scripts/faults.sh [--keep]
 set -uo pipefail
@@ -295,9 +297,99 @@ if mount -t tmpfs -o size=256m tmpfs "$FULL" 2>/dev/null; then
   RC2=$?
   row "full disk: search, --resume" "rc $RC, then $RC2; $(errline "$WORK/full-search.err")" \
     "$(counts "$FULL/results/full")" "temp files left: $(temps); $AT_FULL when the disk was full"
+
+  # Another job fills the disk (all but 64 KiB) after the run's check that its cache entries fit: the entry
+  # then cannot be written. Was a Bus error (rc 135) with the partial file kept.
+  rm -f "$FULL/filler"
+  "$PY" - "$FULL" -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 1 --out "$WORK/cache-full" \
+    --cache-dir "$FULL/cache" >/dev/null 2>"$WORK/full-cache.err" <<'EOF2'
+import shutil, sys
+from pathlib import Path
+import sweeper.features as features
+real = features.check_cache_fits
+def then_filled(entries, cache_root):
+    real(entries, cache_root)
+    filler = Path(sys.argv[1]) / "filler"
+    with open(filler, "wb") as f:
+        while (free := shutil.disk_usage(filler.parent).free) > 64 * 1024:
+            f.write(bytes(min(16 << 20, free - 64 * 1024)))
+            f.flush()
+features.check_cache_fits = then_filled
+from sweeper.cli import main
+sys.exit(main(sys.argv[2:]))
+EOF2
+  RC=$?
+  row "full disk: cache" "rc $RC; $(errline "$WORK/full-cache.err")" "-" "temp files left: $(temps)"
+  rm -rf "$FULL/cache" "$FULL/filler"
   umount "$FULL"
 else
   row "full disk" "skipped: cannot mount a tmpfs here (needs root)" "-" "-"
+  # the cache's full disk without root: posix_fallocate fails as on a full disk (ENOSPC)
+  "$PY" - "$WORK" >"$WORK/full-cache.out" 2>"$WORK/full-cache.err" <<'EOF2'
+import errno, os, sys
+from sweeper.cli import main
+def full(fd, offset, length):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.posix_fallocate = full
+work = sys.argv[1]
+sys.exit(main(["-q", "baseline", "--data", f"{work}/data", "--backbone", "random_vits14", "--epochs", "1",
+               "--out", f"{work}/cache-full", "--cache-dir", f"{work}/cache-full-disk"]))
+EOF2
+  RC=$?
+  LEFT=$(find "$WORK/cache-full-disk" -name '*.partial-*' 2>/dev/null | wc -l)
+  row "full disk: cache (injected)" "rc $RC; $(grep -h '^error:' "$WORK/full-cache.err" | sed -E "s#$WORK/##g" | \
+    cut -c8-62)" "-" "temp files left: $LEFT"
+fi
+
+# 6. kill -9 during a cache build leaves its partial file (.NAME.partial-HOST-PID); the next build of any entry
+#    removes it, and `sweeper cache` lists it as orphaned before.
+ORPHAN="$WORK/orphan-cache"
+"$PY" -m sweeper -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 1 --out "$WORK/orphan" \
+  --cache-dir "$ORPHAN" >/dev/null 2>&1 &
+BUILDER=$!
+for _ in $(seq 1200); do
+  compgen -G "$ORPHAN/tokens/.*.partial-*" >/dev/null && break
+  sleep 0.05
+done
+if compgen -G "$ORPHAN/tokens/.*.partial-*" >/dev/null; then
+  kill -9 "$BUILDER"; wait "$BUILDER" 2>/dev/null
+  PARTIAL=$(find "$ORPHAN" -name '.*.partial-*' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+  LISTED=$("$PY" -m sweeper cache --cache-dir "$ORPHAN" 2>&1 | grep -c "orphaned (its build is gone)")
+  "$PY" -m sweeper -q baseline --data "$WORK/other" --backbone random_vits14 --epochs 1 --out "$WORK/orphan2" \
+    --cache-dir "$ORPHAN" >/dev/null 2>"$WORK/orphan.err"
+  RC=$?
+  row "orphan partial (kill -9)" "left $PARTIAL B; \`cache\` lists $LISTED orphan; next build rc $RC" "-" \
+    "partial files left: $(find "$ORPHAN" -name '.*.partial-*' | wc -l)"
+else
+  kill -9 "$BUILDER" 2>/dev/null; wait "$BUILDER" 2>/dev/null
+  row "orphan partial (kill -9)" "no partial file seen during the build: not run" "-" "-"
+fi
+
+# 7. A non-editable install (the wheel, as `pip install .` installs it) in a fresh venv that sees this venv's
+#    torch and Ray, run from another folder: synth, baseline, report, evaluate, export.
+INST="$WORK/install"
+mkdir -p "$INST/src" "$INST/elsewhere"
+cp -r "$REPO/sweeper" "$REPO/pyproject.toml" "$REPO/README.md" "$INST/src/"
+find "$INST/src" -name __pycache__ -prune -exec rm -rf {} +
+STEPS=""
+if "$PY" -m pip wheel --no-deps --no-build-isolation -q -w "$INST/dist" "$INST/src" >"$INST/log" 2>&1 &&
+   "$PY" -m venv --without-pip "$INST/venv" &&
+   "$PY" -m pip --python "$INST/venv/bin/python" install --no-deps --no-index -q "$INST"/dist/sweeper-*.whl \
+     >>"$INST/log" 2>&1; then
+  SITE=$("$INST/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  "$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib']); print(sysconfig.get_paths()['platlib'])" \
+    >"$SITE/test-venv-packages.pth"
+  run_installed() { (cd "$INST/elsewhere" && "$INST/venv/bin/sweeper" -q "$@" >/dev/null 2>>"$INST/log"); echo -n "$?"; }
+  STEPS="synth $(run_installed synth set --train 2 --val 1 --test 1 --size 224x126)"
+  STEPS="$STEPS, baseline $(run_installed baseline --data set --epochs 1 --out base --cache-dir "$INST/cache")"
+  STEPS="$STEPS, report $(run_installed report base)"
+  STEPS="$STEPS, evaluate $(run_installed evaluate base --samples 1 --cache-dir "$INST/cache")"
+  STEPS="$STEPS, export $(run_installed export base --out exported)"
+  FROM=$(cd "$INST/elsewhere" && "$INST/venv/bin/python" -c "import sweeper; print(sweeper.__file__)" 2>/dev/null)
+  row "non-editable install" "rc $STEPS" "-" \
+    "$([ "${FROM#"$INST/venv"}" != "$FROM" ] && echo "ran the installed copy" || echo "NOT the installed copy: $FROM")"
+else
+  row "non-editable install" "could not build or install the wheel (see $INST/log)" "-" "-"
 fi
 
 printf '\n%-28s | %-62s | %-8s | %s\n' "case" "outcome" "csv/study" "lost"

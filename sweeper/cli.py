@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export}`.
+"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export,cache}`.
 
 The CLI is the only place that prints. Input errors (`SweeperError`) become
 one line on stderr and exit code 2, with no traceback.
@@ -8,17 +8,49 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from sweeper.cache_command import add_parser as add_cache_parser
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
 from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
 from sweeper.search_command import cmd_confirm, cmd_search
 
 log = logging.getLogger("sweeper")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other input error: the option, what it allows and
+    where to read more (`sweeper search -h`), exit code 2; no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {option_message(message)}; see {self.prog} -h\n")
+
+    def add_subparsers(self, **kwargs):  # kept, so that main() can ask a command's own parser to refuse
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
+
+def option_message(message: str) -> str:
+    """argparse's error text as 'OPTION: what is wrong': '--trials: expected a whole number >= 1, got 0'."""
+    m = re.fullmatch(r"the following arguments are required: (.*)", message)
+    if m:
+        return f"{m.group(1)}: required"
+    m = re.fullmatch(r"argument ([^:]+): (.*)", message, re.S)
+    if not m:
+        return message
+    name, what = m.group(1).split("/")[-1], m.group(2)
+    choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", what)
+    kind = re.fullmatch(r"invalid (int|float) value: (.*)", what)
+    if choice:
+        what = f"expected one of {choice.group(2).replace(chr(39), '')}, got {choice.group(1)}"
+    elif kind:
+        what = f"expected {'a whole number' if kind.group(1) == 'int' else 'a number'}, got {kind.group(2)}"
+    return f"{name}: {what}"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -35,9 +67,9 @@ def _positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'") from None
     if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
     return v
 
 
@@ -82,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-command per job."""
     from sweeper import __version__
 
-    parser = argparse.ArgumentParser(prog="sweeper", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sweeper", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -173,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sweep trial's head from its best epoch (default) or its last")
     p.add_argument("--out", type=Path, required=True, help="output folder (refused if it holds an export)")
     p.set_defaults(func=cmd_export)
+
+    add_cache_parser(sub)
     return parser
 
 
@@ -354,7 +388,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m sweeper` and the `sweeper` script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own parser, so the hint is `sweeper search -h`, not `sweeper -h`
+        parser.commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_logging(args.quiet)
     try:
         return int(args.func(args) or 0)

@@ -6,11 +6,12 @@ line before or after the work.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from sweeper.device import gpu_count
 from sweeper.errors import SweeperError, one_line
@@ -55,8 +56,9 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
         log.warning("the cached arrays (%.2f GB) exceed the object store Ray can have here (%.2f GB): they will "
                     "spill to disk; --cache-dtype float16 halves them", data_bytes / 1e9, store / 1e9)
     # address="local": always a fresh private instance, never a cluster someone else left running here
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
-             object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
+    with _api_server(opts.dashboard):
+        ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
+                 object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
     from sweeper.reaper import watch_driver
 
     watch_driver()  # this local Ray's agents would outlive a kill -9 of this process by a minute
@@ -65,6 +67,31 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
 AUTH_FIX = ("give this driver the cluster's token: run the sweep with RAY_AUTH_MODE=token and the token in "
             "~/.ray/auth_token, in a file named by RAY_AUTH_TOKEN_PATH or in RAY_AUTH_TOKEN (`ray get-auth-token` "
             "on the head prints it); README: On a Ray cluster")
+
+
+@contextlib.contextmanager
+def _api_server(wanted: bool) -> Iterator[None]:
+    """While a local Ray starts: no dashboard process unless `wanted`.
+
+    With include_dashboard=False, Ray 2.60 still starts `dashboard.py` (its API server for jobs, state and
+    usage statistics, on port 8265); a sweep uses none of them. Ray's node start is told to skip it, only
+    for this start and only when the dashboard was not asked for; a Ray without that step starts as it is.
+    """
+    from ray._private import node
+
+    original = getattr(node.Node, "start_api_server", None)
+    if wanted or original is None:
+        yield
+        return
+
+    def skip(self, *args, **kwargs):  # Ray handles a node without one: no dashboard URL, nothing else
+        log.debug("Ray's dashboard process not started (no --dashboard)")
+
+    node.Node.start_api_server = skip
+    try:
+        yield
+    finally:
+        node.Node.start_api_server = original
 
 
 def join_cluster(address: str) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 from sweeper.cluster import ray_environment, start_ray
 from sweeper.errors import SweeperError
 from sweeper.files import read_csv, write_text_atomic
-from sweeper.objective import Objective
+from sweeper.objective import MIN_SEEDS, Objective, confirm_verdict
 from sweeper.results import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG,
                              TRIALS_CSV, best_value, read_epochs, trial_configs)
 from sweeper.space import SearchSpace
@@ -46,11 +46,12 @@ def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, objective: Object
 
     A gain counts as real when it is larger than twice the larger of the two seed-to-seed standard deviations.
     When every seed of the baseline failed there is nothing to gain over: one warning line, the other
-    configs' rows kept with no gain.
+    configs' rows kept with no gain. With fewer than two seeds (of the config or of the baseline) there is no
+    spread: std is empty, gain_exceeds_spread is empty (not False, not True) and the verdict says it cannot tell.
     """
     ok = runs[runs.status != "ERROR"] if "status" in runs else runs
     g = ok.groupby("trial")[objective.column]
-    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "min": g.min(),
+    out = pd.DataFrame({"seeds": g.size(), "mean": g.mean(), "std": g.std(ddof=1), "min": g.min(),
                         "max": g.max()}).reset_index()
     base = out[out.trial == baseline_trial]
     if base.empty:
@@ -61,8 +62,16 @@ def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, objective: Object
     ref_mean, ref_std = (base["mean"].iloc[0], base["std"].iloc[0]) if len(base) else (np.nan, np.nan)
     out["baseline"] = out.trial == baseline_trial
     out["gain_vs_baseline"] = objective.gain(out["mean"], ref_mean)
-    out["noise"] = np.maximum(out["std"], ref_std)
-    out["gain_exceeds_spread"] = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    out["noise"] = np.maximum(out["std"], ref_std)  # NaN where either has a single seed
+    base_seeds = int(base["seeds"].iloc[0]) if len(base) else 0
+    judged = (out.seeds >= MIN_SEEDS) & (base_seeds >= MIN_SEEDS)
+    exceeds = (out.gain_vs_baseline > 2 * out.noise) & ~out.baseline
+    out["gain_exceeds_spread"] = pd.Series([bool(x) if ok else None for x, ok in zip(exceeds, judged)],
+                                           index=out.index, dtype=object)
+    out["verdict"] = [confirm_verdict(baseline=b, seeds=int(n), baseline_seeds=base_seeds, exceeds=x,
+                                      has_gain=pd.notna(gain))
+                      for b, n, x, gain in zip(out.baseline, out.seeds, out.gain_exceeds_spread,
+                                               out.gain_vs_baseline)]
     return out
 
 

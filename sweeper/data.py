@@ -107,7 +107,8 @@ def _open(path: Path) -> Image.Image:
         img.load()
         return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise SweeperError(f"{path}: not a readable PNG ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+        raise SweeperError(f"{path}: not a readable PNG, the file is damaged ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
 
 
 def load_image(path: Path, *, height: int, width: int, flip: bool = False) -> torch.Tensor:

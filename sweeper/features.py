@@ -13,12 +13,12 @@ over these entries, or `BackboneTokens` (the backbone in the loop, as phase 1 di
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shutil
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,6 +26,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from sweeper.cache_command import (checksum_path, default_cache_root, file_crc32, mark_used, partial_tag,
+                                   remove_orphaned_partials)
 from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the file layout changes: old entries are then never reused
 DTYPES = {"float32": np.float32, "float16": np.float16}
 NPY_HEADER_BYTES = 128  # a .npy file's header, before its array
-CHECKSUM_CHUNK = 64 << 20  # bytes read at a time when checksumming an entry (memory stays flat at any size)
+CHUNK = 64 << 20  # bytes written at a time where a file's space is allocated by writing zeros
 
 
 def drop_resident_pages(array: np.ndarray) -> bool:
@@ -59,42 +61,64 @@ def drop_resident_pages(array: np.ndarray) -> bool:
     return True
 
 
-def default_cache_root() -> Path:
-    """$SWEEPER_CACHE, else $XDG_CACHE_HOME/sweeper, else ~/.cache/sweeper."""
-    if os.environ.get("SWEEPER_CACHE"):
-        return Path(os.environ["SWEEPER_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "sweeper"
-
-
-def file_crc32(path: Path) -> int:
-    """CRC-32 of a file's bytes, read in 64 MiB chunks (about 1 s per GB here; see README, Reliability)."""
-    crc, buf = 0, bytearray(CHECKSUM_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            crc = zlib.crc32(view[:n], crc)
-    return crc
-
-
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".crc32")  # {"crc32": int, "bytes": int} of the .npy as written
-
-
 CACHE_HINT = "free some space or point --cache-dir (or SWEEPER_CACHE) at another folder"
+
+
+def _create(tmp: Path, entry: Path, shape: tuple[int, ...], dtype) -> np.memmap:
+    """A new .npy at `tmp`, its whole size allocated on disk, mapped for writing.
+
+    The map of a sparse file would be filled page by page, and a page the disk cannot hold is a SIGBUS (a
+    `Bus error`, no message, the partial file left behind). Allocated first, a full disk is ENOSPC here: one
+    line naming the cache folder and the bytes needed (`files.atomic_path` then removes the partial file).
+    """
+    needed = int(np.prod(shape)) * np.dtype(dtype).itemsize + NPY_HEADER_BYTES  # until the header is known
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)  # the header, a sparse body
+        body, needed = arr.offset, tmp.stat().st_size
+        del arr
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            _allocate(fd, body, needed)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SweeperError(f"{entry.parent}: cannot write a feature cache entry ({os.strerror(e.errno)}: "
+                               f"{needed:,} bytes needed); {CACHE_HINT}") from None
+        raise
+    return np.lib.format.open_memmap(tmp, mode="r+")
+
+
+def _allocate(fd: int, body: int, size: int) -> None:
+    """Allocate a file's `size` bytes on disk; where the file system cannot (or the OS lacks posix_fallocate),
+    by writing zeros over its body (from byte `body` on), flushed so that a full disk shows here."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    try:
+        if fallocate is None:
+            raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available")
+        fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        zeros = bytes(min(CHUNK, size))
+        for at in range(body, size, len(zeros)):
+            os.pwrite(fd, zeros[: size - at], at)
+        os.fsync(fd)
 
 
 def _write_atomically(path: Path, fill, shape: tuple[int, ...], dtype) -> None:
     """Create an .npy at a temporary name (files.atomic_path), fill it in place, record its checksum, then
     rename: a killed run never leaves a half file, and a file damaged later is caught when it is opened
-    (`_verified`). The checksum lands first: an entry never exists without one."""
-    with atomic_path(path, tag="partial", hint=CACHE_HINT) as tmp:
+    (`_verified`). The checksum lands first: an entry never exists without one. The file's space is allocated
+    before the fill (`_create`); partial files that killed builds left are removed first."""
+    remove_orphaned_partials(path.parent.parent)
+    with atomic_path(path, tag=partial_tag(), hint=CACHE_HINT) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        arr = _create(tmp, path, shape, dtype)
         fill(arr)
         arr.flush()
         del arr
-        with atomic_path(_checksum_path(path), hint=CACHE_HINT) as check_tmp:
+        with atomic_path(checksum_path(path), hint=CACHE_HINT) as check_tmp:
             check_tmp.write_text(json.dumps({"crc32": file_crc32(tmp), "bytes": tmp.stat().st_size}))
 
 
@@ -103,7 +127,7 @@ def _verified(path: Path) -> bool:
     it opens as an .npy. A damaged entry is deleted with a warning, so that the caller rebuilds it."""
     reason = None
     try:
-        recorded = json.loads(_checksum_path(path).read_text())
+        recorded = json.loads(checksum_path(path).read_text())
         size = path.stat().st_size
     except (OSError, ValueError):
         reason = "no checksum was recorded for it (written by an older version or interrupted)"
@@ -119,7 +143,7 @@ def _verified(path: Path) -> bool:
         except (OSError, ValueError, EOFError) as e:
             reason = f"not a readable .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     log.warning("feature cache entry %s is damaged (%s): rebuilding it", path, reason)
-    for p in (path, _checksum_path(path)):
+    for p in (path, checksum_path(path)):
         with contextlib.suppress(OSError):
             p.unlink()
     return False
@@ -167,6 +191,7 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
                             flip=flip)
     if path.exists() and _verified(path):
         log.info("feature cache hit: %s", path)
+        mark_used(path)
         return np.load(path, mmap_mode="r"), True
     p = backbone.patch_size
     shape = (len(split), height // p, width // p, backbone.embed_dim)
@@ -232,6 +257,7 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
     path = label_entry_path(split, cache_root=cache_root, height=height, width=width, mode=mode,
                             allow_unknown=allow_unknown, flip=flip)
     if path.exists() and _verified(path):
+        mark_used(path)
         return np.load(path)
     labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip,
                                workers=default_workers())

@@ -64,6 +64,8 @@ def atomic_path(path: Path, *, tag: str = "tmp", hint: str = "") -> Iterator[Pat
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, SweeperError):  # already one line naming its file (a damaged image, a full cache folder)
+            raise
         cause = _os_error(e)  # torch.save, for one, reports a full disk as a RuntimeError raised from it
         if cause is None:
             raise

@@ -73,3 +73,20 @@ def check_metric(metric: Any, source: str) -> str:
         raise SweeperError(f"{source}: metric: expected one of {', '.join(COMPARABLE)} (reported by every trial "
                            f"every epoch on the same validation split), got {metric!r}")
     return metric
+
+
+MIN_SEEDS = 2  # a standard deviation needs two values: with fewer, no gain can be told from seed noise
+
+
+def confirm_verdict(*, baseline: bool, seeds: int, baseline_seeds: int, exceeds: bool | None,
+                    has_gain: bool = True) -> str:
+    """A confirmed config's verdict: its gain over the baseline is real (beyond twice the seed spread),
+    within the seed noise, or cannot be told (it or the baseline ran fewer than MIN_SEEDS seeds); with no
+    gain at all (every baseline seed failed), there is no baseline to compare with."""
+    if baseline:
+        return "reference"
+    if not has_gain:
+        return "no baseline to compare with"
+    if min(seeds, baseline_seeds) < MIN_SEEDS:
+        return f"cannot tell: fewer than {MIN_SEEDS} seeds"
+    return "real: gain > 2x seed spread" if exceeds else "within seed noise"

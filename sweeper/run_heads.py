@@ -3,9 +3,9 @@
 A baseline run keeps its final head (segmentation_head.pth, as phase 1 does). A sweep's checkpoint of each
 trial keeps its latest state (for resume) and the head of its best epoch (the epoch its trials.csv score
 comes from); `load_run_head` picks a trial ('best' = the best by the sweep's objective, e.g. the highest
-best_val_iou, among trials with a checkpoint) and, by
-default, that best epoch's head, reading only the trials' own records and checkpoints (never Ray's pickled
-state). `sweeper evaluate` and `sweeper export` both pick their head here.
+best_val_iou; refused when that trial's checkpoint is gone) and, by default, that best epoch's head, reading
+only the trials' own records and checkpoints (never Ray's pickled state). `sweeper evaluate` and `sweeper
+export` both pick their head here.
 """
 
 from __future__ import annotations
@@ -118,6 +118,19 @@ def _history_validation(run_dir: Path, trial: int, epoch: int | None) -> dict[st
     return _validation(record, HISTORY_CSV)
 
 
+def _best_without_checkpoint(exp_dir: Path, records: list[TrialRecord] | None, row: dict[str, Any],
+                             fallback: int, column: str) -> str:
+    """The one line refusing 'best' when the best trial's checkpoint is gone: the missing file (or folder) and
+    the --trial that would work."""
+    number = int(row["trial"])
+    if records:
+        where = f"{records[-1].path}/checkpoint_*/{STATE_FILE}: missing"
+    else:
+        where = f"{exp_dir}: no folder of trial {number} (Ray trial id {row['trial_id']})"
+    return (f"{where}, so the best trial ({number}, {column} {float(row[column]):.4f}) cannot be scored; "
+            f"--trial {fallback} is the best trial with a checkpoint")
+
+
 def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead:
     sweep = files.read_json(run_dir / SWEEP_FILE)
     table = files.read_csv(run_dir / TRIALS_CSV)
@@ -141,12 +154,19 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
         if not checkpoints:
             raise SweeperError(f"{run_dir}: no trial has a checkpoint under {exp_dir}")
 
+        rows = {int(r["trial"]): r for r in table.to_dict("records")}
+
         def score(t: int) -> tuple[float, int]:
-            v = checkpoints[t][0].get(objective.column)
+            v = rows[t].get(objective.column)
             gain = -math.inf if v is None or pd.isna(v) else objective.gain(float(v), 0.0)  # larger is better
             return (gain, -t)  # ties: the lower trial number
 
-        number = max(checkpoints, key=score)
+        number = max(rows, key=score)
+        if number not in checkpoints and score(number)[0] > -math.inf:
+            # another trial's head would not be the one trials.csv and the report call best: refuse, say what works
+            raise SweeperError(_best_without_checkpoint(exp_dir, groups.get(number), rows[number],
+                                                        max(checkpoints, key=score), objective.column))
+        number = number if number in checkpoints else max(checkpoints, key=score)
     else:
         try:
             number = int(str(trial))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -307,11 +308,13 @@ def test_baseline_has_no_trials(tmp_path, dataset):
 # --------------------------------------------------------------------------- sweeps
 
 
-def test_sweep_best_is_the_highest_score_with_a_checkpoint(tmp_path, dataset, cache, test_labels):
+def test_sweep_best_is_the_highest_score(tmp_path, dataset, cache, test_labels):
     sweep = make_sweep(tmp_path / "sweep")
+    table = sweep / "trials.csv"
+    table.write_text("".join(table.read_text().splitlines(keepends=True)[:3]))  # trial 2 (no checkpoint) gone
     out = ev.evaluate_run(sweep, data=dataset, cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
-    assert out == sweep / "evaluation" / "trial-1"  # trial 2 scores higher but kept no checkpoint
+    assert out == sweep / "evaluation" / "trial-1"  # 0.50 beats trial 0's 0.30
     assert (np.asarray(Image.open(out / "masks" / "000000_pred.png")) == 3).all()
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["run"]["trial"] == 1 and m["run"]["trial_id"] == "bbbb1111" and m["run"]["by"] == "best_val_iou"
@@ -332,6 +335,35 @@ def test_sweep_trial_by_number_uses_its_checkpoint_history(tmp_path, dataset, ca
     m = json.loads((out / "test_metrics.json").read_text())
     assert m["validation"]["source"] == "checkpoint_000001/state.pt" and m["validation"]["epoch"] == 1
     assert m["run"]["baseline"] is True and m["run"]["by"] == "trial number"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_best_trial_without_its_checkpoint_is_refused_naming_the_file_and_a_trial_that_works(tmp_path, dataset,
+                                                                                          capsys, command):
+    # trial 2 scores best (0.90) but its checkpoint is gone: scoring trial 1 instead would be another head than
+    # the one the report calls best, so refuse and say which --trial would work
+    from sweeper.cli import main
+
+    sweep = make_sweep(tmp_path / "sweep")
+    (tdir,) = (sweep / "ray").glob("*_cccc2222_*")
+    extra = ["--data", str(dataset)] if command == "evaluate" else ["--out", str(tmp_path / "export")]
+    assert main([command, str(sweep), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"error: {tdir}/checkpoint_*/state.pt: missing, so the best trial (2, best_val_iou 0.9000) "
+                   f"cannot be scored; --trial 1 is the best trial with a checkpoint\n")
+    assert not (sweep / "evaluation").exists() and not (tmp_path / "export").exists()
+
+
+def test_best_trial_without_its_folder_names_the_folder(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    (tdir,) = (sweep / "ray").glob("*_cccc2222_*")
+    shutil.rmtree(tdir)
+    with pytest.raises(SweeperError) as err:
+        load_run_head(sweep)
+    assert str(err.value) == (f"{sweep / 'ray'}: no folder of trial 2 (Ray trial id cccc2222), so the best trial "
+                              f"(2, best_val_iou 0.9000) cannot be scored; "
+                              f"--trial 1 is the best trial with a checkpoint")
 
 
 @pytest.mark.parametrize("trial, why", [("2", "trial 2 has no checkpoint"), ("7", "trial 7 does not exist"),

@@ -559,7 +559,7 @@ def test_synth_with_no_train_images_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["synth", str(tmp_path / "set"), "--train", "0"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "argument --train: expected a number >= 1, got 0" in err.splitlines()[-1]
+    assert exit_.value.code == 2 and err == "error: --train: expected a whole number >= 1, got 0; see sweeper synth -h\n"
     assert not (tmp_path / "set").exists()
 
 

@@ -453,3 +453,41 @@ def test_phase1_plots_writes_the_four_figures(tmp_path):
 def test_phase1_figure_unknown_name_is_a_one_line_error():
     with pytest.raises(SweeperError, match="loss_curves.png.*training_curves.png"):
         phase1_figure(TWO_EPOCHS, "loss_curves.png")
+
+
+def trial_records(run: Path, ious: dict[int, list[float]]) -> None:
+    """Each trial's own records under ray/ (config, epochs, end), as a finished sweep leaves them."""
+    from sweeper import files, results
+
+    (run / "space.yaml").write_text((Path(__file__).resolve().parent.parent / "sweeper" / "search_spaces"
+                                     / "smoke.yaml").read_text())
+    for t, values in ious.items():
+        folder = run / "ray" / f"trial_{t}"
+        results.write_trial_start(folder, {"trial_number": t, "lr": 1e-3 * (t + 1), "epochs": len(values)},
+                                  trial_id=f"id{t}")
+        for e, v in enumerate(values, 1):
+            files.append_jsonl(folder / results.TRIAL_EPOCHS, {"epoch": e, "val_iou": v, "val_miou": v - 0.05})
+        results.write_trial_end(folder, "TERMINATED")
+
+
+@pytest.mark.parametrize("gone, expected", [
+    (["trials.csv"], "trials.csv: missing (history.csv is there); this report rebuilt the trials from ray/"),
+    (["trials.csv", "history.csv"], "trials.csv and history.csv: missing; this report rebuilt them from ray/"),
+])
+def test_a_finished_sweep_without_its_tables_names_what_is_missing(tmp_path, gone, expected):
+    run = make_sweep(tmp_path, study_trials=0)
+    trial_records(run, {0: [0.1, 0.2], 1: [0.3, 0.25]})
+    for name in gone:
+        (run / name).unlink()
+    sweep = load_sweep(run)
+    table_lines = [m for m in sweep.missing if "trials.csv" in m or "history.csv" in m]
+    assert table_lines == [expected]
+    assert not any("did not finish" in m for m in sweep.missing)  # sweep.json records its end
+    assert list(sweep.trials.best_val_iou) == [0.2, 0.3]
+
+
+def test_an_unfinished_sweep_without_tables_says_they_were_not_written(tmp_path):
+    run = make_sweep(tmp_path, finished=False, tables=False, study_trials=0)
+    trial_records(run, {0: [0.1, 0.2]})
+    assert "trials.csv and history.csv: not written (the sweep did not finish); this report rebuilt them from ray/" \
+        in load_sweep(run).missing

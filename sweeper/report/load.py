@@ -137,7 +137,7 @@ def _rebuild_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     if not space_path.is_file():
         raise SweeperError(f"{space_path} is missing, so ray/ cannot be read into tables")
     trials, history = collect(run_dir, load_space(space_path))
-    return trials, history, f"{TRIALS_CSV} and {HISTORY_CSV} were not written; this report rebuilt them from ray/"
+    return trials, history, f"This report's tables were rebuilt from the trial records under {EXPERIMENT_DIR}/."
 
 
 def load_sweep(run_dir: Path) -> SweepRun:
@@ -167,7 +167,7 @@ def load_sweep(run_dir: Path) -> SweepRun:
         try:
             trials, history, note = _rebuild_tables(run_dir)
             notes.append(note)
-            missing.append(f"{TRIALS_CSV} and {HISTORY_CSV}: not written (the sweep did not finish)")
+            missing.append(_missing_tables(run_dir, finished="wall_seconds" in info))
         except SweeperError as e:
             missing.append(f"{TRIALS_CSV}: missing, and ray/ could not be read ({str(e).splitlines()[0]})")
     else:
@@ -195,6 +195,14 @@ def load_sweep(run_dir: Path) -> SweepRun:
     else:
         missing.append(f"{STUDY_FILE}: missing, so no hyperparameter importance")
     return dataclasses.replace(run, missing=tuple(missing), notes=tuple(notes))
+
+
+def _missing_tables(run_dir: Path, *, finished: bool) -> str:
+    """The line naming what is missing when trials.csv is (history.csv may be there), the tables rebuilt."""
+    if (run_dir / HISTORY_CSV).is_file():
+        return f"{TRIALS_CSV}: missing ({HISTORY_CSV} is there); this report rebuilt the trials from {EXPERIMENT_DIR}/"
+    why = "missing" if finished else "not written (the sweep did not finish)"
+    return f"{TRIALS_CSV} and {HISTORY_CSV}: {why}; this report rebuilt them from {EXPERIMENT_DIR}/"
 
 
 def _trial_gaps(run: SweepRun) -> list[str]:

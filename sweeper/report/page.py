@@ -179,7 +179,8 @@ def confirm_html(run: SweepRun) -> str:
     header, rows = confirm_rows(run)
     return ('<section id="confirm"><h2>Is the winner real? (sweeper confirm)</h2><p>Each config re-trained with '
             'several seeds; a gain counts as real when it exceeds twice the larger seed-to-seed standard '
-            'deviation.</p><table class="confirm"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            'deviation; with fewer than 2 seeds there is no spread, so it cannot tell.</p>'
+            '<table class="confirm"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in header)
             + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
                                              for r in rows) + "</tbody></table></section>")
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sweeper.config import PUBLISHED_BASELINE_IOU
-from sweeper.objective import Objective
+from sweeper.objective import Objective, confirm_verdict
 from sweeper.report.load import BaselineRun, SweepRun, num
 from sweeper.results import best_index, describe_trial
 
@@ -197,12 +197,13 @@ def confirm_rows(run: SweepRun) -> tuple[list[str], list[list[str]]]:
               "gain vs baseline", "verdict"]
     rows = []
     by_trial = {int(t.trial): t for _, t in run.trials.iterrows()} if "trial" in run.trials else {}
-    for _, r in run.confirm.iterrows():
-        is_base = str(r.get("baseline")).lower() == "true"
-        verdict = ("reference" if is_base else
-                   "no baseline to compare with" if num(r.get("gain_vs_baseline")) is None else
-                   "real: gain > 2x seed spread" if str(r.get("gain_exceeds_spread")).lower() == "true"
-                   else "within seed noise")
+    bases = run.confirm["baseline"].astype(str).str.lower() == "true"
+    base_seeds = int(run.confirm[bases]["seeds"].iloc[0]) if bases.any() else 0
+    for (_, r), is_base in zip(run.confirm.iterrows(), bases):
+        # from the numbers, not a stored verdict: a summary written before one seed meant "cannot tell" says so too
+        verdict = confirm_verdict(baseline=bool(is_base), seeds=int(r.seeds), baseline_seeds=base_seeds,
+                                  exceeds=str(r.get("gain_exceeds_spread")).lower() == "true",
+                                  has_gain=num(r.get("gain_vs_baseline")) is not None)
         row = by_trial.get(int(r.trial))
         rows.append([f"{int(r.trial)}{' (phase 1)' if is_base else ''}",
                      "—" if row is None else describe_trial(row, run.dims), str(int(r.seeds)), fmt(r["mean"]),

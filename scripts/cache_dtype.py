@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, token_bytes  # noqa: E402
 from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.space import default_space_path  # noqa: E402
-from sweeper.features import default_cache_root, load_train_data  # noqa: E402
+from sweeper.cache_command import default_cache_root  # noqa: E402
+from sweeper.features import load_train_data  # noqa: E402
 from sweeper.results import best_index  # noqa: E402
 from sweeper.space import load_space  # noqa: E402
 from sweeper.synth import default_dataset  # noqa: E402

@@ -23,7 +23,8 @@ from sweeper import evaluate as ev
 from sweeper.backbone import create_backbone
 from sweeper.data import find_split
 from sweeper.errors import SweeperError
-from sweeper.features import cached_labels, cached_tokens, default_cache_root
+from sweeper.cache_command import default_cache_root
+from sweeper.features import cached_labels, cached_tokens
 from sweeper.run_heads import build_head, load_run_head
 
 

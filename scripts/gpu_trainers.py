@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from common import Sampler, work_dir  # noqa: E402
 from sweeper.backbone import create_backbone  # noqa: E402
 from sweeper.config import TrainConfig  # noqa: E402
-from sweeper.features import default_cache_root, load_train_data  # noqa: E402
+from sweeper.cache_command import default_cache_root  # noqa: E402
+from sweeper.features import load_train_data  # noqa: E402
 from sweeper.files import write_atomic  # noqa: E402
 from sweeper.synth import default_dataset  # noqa: E402
 from sweeper.train import load_checkpoint, train  # noqa: E402

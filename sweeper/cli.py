@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sweeper.cache_command import add_parser as add_cache_parser
+from sweeper.plan_measure import cmd_plan
 from sweeper.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
 from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
@@ -284,6 +285,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
     from sweeper import files, results, runs
     from sweeper.report import write_report
+    from sweeper.phase1_text import evaluation_metrics_text
     from sweeper.report.run_figures import phase1_plots
     from sweeper.train import train
 
@@ -317,7 +319,7 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
         torch.set_num_threads(config.threads)
     result = train(config, data, on_epoch=on_epoch)
     runs.save_head(out / results.HEAD_FILE, result.head_state)
-    files.write_text_atomic(out / results.TEXT_FILE, results.evaluation_metrics_text(result.history))
+    files.write_text_atomic(out / results.TEXT_FILE, evaluation_metrics_text(result.history))
     phase1_plots(out)
     report = write_report(out)
     best = result.best
@@ -325,21 +327,6 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     print(f"best val IoU {best['val_iou']:.4f} at epoch {best['epoch']} "
           f"({ref}: {PUBLISHED_BASELINE_IOU}); val mIoU {best['val_miou']:.4f}; "
           f"{result.seconds:.0f} s; outputs in {out}; report {report}")
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from sweeper import plan
-    from sweeper.files import write_json
-    from sweeper.plan_measure import make_plan
-    from sweeper.space import default_space_path, find_space, load_space
-
-    space = load_space(find_space(args.space) if args.space else default_space_path())
-    result = make_plan(args, space)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / plan.PLAN_FILE, result)
-    print(plan.format_plan(result))
-    print(f"plan: {args.out / plan.PLAN_FILE}")
     return 0
 
 

@@ -45,7 +45,8 @@ from torch import nn
 from sweeper import files, runs, synth
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
-from sweeper.features import cached_labels, cached_tokens, default_cache_root
+from sweeper.cache_command import default_cache_root
+from sweeper.features import cached_labels, cached_tokens
 from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
 from sweeper.progress import progress_bar
 from sweeper.report.run_figures import (ORGANISERS_CLASS_NAMES, PALETTE, colorize, comparison_figure,

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from sweeper.cache_command import (checksum_path, default_cache_root, file_crc32, mark_used, partial_tag,
+from sweeper.cache_command import (checksum_path, file_crc32, mark_used, partial_tag,
                                    remove_orphaned_partials)
 from sweeper.config import LabelMode
 from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels

@@ -33,7 +33,7 @@ class DataSource:
 def resolve_data(args: argparse.Namespace) -> DataSource:
     """The dataset root: --data, or the embedded synthetic set (generated once into the cache)."""
     from sweeper import synth
-    from sweeper.features import default_cache_root
+    from sweeper.cache_command import default_cache_root
 
     if args.data is None:
         cache_root = args.cache_dir or default_cache_root()
@@ -72,7 +72,8 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
     With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
     """
     from sweeper.device import release_memory, resolve_device
-    from sweeper.features import default_cache_root, load_train_data
+    from sweeper.cache_command import default_cache_root
+    from sweeper.features import load_train_data
 
     source = resolve_data(args)
     device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads

@@ -206,7 +206,8 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
     from sweeper.cluster import local_nodes, trial_resources
     from sweeper.data import find_split, image_size
     from sweeper.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
-    from sweeper.features import cache_entries, default_cache_root, free_bytes
+    from sweeper.cache_command import default_cache_root
+    from sweeper.features import cache_entries, free_bytes
     from sweeper.inputs import resolve_backbone, resolve_data
     from sweeper.parallel import available_cores
 
@@ -287,3 +288,18 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
         out["recommendation"] = recommend_cpu(host_mb, available_memory_mb(), cores, threads)
     out["refusals"] = refusals(out)
     return out
+
+
+def cmd_plan(args) -> int:
+    """`sweeper plan`: the table, and OUT/plan.json for `search` to reuse."""
+    from sweeper.files import write_json
+    from sweeper.plan import PLAN_FILE, format_plan
+    from sweeper.space import default_space_path, find_space, load_space
+
+    space = load_space(find_space(args.space) if args.space else default_space_path())
+    result = make_plan(args, space)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / PLAN_FILE, result)
+    print(format_plan(result))
+    print(f"plan: {args.out / PLAN_FILE}")
+    return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from sweeper.config import TrainConfig
 from sweeper.trial import run_trial

@@ -94,7 +94,7 @@ def stage_cache(root: Path, cache: Path, device: str, dtype: str) -> dict[str, A
     sub = type(val)(val.name, val.root, val.image_paths[:k], val.mask_paths[:k])
     scratch = cache.parent / "cache-sequential"
     rates = {}
-    for workers in (0, default_workers()):
+    for workers in (0, default_workers(k)):
         t = time.perf_counter()
         cached_tokens(sub, backbone, cache_root=scratch, height=cfg.image_height, width=cfg.image_width,
                       dtype=dtype, show_progress=False, workers=workers)
@@ -106,9 +106,9 @@ def stage_cache(root: Path, cache: Path, device: str, dtype: str) -> dict[str, A
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"images": n, "dtype": dtype, "seconds": round(seconds, 1), "labels_seconds": round(labels_seconds, 1),
-            "images_per_second": round(n / seconds, 1), "workers": default_workers(),
+            "images_per_second": round(n / seconds, 1), "workers": default_workers(len(splits[0])),
             "subset": k, "sequential_images_per_second": round(rates[0], 1),
-            "parallel_images_per_second": round(rates[default_workers()], 1),
+            "parallel_images_per_second": round(rates[default_workers(k)], 1),
             "bytes": du(cache / "tokens") + du(cache / "labels")}
 
 

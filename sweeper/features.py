@@ -182,8 +182,9 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
     a CPU does in twenty), in batches of `batch_size` (default: 32 on a GPU, 4 on the CPU).
     `flip`: the tokens of the mirrored images, an entry of its own (mirroring a token grid is not the
     same: the position embeddings and the patch contents would not be mirrored).
-    Images are decoded by `workers` processes (default: `default_workers()`) ahead of the backbone, into
-    pinned memory on a GPU, so decoding overlaps the forward pass; the entry's bytes do not depend on it.
+    Images are decoded by `workers` processes (default: `default_workers` for the split's size) ahead of the
+    backbone, into pinned memory on a GPU, so decoding overlaps the forward pass; the entry's bytes do not
+    depend on it.
     """
     if dtype not in DTYPES:
         raise SweeperError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
@@ -201,7 +202,8 @@ def cached_tokens(split: Split, backbone, *, cache_root: Path, height: int, widt
 
     def fill(arr: np.ndarray) -> None:
         batches = image_batches(split, batch_size=batch_size, height=height, width=width, flip=flip,
-                                workers=default_workers() if workers is None else workers, pin=device.type == "cuda")
+                                workers=default_workers(len(split)) if workers is None else workers,
+                                pin=device.type == "cuda")
         with progress_bar(total=len(split), desc=f"caching {split.name} tokens", enabled=show_progress) as bar:
             for lo, images in zip(range(0, len(split), batch_size), batches):  # under torch.inference_mode
                 out = backbone(images.to(device, non_blocking=True))
@@ -244,7 +246,7 @@ def image_batches(split: Split, *, batch_size: int, height: int, width: int, fli
     loader = torch.utils.data.DataLoader(
         _ImageBatches(split.image_paths, batch_size, height, width, flip), batch_size=None,
         num_workers=workers if parallel else 0, pin_memory=pin, prefetch_factor=2 if parallel else None,
-        multiprocessing_context="fork" if parallel else None)
+        multiprocessing_context="spawn" if parallel else None)  # spawned: see sweeper.parallel
     for batch in loader:
         if isinstance(batch, str):
             raise SweeperError(batch)
@@ -260,7 +262,7 @@ def cached_labels(split: Split, *, cache_root: Path, height: int, width: int, mo
         mark_used(path)
         return np.load(path)
     labels = load_split_labels(split, height=height, width=width, mode=mode, allow_unknown=allow_unknown, flip=flip,
-                               workers=default_workers())
+                               workers=default_workers(len(split)))
 
     def fill(arr: np.ndarray) -> None:
         arr[:] = labels

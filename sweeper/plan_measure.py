@@ -161,7 +161,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
         sub = type(split)(split.name, split.root, split.image_paths[:n], split.mask_paths[:n])
         backbone = backbone.to(device)
         seconds, images = [], []
-        for x in image_batches(sub, batch_size=batch, height=height, width=width, workers=default_workers(),
+        for x in image_batches(sub, batch_size=batch, height=height, width=width, workers=default_workers(n),
                                pin=cuda):
             t = time.perf_counter()
             backbone(x.to(device, non_blocking=True)).float().cpu()

@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from sweeper.errors import SweeperError
-from sweeper.parallel import available_cores, pool_map
+from sweeper.parallel import available_cores, default_workers, pool_map
 from sweeper.synth_scene import render_scene
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def generate(out_dir: str | os.PathLike[str], *, train: int, val: int, test: int
         raise SweeperError(f"cannot write the synthetic dataset next to {out}: {e.strerror or e}") from None
     jobs = [(tmp, split, code, index, seed, width, height)
             for code, split in enumerate(SPLITS) for index in range(counts[split])]
-    workers = max(1, min(workers or available_cores(), len(jobs)))
+    workers = max(1, min(workers or default_workers(len(jobs), limit=available_cores()) or 1, len(jobs)))
     log.info("generating %d synthetic images (%dx%d, seed %d, %d workers) into %s", len(jobs), width, height, seed,
              workers, out)
     try:

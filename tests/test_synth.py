@@ -120,7 +120,7 @@ def test_default_dataset_is_generated_once(tmp_path: Path, monkeypatch: pytest.M
         return render(*args, **kwargs)
 
     monkeypatch.setattr(synth, "render_scene", counting)
-    monkeypatch.setattr(synth, "available_cores", lambda: 1)  # render in this process, where `calls` counts
+    monkeypatch.setattr(synth, "default_workers", lambda *a, **k: 1)  # render here, where `calls` counts
     first = synth.default_dataset(tmp_path, train=2, val=1, test=1)
     assert calls == [False, False, False, True]  # the test split is the shifted location
     assert first.parent == tmp_path and "s0-2-1-1" in first.name

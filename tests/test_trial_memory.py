@@ -13,7 +13,7 @@ from test_train import learnable_data
 
 SMALL = {"image_height": 56, "image_width": 112}
 CFG = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, device="cpu", threads=1, **SMALL)
-BIG = 400  # MB a first trial holds for a while, in the same process as the next trial (a reused Ray actor)
+BIG = 1000  # MB a first trial holds for a while, in the same process as the next trial (a reused Ray actor)
 
 
 def test_a_reused_worker_reports_each_trials_own_peak():
@@ -30,8 +30,10 @@ def test_a_reused_worker_reports_each_trials_own_peak():
     held.clear()  # the first trial's memory is gone; the process (the actor) lives on
     second: list[dict] = []
     run_trial(CFG, data, report=lambda m, s: second.append(m))
-    assert first[-1]["peak_rss_mb"] > second[-1]["peak_rss_mb"] + BIG * 0.8, (first[-1], second[-1])
-    assert first[-1]["peak_private_mb"] > second[-1]["peak_private_mb"] + BIG * 0.8
+    # the second trial's peak leaves the first's BIG MB out; half of it is the margin, because a long-lived
+    # process's own heap moves by a hundred MB or so between two runs (seen in the full suite: +115 MB)
+    assert first[-1]["peak_rss_mb"] > second[-1]["peak_rss_mb"] + BIG * 0.5, (first[-1], second[-1])
+    assert first[-1]["peak_private_mb"] > second[-1]["peak_private_mb"] + BIG * 0.5
     # the second trial's peak is its own, not below what it uses now
     assert second[-1]["peak_rss_mb"] >= second[0]["peak_rss_mb"] > 0
 

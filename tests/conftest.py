@@ -48,3 +48,19 @@ def fake_cuda(monkeypatch):
     from fake_cuda import FakeCuda
 
     return FakeCuda(monkeypatch)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """`sweeper ARGV` in this process: its exit code, stdout and stderr."""
+    from sweeper.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_line(err: str) -> str:
+    """The one `error:` line of a refused command (and no traceback)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -16,24 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.cli import main
-
-from conftest import make_dataset
+from conftest import error_line, make_dataset, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def partials(folder: Path) -> list[Path]:

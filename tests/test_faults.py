@@ -19,7 +19,7 @@ import pytest
 from sweeper.cli import main
 from sweeper.errors import SweeperError
 
-from conftest import make_dataset
+from conftest import error_line, make_dataset, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,18 +41,6 @@ def sweeper_logs_reach_caplog(monkeypatch):
     import logging
 
     monkeypatch.setattr(logging.getLogger("sweeper"), "propagate", True)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def dead_pid() -> int:

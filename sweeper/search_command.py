@@ -224,9 +224,9 @@ def plan_at_start(args: argparse.Namespace, space, gpus: float, trials: int, con
         print("plan: none for this data, device and space: `sweeper plan` projects time and memory first",
               file=sys.stderr)
         return None
-    if gpus > 0:
-        import torch
+    import torch
 
+    if gpus > 0 and torch.cuda.is_available():  # the card the plan measured is this machine's (a local sweep)
         card = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         plan.check_share_fits(recent, gpus, card, int(args.gpu_memory * 2**30) if args.gpu_memory else None, path)
     o = recent["options"]

@@ -1,7 +1,7 @@
 """Helpers shared by the measurement scripts (bench, rehearsal, GPU check, cache dtype): logging, timing,
 work folders, background samplers, the CLI as a subprocess, sizes.
 
-Light on purpose (no torch, no sweeper import): `scripts/gpu_check.py` imports it before it knows whether
+Light on purpose (no torch, no sweeper import): `scripts/checks/gpu_check.py` imports it before it knows whether
 the machine has what the package needs.
 """
 

@@ -1,5 +1,5 @@
 """The one exception type the CLI turns into a one-line message and exit code 2, and the mark of an out-of-memory
-error line (raised by `sweeper.device`, counted by the tables and the progress lines, which load no torch)."""
+error line (raised by `sweeper.training.device`, counted by the tables and the progress lines, which load no torch)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ OOM_MARK = "GPU out of memory"  # starts every out-of-memory trial error; tables
 
 
 def is_out_of_memory(error: str | None) -> bool:
-    """Whether a trial's error line is an out-of-memory failure (`sweeper.device.oom_message`, maybe after its class name)."""
+    """Whether a trial's error line is an out-of-memory failure (`sweeper.training.device.oom_message`, maybe after its class name)."""
     return bool(error) and (error.startswith(OOM_MARK) or f": {OOM_MARK}" in error)
 
 

@@ -1,7 +1,7 @@
 """Test-set evaluation of a trained head: the counterpart of phase 1's companion test script.
 
 `evaluate_run` takes a run folder (a `baseline` run or a `search` sweep), picks
-its head (`sweeper.run_heads`: a sweep's best trial at its best epoch, or a named one), rebuilds the run's backbone,
+its head (`sweeper.rundir.heads`: a sweep's best trial at its best epoch, or a named one), rebuilds the run's backbone,
 runs the head over the test folder at the run's image size and label mode, and
 writes (default folder RUN_DIR/evaluation/<baseline | trial-N>/):
 
@@ -42,22 +42,24 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sweeper import files, runs, synth
-from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, find_split
+from sweeper import files
+from sweeper.rundir import lock as runs
+from sweeper.data.synth import generate as synth
+from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
-from sweeper.cache_command import default_cache_root
-from sweeper.features import cached_labels, cached_tokens
-from sweeper.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
-from sweeper.progress import progress_bar
+from sweeper.data.cache_folder import default_cache_root
+from sweeper.data.cache import cached_labels, cached_tokens
+from sweeper.training.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
+from sweeper.search.progress import progress_bar
 from sweeper.report.run_figures import (ORGANISERS_CLASS_NAMES, PALETTE, colorize, comparison_figure,
                                         organisers_comparison, organisers_per_class, per_class_figure)
 from sweeper.report.summary import fmt, synthetic_tag
-from sweeper.device import resolve_device
-from sweeper.tokens import ArrayTokens
-from sweeper.train import TokenBatches, batch_order, eval_logits
-from sweeper.results import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
+from sweeper.training.device import resolve_device
+from sweeper.data.tokens import ArrayTokens
+from sweeper.training.train import TokenBatches, batch_order, eval_logits
+from sweeper.rundir.layout import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
                              DETAIL_NAME, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE)
-from sweeper.run_heads import RunHead, build_head, load_run_head
+from sweeper.rundir.heads import RunHead, build_head, load_run_head
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ def _clear_pngs(folder: Path) -> None:
 
 
 def _rebuild_backbone(run: RunHead, device: torch.device):
-    from sweeper.backbone import create_backbone
+    from sweeper.model.backbone import create_backbone
 
     rec = run.inputs.get("backbone") or {}
     if not rec.get("name"):

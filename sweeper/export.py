@@ -15,18 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeper.backbone import BACKBONES
-from sweeper.data import CLASS_NAMES, NUM_CLASSES
+from sweeper.model.backbone import BACKBONES
+from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
-from sweeper.run_heads import build_head, load_run_head
+from sweeper.rundir.heads import build_head, load_run_head
 from sweeper.files import write_json
-from sweeper.results import CONFIG_FILE, HEAD_FILE
-from sweeper.runs import save_head
+from sweeper.rundir.layout import CONFIG_FILE, HEAD_FILE
+from sweeper.rundir.lock import save_head
 
 
 def build_line(head: str, in_channels: int, num_classes: int = NUM_CLASSES) -> str:
     """The one line of Python that builds the module these weights load into."""
-    return (f"from sweeper.head import create_head; head = create_head({head!r}, in_channels={in_channels}, "
+    return (f"from sweeper.model.head import create_head; head = create_head({head!r}, in_channels={in_channels}, "
             f"num_classes={num_classes}); head.load_state_dict(torch.load({HEAD_FILE!r}, map_location='cpu', weights_only=True))")
 
 

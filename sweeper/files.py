@@ -1,7 +1,7 @@
 """Files on disk, written so that a reader never sees half of one: the one atomic writer, JSON and JSON-lines
 in strict JSON, the one CSV reader, and checks that fail in one line naming the file.
 
-Every module that writes or reads a run folder's files goes through these; `sweeper.results` says what the
+Every module that writes or reads a run folder's files goes through these; `sweeper.rundir.layout` says what the
 files are. No torch or numpy here (pandas only inside `read_csv`): `sweeper report` reads a run folder without
 them.
 """

@@ -52,7 +52,7 @@ def fake_cuda(monkeypatch):
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """`sweeper ARGV` in this process: its exit code, stdout and stderr."""
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     code = main([str(a) for a in argv])
     out = capsys.readouterr()

@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from sweeper import evaluate as ev
-from sweeper import files, results, runs, synth
-from sweeper.config import TrainConfig
-from sweeper.data import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
+from sweeper import files
+from sweeper.rundir import layout as results, lock as runs
+from sweeper.data.synth import generate as synth
+from sweeper.training.config import TrainConfig
+from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
-from sweeper.head import create_head
+from sweeper.model.head import create_head
 from sweeper.report.run_figures import colorize
-from sweeper.run_heads import load_run_head
+from sweeper.rundir.heads import load_run_head
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")  # 4x8 token grid: fast on CPU
 BACKBONE = {"name": "random_vits14", "weights_path": None}
@@ -28,7 +30,7 @@ BACKBONE = {"name": "random_vits14", "weights_path": None}
 @pytest.fixture(scope="module")
 def backbone():
     """The run's backbone, built once: a random ViT-S takes seconds to initialise."""
-    from sweeper.backbone import create_backbone
+    from sweeper.model.backbone import create_backbone
 
     return create_backbone("random_vits14")
 
@@ -36,13 +38,13 @@ def backbone():
 @pytest.fixture(autouse=True)
 def shared_backbone(backbone, monkeypatch):
     """evaluate_run rebuilds the run's backbone by name; hand it the one built for this module."""
-    import sweeper.backbone
+    import sweeper.model.backbone
 
     def create(name, *, weights=None, seed=0):
         assert name == "random_vits14" and weights is None
         return backbone
 
-    monkeypatch.setattr(sweeper.backbone, "create_backbone", create)
+    monkeypatch.setattr(sweeper.model.backbone, "create_backbone", create)
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +263,8 @@ def test_rerun_replaces_outputs_and_out_is_honoured(tmp_path, dataset, cache):
 
 def test_scores_on_val_folder_reproduce_the_training_record(tmp_path, dataset, cache, backbone):
     """A real trained head scored on its own val split gives the val IoU that training recorded."""
-    from sweeper.features import load_train_data
-    from sweeper.train import train
+    from sweeper.data.cache import load_train_data
+    from sweeper.training.train import train
 
     cfg = TrainConfig(**SMALL, epochs=2, optimizer="adamw", lr=1e-3)
     data = load_train_data(dataset, backbone, height=56, width=112, label_mode=cfg.label_mode, cache_root=cache,
@@ -342,7 +344,7 @@ def test_best_trial_without_its_checkpoint_is_refused_naming_the_file_and_a_tria
                                                                                           capsys, command):
     # trial 2 scores best (0.90) but its checkpoint is gone: scoring trial 1 instead would be another head than
     # the one the report calls best, so refuse and say which --trial would work
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     sweep = make_sweep(tmp_path / "sweep")
     (tdir,) = (sweep / "ray").glob("*_cccc2222_*")

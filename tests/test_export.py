@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper.cli import main
-from sweeper.config import TrainConfig
+from sweeper.cli.main import main
+from sweeper.training.config import TrainConfig
 from sweeper.files import write_json
-from sweeper.head import ConvNeXtPhase1Head, create_head
-from sweeper.results import CONFIG_FILE, HEAD_FILE
+from sweeper.model.head import ConvNeXtPhase1Head, create_head
+from sweeper.rundir.layout import CONFIG_FILE, HEAD_FILE
 
 
 def baseline_folder(folder: Path, head_name: str, seed: int = 3) -> dict[str, torch.Tensor]:

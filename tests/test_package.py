@@ -54,7 +54,7 @@ def test_spaces_ship_with_the_package_and_the_default_is_found_from_any_folder(w
     assert install.returncode == 0, install.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("import sweeper; from sweeper.space import default_space_path, load_space, find_space; "
+    probe = ("import sweeper; from sweeper.search.space import default_space_path, load_space, find_space; "
              "p = default_space_path(); s = load_space(p); "
              "print(sweeper.__file__, p, s.name, s.trials, find_space('smoke').name, sep='|')")
     env = {**os.environ, "PYTHONPATH": str(site)}

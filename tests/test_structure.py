@@ -50,12 +50,12 @@ def test_no_module_imports_a_private_name_from_another():
 
 def test_the_private_import_check_finds_one(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("from sweeper.train import _train, train\nfrom sweeper import __version__\n")
-    assert private_imports(probe) == ["probe.py:1 sweeper.train._train"]
+    probe.write_text("from sweeper.training.train import _train, train\nfrom sweeper import __version__\n")
+    assert private_imports(probe) == ["probe.py:1 sweeper.training.train._train"]
 
 
-@pytest.mark.parametrize("module", ["sweeper.cli", "sweeper.results", "sweeper.files", "sweeper.config",
-                                    "sweeper.space"])
+@pytest.mark.parametrize("module", ["sweeper.cli.main", "sweeper.rundir.layout", "sweeper.files", "sweeper.training.config",
+                                    "sweeper.search.space"])
 def test_light_modules_do_not_import_torch_or_ray(module):
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
             "print(','.join(sorted(m for m in ('torch', 'ray') if m in sys.modules)))")

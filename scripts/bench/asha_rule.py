@@ -1,6 +1,6 @@
 """Measure the ASHA rule (issue 9, item 3): which one picks the better config, and at what cost.
 
-    python scripts/asha_rule.py [--space phase2] [--sweeps 3] [--confirm-seeds 3] [--out results/asha_rule]
+    python scripts/bench/asha_rule.py [--space phase2] [--sweeps 3] [--confirm-seeds 3] [--out results/asha_rule]
 
 Two rules, same space otherwise:
   own      today's: each trial's cosine / warm-up schedule spans its own `epochs`, so at a rung a
@@ -27,10 +27,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from sweeper.space import find_space, load_space  # noqa: E402
+from sweeper.search.space import find_space, load_space  # noqa: E402
 
 RULES = ("own", "shared")
 

@@ -1,6 +1,6 @@
 """Benchmark: the feature cache and the search against phase 1's backbone-in-the-loop training.
 
-    python scripts/bench.py [--images N] [--quick] [--only NAME ...]
+    python scripts/bench/bench.py [--images N] [--quick] [--only NAME ...]
 
 One run on one machine, everything measured side by side in the same process (timings on a
 shared machine are noisy: repeated measurements are interleaved and medians reported). Each
@@ -31,13 +31,15 @@ from typing import Any
 
 import torch
 
-import bench_epoch
-import bench_per_image
-import bench_scale
-import bench_sweep
-import bench_trials
-from bench_setup import TARGETS, Bench, make_bench
-from common import REPO, log, work_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
+
+import bench_epoch  # noqa: E402
+import bench_per_image  # noqa: E402
+import bench_scale  # noqa: E402
+import bench_sweep  # noqa: E402
+import bench_trials  # noqa: E402
+from bench_setup import TARGETS, Bench, make_bench  # noqa: E402
+from common import REPO, log, work_dir  # noqa: E402
 
 OUT_FILE = REPO / "results" / "bench" / "bench.json"
 FIGURES = ("per_image", "epoch", "sweep", "overhead", "memory", "scale")  # in the order they run

@@ -38,8 +38,8 @@ class EpochBench:
     """
 
     def __init__(self, b: Bench) -> None:
-        from sweeper.config import LabelMode, TrainConfig
-        from sweeper.features import load_train_data
+        from sweeper.training.config import LabelMode, TrainConfig
+        from sweeper.data.cache import load_train_data
 
         kw = dict(height=HEIGHT, width=WIDTH, label_mode=LabelMode.PHASE1, cache_root=b.work / "cache",
                   show_progress=False)
@@ -61,7 +61,7 @@ class EpochBench:
 
     def measure(self, repeats: int, when: str) -> None:
         """`repeats` rounds of the three runs, each round's order rotated by one."""
-        from sweeper.train import train
+        from sweeper.training.train import train
 
         names = list(self.runs)
         for _ in range(repeats):

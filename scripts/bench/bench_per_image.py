@@ -23,7 +23,7 @@ BATCH = 2  # phase 1's batch size
 def head_costs(embed_dim: int, repeats: int) -> tuple[dict[str, float], nn.Module, torch.optim.Optimizer]:
     """Median seconds per batch of the phase-1 head: a training step, an eval forward, and their parts;
     also the head and its optimiser (the checkpoint is theirs)."""
-    from sweeper.head import create_head
+    from sweeper.model.head import create_head
 
     head = create_head("convnext_phase1", in_channels=embed_dim, num_classes=10)
     opt = torch.optim.SGD(head.parameters(), lr=1e-4, momentum=0.9)
@@ -62,7 +62,7 @@ def head_costs(embed_dim: int, repeats: int) -> tuple[dict[str, float], nn.Modul
 
 def checkpoint_cost(head: nn.Module, opt: torch.optim.Optimizer, repeats: int) -> tuple[float, float]:
     """Median seconds and MB of the checkpoint (head + optimiser state) every search epoch ends with."""
-    from sweeper.train import RunState
+    from sweeper.training.train import RunState
 
     run = RunState(head=head, optimizer=opt, shuffle=torch.Generator(), metrics_shuffle=torch.Generator())
     with tempfile.TemporaryDirectory() as d:
@@ -73,7 +73,7 @@ def checkpoint_cost(head: nn.Module, opt: torch.optim.Optimizer, repeats: int) -
 
 def per_image_costs(b: Bench) -> dict[str, Any]:
     """Median seconds per image of the backbone, a phase-1 head step, a head forward, image loading."""
-    from sweeper.data import load_image
+    from sweeper.data.dataset import load_image
 
     torch.manual_seed(0)
     repeats = b.plan.per_image_repeats

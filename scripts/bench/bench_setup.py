@@ -1,4 +1,4 @@
-"""What every figure of scripts/bench.py shares: the measured shape, the targets, how much a run repeats,
+"""What every figure of scripts/bench/bench.py shares: the measured shape, the targets, how much a run repeats,
 and the synthetic set and backbone the figures measure on."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, log
-from sweeper.space import default_space_path
+from sweeper.search.space import default_space_path
 
 PHASE2 = default_space_path()  # the space the timed sweep runs (search_spaces/phase2.yaml)
 HEIGHT, WIDTH = 266, 476  # px, phase 1's training size
@@ -69,8 +69,8 @@ def private_ray(work: Path) -> None:
 
 def make_bench(work: Path, images: int, quick: bool) -> Bench:
     """The synthetic set (N train + N/2 val at 960x540) and the backbone, in `work`."""
-    from sweeper import synth
-    from sweeper.backbone import create_backbone
+    from sweeper.data.synth import generate as synth
+    from sweeper.model.backbone import create_backbone
 
     private_ray(work)
     n = (images, max(1, images // 2))

@@ -17,7 +17,7 @@ from typing import Any
 from bench_setup import BACKBONE, NAIVE_EPOCHS, PHASE2, Bench
 from common import Sampler, log
 from sweeper.files import read_csv, read_json, read_jsonl
-from sweeper.results import EXPERIMENT_DIR, HISTORY_CSV, SWEEP_FILE, TRIALS_CSV
+from sweeper.rundir.layout import EXPERIMENT_DIR, HISTORY_CSV, SWEEP_FILE, TRIALS_CSV
 
 
 def trial_spans(exp_dir: Path) -> list[dict[str, float]]:

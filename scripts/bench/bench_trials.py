@@ -34,7 +34,7 @@ def write_space(path: Path, *, trials: int, concurrent: int, params: dict[str, A
 
 def search_options(work: Path, name: str, *, trials: int, concurrent: int):
     """A CPU sweep's options: one CPU per trial, seed 0."""
-    from sweeper.tune import SearchOptions
+    from sweeper.search.driver import SearchOptions
 
     return SearchOptions(name=name, out_root=work, trials=trials, max_concurrent=concurrent, gpus_per_trial=0.0,
                          cpus_per_trial=1.0, seed=0)
@@ -43,9 +43,9 @@ def search_options(work: Path, name: str, *, trials: int, concurrent: int):
 def sweep_once(work: Path, name: str, data, *, trials: int, concurrent: int, size: tuple[int, int],
                params: dict[str, Any] | None = None) -> dict[str, Any]:
     """One in-process `run_search` (Ray already up); wall time, the trials table, trial spans."""
-    from sweeper.results import EXPERIMENT_DIR, write_tables
-    from sweeper.space import load_space
-    from sweeper.tune import run_search
+    from sweeper.rundir.layout import EXPERIMENT_DIR, write_tables
+    from sweeper.search.space import load_space
+    from sweeper.search.driver import run_search
 
     space = load_space(write_space(work / f"{name}.yaml", trials=trials, concurrent=concurrent, params=params))
     opts = search_options(work, name, trials=trials, concurrent=concurrent)
@@ -68,11 +68,11 @@ def start_interval(spans: list[dict[str, float]]) -> float:
 
 def overhead(b: Bench) -> dict[str, Any]:
     """Ray start, first-trial start and the time per near-empty trial (1 image, 1 epoch, 28x56)."""
-    from sweeper import synth
-    from sweeper.backbone import create_backbone
-    from sweeper.config import LabelMode
-    from sweeper.features import load_train_data
-    from sweeper.cluster import start_ray
+    from sweeper.data.synth import generate as synth
+    from sweeper.model.backbone import create_backbone
+    from sweeper.training.config import LabelMode
+    from sweeper.data.cache import load_train_data
+    from sweeper.search.ray_local import start_ray
 
     work, trials = b.work, b.plan.overhead_trials
     root = synth.generate(work / "tiny-set", train=1, val=1, test=0, size=(112, 56))
@@ -101,7 +101,7 @@ def overhead(b: Bench) -> dict[str, Any]:
 
 def random_cache(n: int, rng: np.random.Generator):
     """TrainData of n train and n/4 val images of random tokens and labels at the training size."""
-    from sweeper.tokens import TrainData
+    from sweeper.data.tokens import TrainData
 
     n_val = max(1, n // 4)
     return TrainData.from_arrays(

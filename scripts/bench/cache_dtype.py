@@ -1,6 +1,6 @@
 """Does a float16 feature cache change what a sweep finds? Same configs, same seeds, float32 vs float16 tokens.
 
-    python scripts/cache_dtype.py [--data DIR] [--configs 12] [--seed 0]
+    python scripts/bench/cache_dtype.py [--data DIR] [--configs 12] [--seed 0]
 
 Builds both caches of one dataset (default: the embedded synthetic set), draws the default space's
 trial 0 (phase 1) plus N-1 configs from the space (Optuna's seeded random sampler), trains each
@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from common import REPO, token_bytes  # noqa: E402
-from sweeper.backbone import create_backbone  # noqa: E402
-from sweeper.space import default_space_path  # noqa: E402
-from sweeper.cache_command import default_cache_root  # noqa: E402
-from sweeper.features import load_train_data  # noqa: E402
-from sweeper.results import best_index  # noqa: E402
-from sweeper.space import load_space  # noqa: E402
-from sweeper.synth import default_dataset  # noqa: E402
-from sweeper.train import train  # noqa: E402
+from sweeper.model.backbone import create_backbone  # noqa: E402
+from sweeper.search.space import default_space_path  # noqa: E402
+from sweeper.data.cache_folder import default_cache_root  # noqa: E402
+from sweeper.data.cache import load_train_data  # noqa: E402
+from sweeper.rundir.layout import best_index  # noqa: E402
+from sweeper.search.space import load_space  # noqa: E402
+from sweeper.data.synth.generate import default_dataset  # noqa: E402
+from sweeper.training.train import train  # noqa: E402
 
 
 def sample_configs(space, n: int, seed: int) -> list[dict]:

@@ -1,11 +1,11 @@
 """How much phase 1's per-batch scores depend on file order: one head, one split, sorted vs shuffled.
 
-    python scripts/file_order.py RUN_DIR [--data ROOT] [--split val] [--orders 20] [--seed 0]
+    python scripts/bench/file_order.py RUN_DIR [--data ROOT] [--split val] [--orders 20] [--seed 0]
 
 Phase 1 lists files in the file system's (unsorted) order; we sort them. Predictions are per image,
 so the order changes no prediction and no dataset-level score, but it changes which images share
 a batch of 2, and phase 1's scores are means of per-batch scores. This scores the run's head
-(`sweeper.run_heads.load_run_head`: a baseline run's head, a sweep's best trial) on the split in
+(`sweeper.rundir.heads.load_run_head`: a baseline run's head, a sweep's best trial) on the split in
 sorted order, then in `--orders` fixed shuffled orders (numpy seed `--seed`), and prints the
 per-batch IoU / Dice / accuracy and per-class IoU of each against sorted order. Prints only.
 """
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from sweeper import evaluate as ev
-from sweeper.backbone import create_backbone
-from sweeper.data import find_split
+from sweeper.model.backbone import create_backbone
+from sweeper.data.dataset import find_split
 from sweeper.errors import SweeperError
-from sweeper.cache_command import default_cache_root
-from sweeper.features import cached_labels, cached_tokens
-from sweeper.run_heads import build_head, load_run_head
+from sweeper.data.cache_folder import default_cache_root
+from sweeper.data.cache import cached_labels, cached_tokens
+from sweeper.rundir.heads import build_head, load_run_head
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Each registered head's size and cost per image, measured side by side in one process.
 
-    python scripts/heads.py [--repeats 15] [--device cpu]
+    python scripts/bench/heads.py [--repeats 15] [--device cpu]
 
 On ViT-S/14 tokens of phase 1's input (19x34x384 per image), batch 2 as phase 1 trains: parameters, a
 training step (forward, cross-entropy at 266x476, backward, SGD step) and an inference forward, in ms per
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sweeper.head import HEADS, create_head  # noqa: E402
-from sweeper.train import logits  # noqa: E402
+from sweeper.model.head import HEADS, create_head  # noqa: E402
+from sweeper.training.train import logits  # noqa: E402
 
 GRID, CHANNELS, CLASSES, SIZE, BATCH = (19, 34), 384, 10, (266, 476), 2
 
@@ -75,7 +75,7 @@ def main() -> int:
     out = {"device": "cpu", "threads": args.threads, "repeats": args.repeats, "batch": BATCH,
            "tokens": [*GRID, CHANNELS], "label_size": list(SIZE), "load_average": os.getloadavg(),
            "torch": torch.__version__, "heads": rows}
-    path = Path(__file__).resolve().parent.parent / "results" / "bench" / "heads.json"
+    path = Path(__file__).resolve().parents[2] / "results" / "bench" / "heads.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print("| head | parameters | train step ms/image | forward ms/image | train vs phase 1 |")
     print("|---|---:|---:|---:|---:|")

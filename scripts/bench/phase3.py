@@ -1,11 +1,11 @@
 """Phase 3 against phase 2 at the same trial budget, each winner confirmed over seeds, with the cost.
 
-    python scripts/phase3.py [--seed 0] [--confirm-seeds 3] [--out results/phase3] [--phase2-run DIR]
+    python scripts/bench/phase3.py [--seed 0] [--confirm-seeds 3] [--out results/phase3] [--phase2-run DIR]
 
 For each of search_spaces/phase2.yaml and phase3.yaml: `sweeper search --seed S --max-concurrent 1` on the
 embedded synthetic set (one trial at a time, so the sweep is repeatable), then `sweeper confirm --top 1
 --seeds K` (the winner and the phase-1 baseline, K seeds each). `--phase2-run` reuses a phase-2 sweep
-already run that way (scripts/asha_rule.py's `own-seed0` is one: the same space, seed and concurrency)
+already run that way (scripts/bench/asha_rule.py's `own-seed0` is one: the same space, seed and concurrency)
 instead of running it again. Recorded per space: the winner and its config, its sweep IoU, its confirmed
 mean and spread, the baseline's confirmed mean, the trial-epochs the sweep spent, its wall minutes and the
 minutes its trials trained. Writes OUT/phase3.csv and results/bench/phase3.json, and prints a table.
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from asha_rule import sweeper  # noqa: E402  (one CLI runner for the measurement scripts that stop on a failure)
 from common import REPO  # noqa: E402
 
 from sweeper.files import read_csv, read_json  # noqa: E402
-from sweeper.results import CONFIRM_SUMMARY_CSV, HISTORY_CSV, SWEEP_FILE, TRIALS_CSV  # noqa: E402
+from sweeper.rundir.layout import CONFIRM_SUMMARY_CSV, HISTORY_CSV, SWEEP_FILE, TRIALS_CSV  # noqa: E402
 
 SHOWN = ("head", "train_labels", "flip_prob", "optimizer", "lr", "epochs", "class_weights", "batch_size")
 

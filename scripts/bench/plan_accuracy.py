@@ -1,6 +1,6 @@
 """How close `sweeper plan` comes: plan, then run the same sweep, in one run on this machine.
 
-    PYTHONPATH=. python scripts/plan_accuracy.py [--cases default,smoke1,smoke2] [--work DIR]
+    PYTHONPATH=. python scripts/bench/plan_accuracy.py [--cases default,smoke1,smoke2] [--work DIR]
 
 Cases (each with a fresh cache, so the plan's cache projection is tested too):
   default  the default 12-trial sweep (phase2) on the embedded synthetic set, the space's 2 at once
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from common import REPO, log, sweeper_cli, work_dir  # noqa: E402
 

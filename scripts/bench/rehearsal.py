@@ -1,7 +1,7 @@
 """Full-size rehearsal of the user's real run, on this machine: the sizes of the Duality set, every stage timed.
 
-    python scripts/rehearsal.py --full [--data DIR] [--work DIR] [--trials 8] [--max-epochs 2]
-    python scripts/rehearsal.py --small        # the same stages on a 48/16/16 set, in minutes (a dry run)
+    python scripts/bench/rehearsal.py --full [--data DIR] [--work DIR] [--trials 8] [--max-epochs 2]
+    python scripts/bench/rehearsal.py --small        # the same stages on a 48/16/16 set, in minutes (a dry run)
 
 Stages, each measured in this one run:
   data      a synthetic set of the real size (2,857 train, 317 val, 1,002 test at 960x540), or --data
@@ -28,17 +28,17 @@ from typing import Any
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from common import REPO, du, log, sweeper_cli  # noqa: E402
 
-from sweeper.backbone import create_backbone  # noqa: E402
-from sweeper.config import TrainConfig  # noqa: E402
-from sweeper.data import find_split  # noqa: E402
-from sweeper.features import cached_tokens  # noqa: E402
-from sweeper.tokens import BackboneTokens, SplitData, TrainData  # noqa: E402
-from sweeper.train import train  # noqa: E402
+from sweeper.model.backbone import create_backbone  # noqa: E402
+from sweeper.training.config import TrainConfig  # noqa: E402
+from sweeper.data.dataset import find_split  # noqa: E402
+from sweeper.data.cache import cached_tokens  # noqa: E402
+from sweeper.data.tokens import BackboneTokens, SplitData, TrainData  # noqa: E402
+from sweeper.training.train import train  # noqa: E402
 
 SIZES = {"full": (2857, 317, 1002), "small": (48, 16, 16)}
 NAIVE_SUBSET = (24, 8)  # train, val images of the timed backbone-in-the-loop epoch
@@ -94,7 +94,7 @@ def stage_cache(root: Path, cache: Path, backbone, sweep_dtype: str) -> dict[str
 def stage_naive(root: Path, backbone, full: tuple[int, int], *, subset: tuple[int, int] = NAIVE_SUBSET,
                 device: str = "cpu") -> dict[str, Any]:
     """One phase-1 epoch (backbone in the loop, train metrics on) on a subset, scaled to the full splits."""
-    from sweeper.data import load_split_labels
+    from sweeper.data.dataset import load_split_labels
 
     parts = {}
     for name, n in zip(("train", "val"), subset):
@@ -115,7 +115,7 @@ def write_space(path: Path, trials: int, max_epochs: int) -> Path:
     """The default phase-2 space with ASHA's max epochs (and every trial's epochs) lowered to fit."""
     import yaml
 
-    from sweeper.space import default_space_path
+    from sweeper.search.space import default_space_path
 
     raw = yaml.safe_load(default_space_path().read_text())
     raw["trials"] = trials

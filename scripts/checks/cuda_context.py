@@ -1,11 +1,11 @@
 """What one process's CUDA context takes outside torch's allocator, as nvidia-smi sees it.
 
-    python scripts/cuda_context.py      # prints {"used_mb": ..., "reserved_mb": ..., "context_mb": ...}
+    python scripts/checks/cuda_context.py      # prints {"used_mb": ..., "reserved_mb": ..., "context_mb": ...}
 
 The process loads what a training process loads (a matmul: cuBLAS; a convolution: cuDNN), then reads its own
 line of `nvidia-smi --query-compute-apps`; the context is that figure less what its allocator reserved.
 `used_mb` is null where nvidia-smi cannot see the process (a container's PID namespace).
-sweeper.device.CUDA_CONTEXT_BYTES is what the per-process caps keep back for it (tests/test_gpu.py).
+sweeper.training.device.CUDA_CONTEXT_BYTES is what the per-process caps keep back for it (tests/test_gpu.py).
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """The GPU check: every CUDA path of the product on one GPU, and the user's full-size run, in one command.
 
-Run by scripts/gpu_check.sh within its time limit (one device command of at most 9 minutes). Stages, in order
+Run by scripts/checks/gpu_check.sh within its time limit (one device command of at most 9 minutes). Stages, in order
 of what matters most; each is skipped, and says so, when the time left cannot hold it:
-  context    one process's CUDA context as nvidia-smi sees it (scripts/cuda_context.py)
+  context    one process's CUDA context as nvidia-smi sees it (scripts/checks/cuda_context.py)
   tests      tests/test_gpu.py (pytest when installed, else its own runner)
   ray        where Ray and Optuna import: a 16-trial `search` at --gpus-per-trial 0.25 with nvidia-smi
              sampled (every trial must end TERMINATED on cuda)
-  full       scripts/gpu_full.py: the full-size synthetic set, its cache, the default sweep at a quarter GPU
+  full       scripts/checks/gpu_full.py: the full-size synthetic set, its cache, the default sweep at a quarter GPU
              within 6 GiB, the naive phase-1 epoch, a profiled trial-epoch (results/gpu/full_gpu.json)
   baseline   `sweeper baseline --epochs 2` cached and --no-cache on the GPU, and cached on the CPU:
              per-epoch metrics compared (GPU cached vs uncached must agree within 1e-4)
   trainers   four trainer processes at once, each capped to a quarter of the GPU, AMP off and on,
-             with nvidia-smi sampled; a SIGKILL and resume of a trainer (scripts/gpu_trainers.py)
+             with nvidia-smi sampled; a SIGKILL and resume of a trainer (scripts/checks/gpu_trainers.py)
   ray_kill   a search killed with SIGKILL while trials run, continued with --resume
 Writes results/gpu/gpu_check.json after every stage and prints a table at the end.
 """
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from common import REPO, run_stages, sweeper_cli, work_dir  # noqa: E402
 
@@ -56,7 +56,7 @@ def stage_tests(env: dict[str, str]) -> dict[str, Any]:
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """A baseline run's per-epoch records."""
     from sweeper.files import read_jsonl
-    from sweeper.results import METRICS_FILE
+    from sweeper.rundir.layout import METRICS_FILE
 
     return read_jsonl(run / METRICS_FILE)
 
@@ -64,7 +64,7 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 def read_trials(run: Path):
     """A sweep's trials table, None when the sweep wrote none (it failed before its tables)."""
     from sweeper.files import read_csv
-    from sweeper.results import TRIALS_CSV
+    from sweeper.rundir.layout import TRIALS_CSV
 
     return read_csv(run / TRIALS_CSV) if (run / TRIALS_CSV).is_file() else None
 
@@ -88,16 +88,16 @@ def stage_baseline(env: dict[str, str], work: Path) -> dict[str, Any]:
 
 
 def stage_trainers(env: dict[str, str]) -> dict[str, Any]:
-    script = [sys.executable, "scripts/gpu_trainers.py"]
+    script = [sys.executable, "scripts/checks/gpu_trainers.py"]
     return {"amp_off": run_json([*script, "--procs", "4", "--share", "0.25"], env),
             "amp_on": run_json([*script, "--procs", "4", "--share", "0.25", "--amp"], env),
             "kill_resume": run_json([*script, "--kill-resume"], env)}
 
 
 def stage_context(env: dict[str, str]) -> dict[str, Any]:
-    from sweeper.device import CUDA_CONTEXT_BYTES
+    from sweeper.training.device import CUDA_CONTEXT_BYTES
 
-    out = run_json([sys.executable, "scripts/cuda_context.py"], env, timeout=120)
+    out = run_json([sys.executable, "scripts/checks/cuda_context.py"], env, timeout=120)
     out["kept_back_mb"] = CUDA_CONTEXT_BYTES / 2**20
     return out
 
@@ -133,7 +133,7 @@ def stage_ray_kill(env: dict[str, str], work: Path) -> dict[str, Any]:
     """kill -9 of the driver while trials run, then --resume: every trial ends."""
     if ray_missing():
         return {"skipped": ray_missing()}
-    from sweeper.results import EXPERIMENT_DIR
+    from sweeper.rundir.layout import EXPERIMENT_DIR
 
     cmd = [sys.executable, "-m", "sweeper", "search", "--trials", "8", "--gpus-per-trial", "0.25", "--out",
            str(work), "--name", "killed"]
@@ -153,8 +153,8 @@ def stage_ray_kill(env: dict[str, str], work: Path) -> dict[str, Any]:
 
 
 def stage_full(env: dict[str, str], work: Path, seconds_left: float) -> dict[str, Any]:
-    """scripts/gpu_full.py with the time this stage may take; its figures are in results/gpu/full_gpu.json."""
-    cmd = [sys.executable, "scripts/gpu_full.py", "--work", str(work), "--deadline-s", str(int(seconds_left))]
+    """scripts/checks/gpu_full.py with the time this stage may take; its figures are in results/gpu/full_gpu.json."""
+    cmd = [sys.executable, "scripts/checks/gpu_full.py", "--work", str(work), "--deadline-s", str(int(seconds_left))]
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=seconds_left + 120)
     sys.stderr.write(p.stderr[-4000:])
     full = json.loads((OUT / "full_gpu.json").read_text()) if (OUT / "full_gpu.json").is_file() else {}

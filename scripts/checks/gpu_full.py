@@ -1,7 +1,7 @@
 """The user's full-size run, measured on one GPU: synthesis, cache, the default sweep, the naive phase-1 epoch.
 
-    PYTHONPATH=. python scripts/gpu_full.py [--work DIR] [--deadline-s 330] [--device cuda]
-    PYTHONPATH=. python scripts/gpu_full.py --small --device cpu     # every stage on a tiny set (a dry run)
+    PYTHONPATH=. python scripts/checks/gpu_full.py [--work DIR] [--deadline-s 330] [--device cuda]
+    PYTHONPATH=. python scripts/checks/gpu_full.py --small --device cpu     # every stage on a tiny set (a dry run)
 
 Every stage runs in this one process's run, so both sides of every ratio come from the same machine at the
 same time. Writes results/gpu/full_gpu.json (results/gpu/full_gpu_small.json with --small) after each stage:
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 from common import REPO, du, median, run_stages, sweeper_cli, work_dir  # noqa: E402
 
@@ -48,7 +48,7 @@ def percentile(xs: list[float], q: float) -> float | None:
 
 def stage_synth(root: Path, sizes: tuple[int, int, int], env: dict[str, str], work: Path) -> dict[str, Any]:
     """The full set with every core, and 32 images with one, timed in this run."""
-    from sweeper.parallel import available_cores
+    from sweeper.data.parallel import available_cores
 
     one = sweeper_cli("-q", "synth", str(work / "synth-1"), "--train", "31", "--val", "1", "--test", "0",
                       "--workers", "1", env=env)
@@ -68,11 +68,11 @@ def stage_cache(root: Path, cache: Path, device: str, dtype: str) -> dict[str, A
 
     import torch
 
-    from sweeper.backbone import create_backbone
-    from sweeper.config import TrainConfig
-    from sweeper.data import find_split
-    from sweeper.features import cached_labels, cached_tokens
-    from sweeper.parallel import default_workers
+    from sweeper.model.backbone import create_backbone
+    from sweeper.training.config import TrainConfig
+    from sweeper.data.dataset import find_split
+    from sweeper.data.cache import cached_labels, cached_tokens
+    from sweeper.data.parallel import default_workers
 
     cfg = TrainConfig()
     backbone = create_backbone("random_vits14").to(device)
@@ -113,11 +113,11 @@ def stage_cache(root: Path, cache: Path, device: str, dtype: str) -> dict[str, A
 
 
 def stage_naive(root: Path, device: str, sizes: tuple[int, int, int], small: bool) -> dict[str, Any]:
-    """Phase 1's backbone-in-the-loop epoch on a subset, scaled (scripts/rehearsal.py's stage)."""
+    """Phase 1's backbone-in-the-loop epoch on a subset, scaled (scripts/bench/rehearsal.py's stage)."""
     import torch
 
     from rehearsal import stage_naive as naive
-    from sweeper.backbone import create_backbone
+    from sweeper.model.backbone import create_backbone
 
     backbone = create_backbone("random_vits14").to(device)
     out = naive(root, backbone, sizes[:2], subset=(8, 4) if small else (96, 32), device=device)
@@ -174,10 +174,10 @@ def stage_profile(root: Path, cache: Path, device: str, dtype: str) -> dict[str,
     """One cached trial-epoch at phase-1 settings (a search trial's: no train metrics) under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    from sweeper.backbone import create_backbone
-    from sweeper.config import TrainConfig
-    from sweeper.features import load_train_data
-    from sweeper.train import train
+    from sweeper.model.backbone import create_backbone
+    from sweeper.training.config import TrainConfig
+    from sweeper.data.cache import load_train_data
+    from sweeper.training.train import train
 
     cfg = TrainConfig(train_metrics=False, device=device, epochs=1)
     data = load_train_data(root, create_backbone("random_vits14"), height=cfg.image_height, width=cfg.image_width,

@@ -1,7 +1,7 @@
 """Trainer processes on one GPU without Ray: N at once, each capped to its share; and a kill -9 / resume.
 
-    PYTHONPATH=. python scripts/gpu_trainers.py --procs 4 --share 0.25 [--amp] [--epochs 2] [--device cuda]
-    PYTHONPATH=. python scripts/gpu_trainers.py --kill-resume [--device cuda]
+    PYTHONPATH=. python scripts/checks/gpu_trainers.py --procs 4 --share 0.25 [--amp] [--epochs 2] [--device cuda]
+    PYTHONPATH=. python scripts/checks/gpu_trainers.py --kill-resume [--device cuda]
 
 What a sweep's trials do on a GPU, minus Ray: each process trains the phase-1 head on the embedded
 synthetic set's cached tokens (476x266) with `gpu_share` = --share, so `train` caps its allocator
@@ -20,19 +20,19 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: common.py
 
 import torch  # noqa: E402
 
 from common import Sampler, work_dir  # noqa: E402
-from sweeper.backbone import create_backbone  # noqa: E402
-from sweeper.config import TrainConfig  # noqa: E402
-from sweeper.cache_command import default_cache_root  # noqa: E402
-from sweeper.features import load_train_data  # noqa: E402
+from sweeper.model.backbone import create_backbone  # noqa: E402
+from sweeper.training.config import TrainConfig  # noqa: E402
+from sweeper.data.cache_folder import default_cache_root  # noqa: E402
+from sweeper.data.cache import load_train_data  # noqa: E402
 from sweeper.files import write_atomic  # noqa: E402
-from sweeper.synth import default_dataset  # noqa: E402
-from sweeper.train import load_checkpoint, train  # noqa: E402
+from sweeper.data.synth.generate import default_dataset  # noqa: E402
+from sweeper.training.train import load_checkpoint, train  # noqa: E402
 
 CONFIG = TrainConfig(train_metrics=False)  # a search trial's phase-1 settings
 

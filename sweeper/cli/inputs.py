@@ -32,8 +32,8 @@ class DataSource:
 
 def resolve_data(args: argparse.Namespace) -> DataSource:
     """The dataset root: --data, or the embedded synthetic set (generated once into the cache)."""
-    from sweeper import synth
-    from sweeper.cache_command import default_cache_root
+    from sweeper.data.synth import generate as synth
+    from sweeper.data.cache_folder import default_cache_root
 
     if args.data is None:
         cache_root = args.cache_dir or default_cache_root()
@@ -47,7 +47,7 @@ def resolve_data(args: argparse.Namespace) -> DataSource:
 
 def resolve_backbone(args: argparse.Namespace, data: DataSource):
     """The frozen backbone named by --backbone ('auto' picks by the kind of data)."""
-    from sweeper.backbone import create_backbone
+    from sweeper.model.backbone import create_backbone
 
     name = args.backbone
     if name == "auto":
@@ -61,7 +61,7 @@ class Prepared:
 
     source: DataSource
     backbone: Any
-    data: Any  # sweeper.features.TrainData
+    data: Any  # sweeper.data.cache.TrainData
     cache_root: Path
 
 
@@ -71,9 +71,9 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
 
     With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
     """
-    from sweeper.device import release_memory, resolve_device
-    from sweeper.cache_command import default_cache_root
-    from sweeper.features import load_train_data
+    from sweeper.training.device import release_memory, resolve_device
+    from sweeper.data.cache_folder import default_cache_root
+    from sweeper.data.cache import load_train_data
 
     source = resolve_data(args)
     device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads
@@ -103,8 +103,9 @@ def describe_inputs(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def in_run_folder(run_dir: Path, command: str, body: Callable[[], int]) -> int:
-    """Run `body` owning `run_dir` (sweeper.runs.run_lock); a folder this call created and left empty goes."""
-    from sweeper import files, runs
+    """Run `body` owning `run_dir` (sweeper.rundir.lock.run_lock); a folder this call created and left empty goes."""
+    from sweeper import files
+    from sweeper.rundir import lock as runs
 
     fresh = not run_dir.exists()
     files.ensure_writable_dir(run_dir)

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper.cache_command import add_parser as add_cache_parser
-from sweeper.plan_measure import cmd_plan
-from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.data.cache_folder import add_parser as add_cache_parser
+from sweeper.search.plan_measure import cmd_plan
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
-from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
-from sweeper.search_command import cmd_confirm, cmd_search
+from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
+from sweeper.cli.search import cmd_confirm, cmd_search
 
 log = logging.getLogger("sweeper")
 
@@ -254,8 +254,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from sweeper import synth
-    from sweeper.progress import progress_bar
+    from sweeper.data.synth import generate as synth
+    from sweeper.search.progress import progress_bar
 
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
@@ -267,7 +267,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from sweeper.config import TrainConfig
+    from sweeper.training.config import TrainConfig
 
     overrides: dict[str, Any] = {"device": args.device, "seed": args.seed}
     if args.epochs is not None:
@@ -283,11 +283,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
-    from sweeper import files, results, runs
+    from sweeper import files
+    from sweeper.rundir import layout as results, lock as runs
     from sweeper.report import write_report
-    from sweeper.phase1_text import evaluation_metrics_text
+    from sweeper.rundir.phase1_text import evaluation_metrics_text
     from sweeper.report.run_figures import phase1_plots
-    from sweeper.train import train
+    from sweeper.training.train import train
 
     kept = [f for f in (results.CONFIG_FILE, results.METRICS_FILE, results.HEAD_FILE) if (out / f).exists()]
     if kept and not args.overwrite:
@@ -361,7 +362,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export import export_head
     from sweeper.files import read_json
-    from sweeper.results import CONFIG_FILE
+    from sweeper.rundir.layout import CONFIG_FILE
 
     out = export_head(args.run, out=args.out, trial=args.trial, epoch=args.epoch)
     info = read_json(out / CONFIG_FILE)

@@ -1,5 +1,5 @@
 """`sweeper search` and `sweeper confirm`: their checks (name, resources, resume against what the sweep was
-started with), the sweep itself (sweeper.tune) and what they print. Heavy modules (Ray, torch) are imported
+started with), the sweep itself (sweeper.search.driver) and what they print. Heavy modules (Ray, torch) are imported
 inside the commands, so `--help` and a refused start stay fast.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeper.errors import SweeperError
-from sweeper.inputs import Default, describe_inputs, in_run_folder, prepare
+from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -65,15 +65,16 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     """cmd_search's work, with `run_dir` owned by this process."""
     import resource
 
-    from sweeper import files, results, runs
-    from sweeper.config import LabelMode
-    from sweeper.data import dataset_fingerprint
-    from sweeper.space import default_space_path, find_space, load_space
-    from sweeper.cluster import (check_address, check_dashboard, check_resources, cluster_nodes, start_ray,
+    from sweeper import files
+    from sweeper.rundir import layout as results, lock as runs
+    from sweeper.training.config import LabelMode
+    from sweeper.data.dataset import dataset_fingerprint
+    from sweeper.search.space import default_space_path, find_space, load_space
+    from sweeper.search.ray_local import (check_address, check_dashboard, check_resources, cluster_nodes, start_ray,
                                  trial_resources)
-    from sweeper.results import SPACE_COPY, SWEEP_FILE, summary_table
-    from sweeper.trial import trial_bytes
-    from sweeper.tune import SearchOptions, check_trusted, run_search
+    from sweeper.rundir.layout import SPACE_COPY, SWEEP_FILE, summary_table
+    from sweeper.search.trial import trial_bytes
+    from sweeper.search.driver import SearchOptions, check_trusted, run_search
 
     quiet_optuna()
 
@@ -216,7 +217,7 @@ def plan_at_start(args: argparse.Namespace, space, gpus: float, trials: int, con
     (OUT/plan.json) gives the summary line and the projected time, and refuses a GPU share that its
     measured trial cannot fit; without one, the line says how to get it. The cache's disk is checked by
     the cache itself, before it builds anything. Returns what sweep.json records of the plan."""
-    from sweeper import plan
+    from sweeper.search import plan
 
     path = args.out / plan.PLAN_FILE
     recent = plan.load_recent_plan(path, key=plan.plan_key(args, space))
@@ -248,8 +249,8 @@ def quiet_optuna() -> None:
 
 
 def check_space_heads(space) -> None:
-    """Every head a space can pick is one `sweeper.head` builds: refused before any work, not in a trial."""
-    from sweeper.head import check_head_names
+    """Every head a space can pick is one `sweeper.model.head` builds: refused before any work, not in a trial."""
+    from sweeper.model.head import check_head_names
 
     spec = next((p for p in space.params if p.name == "head"), None)
     names = list(spec.choices) if spec is not None else [space.fixed.get("head", "convnext_phase1")]
@@ -291,7 +292,7 @@ def check_resume_space(run_dir: Path, saved: dict[str, Any], recorded: dict[str,
     """Refuse a resume whose space differs from the sweep's: the run folder's copy edited since, or a --space
     file whose settings differ (named with the first key that differs; comments and layout may differ)."""
     from sweeper import files
-    from sweeper.results import SPACE_COPY
+    from sweeper.rundir.layout import SPACE_COPY
 
     copy = run_dir / SPACE_COPY
     started = (saved.get("space") or {}).get("source", "?")
@@ -339,7 +340,7 @@ def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:
     """A sweep folder's sweep.json, or a one-line error saying the folder is not a sweep."""
     from sweeper.files import read_json
-    from sweeper.results import SWEEP_FILE
+    from sweeper.rundir.layout import SWEEP_FILE
 
     path = Path(run_dir) / SWEEP_FILE
     if not path.is_file():
@@ -363,11 +364,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def _confirm_in(args: argparse.Namespace) -> int:
     """cmd_confirm's work, with the run folder owned by this process."""
-    from sweeper.space import load_space
-    from sweeper.results import SPACE_COPY
-    from sweeper.cluster import check_address
-    from sweeper.confirm import run_confirm
-    from sweeper.tune import SearchOptions
+    from sweeper.search.space import load_space
+    from sweeper.rundir.layout import SPACE_COPY
+    from sweeper.search.ray_local import check_address
+    from sweeper.search.confirm import run_confirm
+    from sweeper.search.driver import SearchOptions
 
     if args.address:
         check_address(args.address)

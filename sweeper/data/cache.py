@@ -6,7 +6,7 @@ weights digest, input size, dtype, image content) and stored as a `.npy`
 file that later runs memory-map; any change of a key part makes a new file.
 Labels are cached the same way per (label mode, size, mask content).
 
-`load_train_data` hands the trainer a `sweeper.tokens.TrainData`: `ArrayTokens`
+`load_train_data` hands the trainer a `sweeper.data.tokens.TrainData`: `ArrayTokens`
 over these entries, or `BackboneTokens` (the backbone in the loop, as phase 1 did).
 """
 
@@ -26,15 +26,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from sweeper.cache_command import (checksum_path, file_crc32, mark_used, partial_tag,
+from sweeper.data.cache_folder import (checksum_path, file_crc32, mark_used, partial_tag,
                                    remove_orphaned_partials)
-from sweeper.config import LabelMode
-from sweeper.data import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
+from sweeper.training.config import LabelMode
+from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, Split, files_digest, find_split, load_image, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.files import atomic_path
-from sweeper.parallel import default_workers
-from sweeper.progress import progress_bar
-from sweeper.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
+from sweeper.data.parallel import default_workers
+from sweeper.search.progress import progress_bar
+from sweeper.data.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def image_batches(split: Split, *, batch_size: int, height: int, width: int, fli
     loader = torch.utils.data.DataLoader(
         _ImageBatches(split.image_paths, batch_size, height, width, flip), batch_size=None,
         num_workers=workers if parallel else 0, pin_memory=pin, prefetch_factor=2 if parallel else None,
-        multiprocessing_context="spawn" if parallel else None)  # spawned: see sweeper.parallel
+        multiprocessing_context="spawn" if parallel else None)  # spawned: see sweeper.data.parallel
     for batch in loader:
         if isinstance(batch, str):
             raise SweeperError(batch)

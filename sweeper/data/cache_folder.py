@@ -1,6 +1,6 @@
 """The feature cache's folder as files: its entries, the state of their checksums, when each was last used, and
 the partial files that builds leave while they write; `sweeper cache` lists them and `--prune` removes what is
-dead. No torch or numpy here (`sweeper.features` builds the entries and calls `remove_orphaned_partials`).
+dead. No torch or numpy here (`sweeper.data.cache` builds the entries and calls `remove_orphaned_partials`).
 
 A build writes an entry at `.NAME.partial-HOST-PID` (`partial_tag`) and renames it when complete. A build that
 was killed (`kill -9`, a reboot) leaves that file behind, possibly gigabytes; it is an orphan once no process
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweeper.errors import SweeperError
-from sweeper.reaper import start_time
+from sweeper.search.reaper import start_time
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sweeper.config import LabelMode
+from sweeper.training.config import LabelMode
 from sweeper.errors import SweeperError
-from sweeper.parallel import pool_map
+from sweeper.data.parallel import pool_map
 
 log = logging.getLogger(__name__)
 

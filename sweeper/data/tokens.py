@@ -1,6 +1,6 @@
 """What the head trains on: each split's labels and patch tokens, and where the tokens come from.
 
-No cache logic here (that is `sweeper.features`, which builds these): a `TrainData` is two `SplitData`,
+No cache logic here (that is `sweeper.data.cache`, which builds these): a `TrainData` is two `SplitData`,
 each labels in memory plus a `TokenSource`, either `ArrayTokens` (the cache's memory map, or a Ray
 object-store view in a trial) or `BackboneTokens` (the backbone run in the loop, as phase 1 did).
 """
@@ -14,7 +14,7 @@ from typing import Mapping, Protocol
 import numpy as np
 import torch
 
-from sweeper.data import CLASS_NAMES, Split, class_pixel_counts, load_image
+from sweeper.data.dataset import CLASS_NAMES, Split, class_pixel_counts, load_image
 from sweeper.errors import SweeperError
 
 
@@ -80,7 +80,7 @@ def variant_key(mode: str, flip: bool) -> str:
 
 @dataclass(frozen=True)
 class TrainData:
-    """What `sweeper.train.train` consumes: train and val splits plus class facts.
+    """What `sweeper.training.train.train` consumes: train and val splits plus class facts.
 
     `train` and `val` carry the labels of `label_mode`. A run that trains on other labels or on mirrored
     images (phase 3's `train_labels` and `flip_prob`) takes its train split from `variants`, keyed by

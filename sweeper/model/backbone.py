@@ -1,6 +1,6 @@
 """The frozen DINOv2 backbone: the registry of backbones, their weights, and the frozen wrapper.
 
-`create_backbone(name)` builds a registered architecture (`sweeper.vit`, a
+`create_backbone(name)` builds a registered architecture (`sweeper.model.vit`, a
 plain-torch ViT that loads Meta's hub checkpoints), resolves its weights
 (a `--weights` file, else the torch hub cache, else a download) and wraps it in
 a `FrozenBackbone` that maps normalised images to a grid of patch tokens. A new
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sweeper.errors import SweeperError, one_line
-from sweeper.vit import DinoVisionTransformer, build_vit
+from sweeper.model.vit import DinoVisionTransformer, build_vit
 
 logger = logging.getLogger(__name__)
 

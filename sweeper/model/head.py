@@ -1,7 +1,7 @@
 """Segmentation heads on the backbone's patch-token grid, created by name (`head` in a config or a space).
 
 Each takes (B, h, w, C) tokens and returns (B, K, h', w') logits; training upsamples them to the label size
-(`sweeper.train.logits`), so a head may return logits at the token grid or finer. A new head is one class
+(`sweeper.training.train.logits`), so a head may return logits at the token grid or finer. A new head is one class
 here and one line in HEADS; its name is then valid in TrainConfig.head and as a search-space choice.
 """
 

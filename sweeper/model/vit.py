@@ -1,4 +1,4 @@
-"""The DINOv2 Vision Transformer in plain torch: the architecture only (registry and weights: `sweeper.backbone`).
+"""The DINOv2 Vision Transformer in plain torch: the architecture only (registry and weights: `sweeper.model.backbone`).
 
 It reproduces the hub models (`torch.hub.load("facebookresearch/dinov2",
 "dinov2_vits14")`): same state-dict keys, so Meta's `*_pretrain.pth` files load
@@ -17,7 +17,7 @@ from torch import nn
 
 
 class VitShape(Protocol):
-    """The shape fields `build_vit` reads (a `sweeper.backbone.BackboneSpec` has them)."""
+    """The shape fields `build_vit` reads (a `sweeper.model.backbone.BackboneSpec` has them)."""
 
     @property
     def embed_dim(self) -> int: ...

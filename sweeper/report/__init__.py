@@ -9,7 +9,7 @@
 A run folder is a sweep (`python -m sweeper search`: sweep.json, trials.csv, ...) or a baseline run
 (`python -m sweeper baseline`: config.json, metrics.jsonl, ...). The package, one concern a module:
 
-    load.py           reading a run folder (SweepRun, BaselineRun), through sweeper.results and sweeper.files
+    load.py           reading a run folder (SweepRun, BaselineRun), through sweeper.rundir.layout and sweeper.files
     figures.py        the house style and the helpers every figure is drawn with
     sweep_figures.py  the sweep report's figures (add one: a plot_* function and its FigureSpec there)
     run_figures.py    phase 1's training curves, a baseline run's figures, `sweeper evaluate`'s figures
@@ -31,7 +31,7 @@ from sweeper.report.page import baseline_html, sweep_html
 from sweeper.report.run_figures import BASELINE_FIGURES
 from sweeper.report.summary import baseline_summary_md, sweep_summary_md
 from sweeper.report.sweep_figures import SWEEP_FIGURES
-from sweeper.results import REPORT_DIR
+from sweeper.rundir.layout import REPORT_DIR
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.files import write_atomic
 from sweeper.report.summary import PUBLISHED_LABEL
 

@@ -1,6 +1,6 @@
 """A run folder as the report reads it: a sweep (`SweepRun`) or a baseline run (`BaselineRun`), never changed.
 
-Only `sweeper.results` (file names) and `sweeper.files` (readers) are used, so `sweeper report` needs neither
+Only `sweeper.rundir.layout` (file names) and `sweeper.files` (readers) are used, so `sweeper report` needs neither
 torch nor Ray. A half-written folder still loads: `missing` says, one line each, what a complete run would
 also have, and the report shows those lines instead of failing.
 """
@@ -17,10 +17,10 @@ import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.files import check_sqlite, read_csv, read_json, read_jsonl
-from sweeper.objective import Objective
-from sweeper.results import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE,
+from sweeper.training.objective import Objective
+from sweeper.rundir.layout import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE,
                              SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV, collect, run_space, space_dimensions)
-from sweeper.space import load_space
+from sweeper.search.space import load_space
 
 
 def num(v: Any) -> float | None:
@@ -68,7 +68,7 @@ class SweepRun(RunFacts):
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
     objective: Objective = Objective()  # what ranks the trials (the space copy's metric and mode)
-    dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.results.describe_trial`)
+    dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.rundir.layout.describe_trial`)
 
     @property
     def score(self) -> str:

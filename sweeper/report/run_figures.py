@@ -22,7 +22,7 @@ from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure
                                     val_iou_curves_axes)
 from sweeper.report.load import BaselineRun
 from sweeper.report.summary import fmt, synthetic_tag
-from sweeper.results import METRICS_FILE
+from sweeper.rundir.layout import METRICS_FILE
 
 # The organisers' test-script palette (RGB), so our colour masks match theirs pixel for pixel. Not in the
 # reference files here: taken from public copies of their test_segmentation.py, which agree on it. Their

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from sweeper.config import PUBLISHED_BASELINE_IOU
-from sweeper.objective import Objective, confirm_verdict
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.objective import Objective, confirm_verdict
 from sweeper.report.load import BaselineRun, SweepRun, num
-from sweeper.results import best_index, describe_trial
+from sweeper.rundir.layout import best_index, describe_trial
 
 TOP_SUMMARY = 10  # trials in summary.md's table
 PUBLISHED_LABEL = "published phase-1 figure on the real data"

@@ -22,13 +22,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.report.figures import (REFERENCE_STYLE, FigureSpec, NoData, new_figure, optimizer_palette,
                                     outside_legend, reference_line, styled, val_iou_curves_axes)
 from sweeper.report.load import SweepRun, num
 from sweeper.report.summary import PUBLISHED_LABEL, REFERENCE_METRICS, ranking_words
-from sweeper.results import describe_trial
-from sweeper.results import HISTORY_CSV, STUDY_FILE
+from sweeper.rundir.layout import describe_trial
+from sweeper.rundir.layout import HISTORY_CSV, STUDY_FILE
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sweeper import files, results
-from sweeper.config import TrainConfig
-from sweeper.data import CLASS_NAMES, NUM_CLASSES
+from sweeper import files
+from sweeper.rundir import layout as results
+from sweeper.training.config import TrainConfig
+from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
-from sweeper.head import create_head
-from sweeper.results import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
+from sweeper.model.head import create_head
+from sweeper.rundir.layout import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
                              TrialRecord, latest_checkpoint, run_objective, trial_groups)
 
 log = logging.getLogger(__name__)

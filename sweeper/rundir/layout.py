@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from sweeper.config import PUBLISHED_BASELINE_IOU, TrainConfig
+from sweeper.training.config import PUBLISHED_BASELINE_IOU, TrainConfig
 from sweeper.errors import SweeperError, is_out_of_memory
 from sweeper.files import dumps, read_json, read_jsonl, write_json, write_text_atomic
-from sweeper.objective import Objective
-from sweeper.space import SearchSpace, load_space
+from sweeper.training.objective import Objective
+from sweeper.search.space import SearchSpace, load_space
 
 # --- any run folder
 LOCK_FILE = ".lock"  # JSON {pid, host, command, since}; present while one process owns the folder

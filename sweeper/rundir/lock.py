@@ -8,7 +8,7 @@ sweep's, the versions recorded next to the numbers, and the head saved in phase 
     OUT/*.png                    the four phase-1 plots (drawn by sweeper.report)
     OUT/.lock                    while a command writes the folder: its pid and host (see `run_lock`)
 
-File names live in `sweeper.results`, the atomic writers and readers in `sweeper.files`.
+File names live in `sweeper.rundir.layout`, the atomic writers and readers in `sweeper.files`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from sweeper import __version__
 from sweeper.errors import SweeperError
 from sweeper.files import dumps, write_atomic
-from sweeper.results import LOCK_FILE
+from sweeper.rundir.layout import LOCK_FILE
 
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Phase 1's evaluation_metrics.txt, byte for byte: the baseline run's text file in the organisers' format.
 
-Its file name is `sweeper.results.TEXT_FILE`; its best epochs come from `sweeper.results.best_index`.
+Its file name is `sweeper.rundir.layout.TEXT_FILE`; its best epochs come from `sweeper.rundir.layout.best_index`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from sweeper.results import best_index
+from sweeper.rundir.layout import best_index
 
 
 def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:

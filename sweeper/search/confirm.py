@@ -2,7 +2,7 @@
 
 The baseline trial and the top-K trials by the space's metric are re-trained with several seeds each, as Ray
 trials without early stopping (RUN_DIR/confirm/), and a gain counts only when it exceeds the seed-to-seed
-spread. The configs come from the trials' own records (`sweeper.results.trial_configs`), never Ray's state.
+spread. The configs come from the trials' own records (`sweeper.rundir.layout.trial_configs`), never Ray's state.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeper.cluster import ray_environment, start_ray
+from sweeper.search.ray_local import ray_environment, start_ray
 from sweeper.errors import SweeperError
 from sweeper.files import read_csv, write_text_atomic
-from sweeper.objective import MIN_SEEDS, Objective, confirm_verdict
-from sweeper.results import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG,
+from sweeper.training.objective import MIN_SEEDS, Objective, confirm_verdict
+from sweeper.rundir.layout import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG,
                              TRIALS_CSV, best_value, read_epochs, trial_configs)
-from sweeper.space import SearchSpace
-from sweeper.tokens import TrainData
-from sweeper.trial import trial_bytes
-from sweeper.tune import SearchOptions, make_trainable
+from sweeper.search.space import SearchSpace
+from sweeper.data.tokens import TrainData
+from sweeper.search.trial import trial_bytes
+from sweeper.search.driver import SearchOptions, make_trainable
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Phase-2 search: Ray Tune runs trials of the shared trainer, Optuna (TPE) proposes, ASHA stops early.
 
 This module is the driver: the options, the searcher (which tells the study each trial's best epoch), the
-scheduler (ASHA that never stops the baseline trial), and `run_search`, which starts Ray (`sweeper.cluster`),
-puts the cached arrays into the object store once and runs `sweeper.trial.trial_main` as the trainable. What
-each trial and the tables write into the run folder is `sweeper.results`'s; the live lines are
-`sweeper.progress`'s; `sweeper confirm` is `sweeper.confirm`.
+scheduler (ASHA that never stops the baseline trial), and `run_search`, which starts Ray (`sweeper.search.ray_local`),
+puts the cached arrays into the object store once and runs `sweeper.search.trial.trial_main` as the trainable. What
+each trial and the tables write into the run folder is `sweeper.rundir.layout`'s; the live lines are
+`sweeper.search.progress`'s; `sweeper confirm` is `sweeper.search.confirm`.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from sweeper.cluster import disk_full, ray_environment, start_ray
-from sweeper.config import TrainConfig
+from sweeper.search.ray_local import disk_full, ray_environment, start_ray
+from sweeper.training.config import TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.features import drop_resident_pages
-from sweeper.progress import ProgressPrinter, trial_error
-from sweeper.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
+from sweeper.data.cache import drop_resident_pages
+from sweeper.search.progress import ProgressPrinter, trial_error
+from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                               write_searcher_state)
-from sweeper.results import (EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY, best_index, is_baseline, merged_epochs,
+from sweeper.rundir.layout import (EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY, best_index, is_baseline, merged_epochs,
                              trial_groups, write_tables, write_trial_end)
-from sweeper.space import SearchSpace
-from sweeper.tokens import TrainData
-from sweeper.trial import trial_arrays, trial_bytes, trial_main
+from sweeper.search.space import SearchSpace
+from sweeper.data.tokens import TrainData
+from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def check_asha_internals(scheduler) -> None:
                                                     for x in r) for r in rungs))
     if not ok:
         raise SweeperError(f"ray {ray.__version__}: AsyncHyperBandScheduler's internals (_num_stopped, rungs) "
-                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.tune's baseline exemption was "
+                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.search.driver's baseline exemption was "
                            f"tested with: install ray {ASHA_TESTED_RAY}.x or update make_scheduler")
 
 
@@ -346,7 +346,7 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
         restored.search_alg = search_generator(searcher, max_concurrent=opts.max_concurrent, run_dir=run_dir)
         restored.max_concurrent_trials = None  # the limiter above holds it (Ray refuses both)
     else:
-        # No device here: each trial decides from the GPUs Ray grants it (sweeper.device.trial_device).
+        # No device here: each trial decides from the GPUs Ray grants it (sweeper.training.device.trial_device).
         constants = {"threads": max(1, int(opts.cpus_per_trial)), **space.objective.trial_keys(),
                      **(trial_overrides or {})}
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,

@@ -17,16 +17,16 @@ The model, and what each projection rests on:
   product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
   share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. The sweep =
   expected trial-epochs x trial-epoch / trials at once, plus Ray's start-up and each trial's set-up
-  (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU). The naive phase-1 run
+  (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench/bench.py on the 2-core CPU). The naive phase-1 run
   = 10 epochs of 4 backbone passes per image plus the head's steps.
 - **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole: a
   real Ray worker (a local Ray started for it) runs `train` at the space's largest batch on random data of
-  the real shape under the trial's own memory sampler (`sweeper.trial.PeakMemory`). On a GPU, a trial
+  the real shape under the trial's own memory sampler (`sweeper.search.trial.PeakMemory`). On a GPU, a trial
   needs the allocator's peak reserved bytes in the benchmarks plus the cached tokens where its share stages
-  them (`sweeper.device.tokens_fit`), within `sweeper.device.memory_budget` of its share.
+  them (`sweeper.training.device.tokens_fit`), within `sweeper.training.device.memory_budget` of its share.
 
 This module is the model (pure functions, tested on crafted numbers), the plan file and the table;
-`sweeper.plan_measure` measures this machine and makes the plan.
+`sweeper.search.plan_measure` measures this machine and makes the plan.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"  # written by `sweeper plan` into --out; `search` reuses a recent one
 PLAN_MAX_AGE_S = 7 * 24 * 3600  # a plan older than this is not reused (the machine may have changed)
-RAY_START_S = 12.4  # a local Ray's start-up with the sweep's set-up, measured by scripts/bench.py (2-core CPU)
-TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by scripts/bench.py
+RAY_START_S = 12.4  # a local Ray's start-up with the sweep's set-up, measured by scripts/bench/bench.py (2-core CPU)
+TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by scripts/bench/bench.py
 GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recommendation chooses among
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
@@ -190,7 +190,7 @@ def naive_epoch_seconds(bench: Bench, n_train: int, n_val: int) -> float:
 def recommend_gpu(need_mb: dict[float, float], card_bytes: int, limit_bytes: int | None) -> dict[str, Any] | None:
     """The smallest share (most trials at once) whose cap holds its measured need `MARGIN` times over.
     `need_mb`: share -> MB a trial needs at that share (its working set plus any tokens the share stages)."""
-    from sweeper.device import memory_budget
+    from sweeper.training.device import memory_budget
 
     for share in GPU_SHARES:
         cap = memory_budget(share, card_bytes, limit_bytes=limit_bytes)
@@ -268,7 +268,7 @@ def refusals(plan: dict[str, Any]) -> list[str]:
 def check_share_fits(plan: dict[str, Any] | None, gpus_per_trial: float, card_bytes: int,
                      limit_bytes: int | None, plan_path: Path) -> None:
     """Refuse, in one line before any work, a GPU share whose cap cannot hold the trial's measured need."""
-    from sweeper.device import memory_budget
+    from sweeper.training.device import memory_budget
 
     if plan is None or not gpus_per_trial or "gpu_working_set_mb" not in plan.get("resources", {}):
         return

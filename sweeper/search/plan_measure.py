@@ -1,6 +1,6 @@
 """`sweeper plan` on this machine: micro-benchmarks through the product's own code paths (`train` on random
 tokens of the real shape, the cache build's decoding and backbone), the memory the system and a trial
-process have, and `make_plan`, which hands them to the model in `sweeper.plan`.
+process have, and `make_plan`, which hands them to the model in `sweeper.search.plan`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, contention,
+from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, contention,
                           naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
                           trial_epoch_range, trial_epoch_seconds)
 
@@ -58,14 +58,14 @@ def trial_process_mb(**shape: Any) -> float:
     then shut down), `train` on random data of `shape` (`trial_peak_mb`'s arguments) under the trial's own
     memory sampler. Ray's worker, torch and the run's working set are all in it."""
     code = f"""
-from sweeper.cluster import ray_environment
+from sweeper.search.ray_local import ray_environment
 ray_environment()
 import logging, ray
 ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
 
 @ray.remote
 def probe():
-    from sweeper.plan_measure import trial_peak_mb
+    from sweeper.search.plan_measure import trial_peak_mb
     return trial_peak_mb(**{shape!r})
 
 print(ray.get(probe.remote()))
@@ -82,14 +82,14 @@ ray.shutdown()
 
 def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], embed_dim: int, height: int,
                   width: int) -> float:
-    """In this process (a Ray worker): a trial's own run (`sweeper.trial.run_trial`, 2 epochs on random data of
+    """In this process (a Ray worker): a trial's own run (`sweeper.search.trial.run_trial`, 2 epochs on random data of
     the real shape, each epoch's checkpoint written as a trial writes it); the peak private MB it reports."""
     import tempfile
 
     import torch
 
-    from sweeper.config import TrainConfig
-    from sweeper.trial import run_trial
+    from sweeper.training.config import TrainConfig
+    from sweeper.search.trial import run_trial
 
     torch.set_num_threads(1)
     data = _random_data(batch * steps, 4, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width)
@@ -107,8 +107,8 @@ def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], e
 
 def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int):
     """Train data of random tokens and labels of the real shapes: what a trial's steps cost, not its scores."""
-    from sweeper.data import CLASS_NAMES, NUM_CLASSES
-    from sweeper.tokens import ArrayTokens, SplitData, TrainData
+    from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
+    from sweeper.data.tokens import ArrayTokens, SplitData, TrainData
 
     rng = np.random.default_rng(0)
 
@@ -126,8 +126,8 @@ def _epoch_seconds(cfg, data) -> tuple[float, float, float]:
     only err upwards); the host MB it added at its peak; the GPU allocator's peak reserved MB (0 on the CPU)."""
     import torch
 
-    from sweeper.device import release_memory
-    from sweeper.train import train
+    from sweeper.training.device import release_memory
+    from sweeper.training.train import train
 
     cuda = cfg.device.startswith("cuda")
     release_memory()  # freed heap goes back to the system first: what the run adds then shows in its peak
@@ -148,9 +148,9 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
     and batch size, `train`'s training step and eval pass on random tokens of the real shape."""
     import torch
 
-    from sweeper.config import TrainConfig
-    from sweeper.features import image_batches
-    from sweeper.parallel import default_workers
+    from sweeper.training.config import TrainConfig
+    from sweeper.data.cache import image_batches
+    from sweeper.data.parallel import default_workers
 
     started = time.perf_counter()
     cuda = device.startswith("cuda")
@@ -203,13 +203,13 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
 
 def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
     """Everything `sweeper plan` prints and writes, for the options in `args` (the search's own options)."""
-    from sweeper.cluster import local_nodes, trial_resources
-    from sweeper.data import find_split, image_size
-    from sweeper.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
-    from sweeper.cache_command import default_cache_root
-    from sweeper.features import cache_entries, free_bytes
-    from sweeper.inputs import resolve_backbone, resolve_data
-    from sweeper.parallel import available_cores
+    from sweeper.search.ray_local import local_nodes, trial_resources
+    from sweeper.data.dataset import find_split, image_size
+    from sweeper.training.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
+    from sweeper.data.cache_folder import default_cache_root
+    from sweeper.data.cache import cache_entries, free_bytes
+    from sweeper.cli.inputs import resolve_backbone, resolve_data
+    from sweeper.data.parallel import available_cores
 
     source = resolve_data(args)
     device = resolve_device(args.device)
@@ -293,8 +293,8 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
 def cmd_plan(args) -> int:
     """`sweeper plan`: the table, and OUT/plan.json for `search` to reuse."""
     from sweeper.files import write_json
-    from sweeper.plan import PLAN_FILE, format_plan
-    from sweeper.space import default_space_path, find_space, load_space
+    from sweeper.search.plan import PLAN_FILE, format_plan
+    from sweeper.search.space import default_space_path, find_space, load_space
 
     space = load_space(find_space(args.space) if args.space else default_space_path())
     result = make_plan(args, space)

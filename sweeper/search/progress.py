@@ -16,10 +16,10 @@ from typing import Iterator, TextIO
 
 from tqdm import tqdm
 
-from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import is_out_of_memory
-from sweeper.results import TRIAL_KEY, best_index, best_value, is_baseline
-from sweeper.space import SearchSpace
+from sweeper.rundir.layout import TRIAL_KEY, best_index, best_value, is_baseline
+from sweeper.search.space import SearchSpace
 
 LOG_LINES = 10  # lines a bar prints into a log over its whole run (one per tenth)
 

@@ -13,11 +13,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Iterator
 
-from sweeper.device import gpu_count
+from sweeper.training.device import gpu_count
 from sweeper.errors import SweeperError, one_line
 
 if TYPE_CHECKING:  # tune imports this module: the options type only for annotations
-    from sweeper.tune import SearchOptions
+    from sweeper.search.driver import SearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
     with _api_server(opts.dashboard):
         ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=opts.dashboard,
                  object_store_memory=store, logging_level=logging.WARNING, log_to_driver=False)
-    from sweeper.reaper import watch_driver
+    from sweeper.search.reaper import watch_driver
 
     watch_driver()  # this local Ray's agents would outlive a kill -9 of this process by a minute
 

@@ -68,7 +68,7 @@ def watch_driver() -> None:
         return
     read_end, write_end = os.pipe()  # non-inheritable: only this process holds the write end
     try:
-        subprocess.Popen([sys.executable, "-m", "sweeper.reaper"], stdin=read_end, stdout=subprocess.DEVNULL,
+        subprocess.Popen([sys.executable, "-m", "sweeper.search.reaper"], stdin=read_end, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     except OSError as e:
         os.close(write_end)

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from sweeper.results import EXPERIMENT_DIR
+from sweeper.rundir.layout import EXPERIMENT_DIR
 
 STUDY_KEYS = ("_ot_study", "_storage", "_ot_trials")  # OptunaSearch attributes bound to one study.db
 

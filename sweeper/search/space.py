@@ -3,7 +3,7 @@ a checkout), or any file of your own, validated on load into a frozen `SearchSpa
 
 File format (every key is checked; an unknown one is an error):
 
-    metric: val_iou            # what ranks trials: val_iou, val_miou, val_dice or val_acc (sweeper.objective)
+    metric: val_iou            # what ranks trials: val_iou, val_miou, val_dice or val_acc (sweeper.training.objective)
     mode: max                  # 'max' or 'min'
     trials: 12                 # total trials, trial 0 (the phase-1 baseline) included
     max_concurrent: 2          # trials at once (optional, default 1)
@@ -44,9 +44,9 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from sweeper.config import PHASE1, TrainConfig
+from sweeper.training.config import PHASE1, TrainConfig
 from sweeper.errors import SweeperError, one_line
-from sweeper.objective import Objective, check_metric
+from sweeper.training.objective import Objective, check_metric
 
 TOP_KEYS = ("metric", "mode", "trials", "max_concurrent", "asha", "fixed", "params")
 REQUIRED_TOP_KEYS = ("metric", "mode", "trials", "asha", "params")
@@ -127,7 +127,7 @@ class SearchSpace:
     """A validated search space: what to optimise, how long, and the distributions."""
 
     name: str  # file stem, e.g. 'phase2'
-    metric: str  # key the trainer reports every epoch that ranks trials, e.g. 'val_iou' (sweeper.objective)
+    metric: str  # key the trainer reports every epoch that ranks trials, e.g. 'val_iou' (sweeper.training.objective)
     mode: Literal["min", "max"]
     trials: int  # total trials, trial 0 (the phase-1 baseline) included
     max_concurrent: int  # trials at once

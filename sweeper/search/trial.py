@@ -2,7 +2,7 @@
 
 A trial rebuilds its train data from the arrays the driver put into Ray's object store once (every trial on
 a node maps the same shared memory, nothing is recomputed), decides its device from the GPUs Ray granted it,
-writes its own record (TRIAL_CONFIG, TRIAL_EPOCHS: see `sweeper.results`), and reports every epoch with a
+writes its own record (TRIAL_CONFIG, TRIAL_EPOCHS: see `sweeper.rundir.layout`), and reports every epoch with a
 checkpoint so an interrupted sweep resumes, from Ray's snapshot or, after a kill -9 of the driver, from the
 checkpoint on disk (`continued_state`).
 """
@@ -22,14 +22,14 @@ import numpy as np
 import psutil
 import torch
 
-from sweeper.config import TrainConfig
-from sweeper.device import release_memory, trial_device
+from sweeper.training.config import TrainConfig
+from sweeper.training.device import release_memory, trial_device
 from sweeper.files import append_jsonl
-from sweeper.objective import METRIC_KEY, MODE_KEY, Objective
-from sweeper.results import (BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY, best_index, trial_groups,
+from sweeper.training.objective import METRIC_KEY, MODE_KEY, Objective
+from sweeper.rundir.layout import (BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY, best_index, trial_groups,
                              truncate_epochs, write_trial_start)
-from sweeper.tokens import TrainData
-from sweeper.train import load_checkpoint, train
+from sweeper.data.tokens import TrainData
+from sweeper.training.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)
 

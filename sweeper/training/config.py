@@ -1,6 +1,6 @@
 """Typed, frozen training configuration. Defaults are the phase-1 settings.
 
-One `TrainConfig` drives `sweeper.train.train` for the baseline, for every
+One `TrainConfig` drives `sweeper.training.train.train` for the baseline, for every
 search trial and for the tests. Building one from a mapping with an unknown
 key or an invalid value raises `SweeperError` naming the field.
 """
@@ -54,7 +54,7 @@ class ClassWeighting(str, enum.Enum):
 class TrainConfig:
     """Everything that decides how the head is trained; defaults reproduce phase 1."""
 
-    head: str = "convnext_phase1"  # name in sweeper.head.HEADS (checked there: this module imports no torch)
+    head: str = "convnext_phase1"  # name in sweeper.model.head.HEADS (checked there: this module imports no torch)
     label_mode: LabelMode = LabelMode.PHASE1  # how masks are resized to the training size (val is scored on these)
     train_labels: TrainLabels = TrainLabels.SAME  # the labels training uses: 'same' = label_mode's
     flip_prob: float = 0.0  # chance a training image is drawn mirrored (its cached flipped tokens and labels)

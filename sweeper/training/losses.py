@@ -1,4 +1,4 @@
-"""Class-weight schemes for the cross-entropy loss (learning-rate schedules live in `sweeper.optim`).
+"""Class-weight schemes for the cross-entropy loss (learning-rate schedules live in `sweeper.training.optim`).
 
 Small pure functions: a scheme maps the train split's class pixel counts to
 one weight per class.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeper.config import ClassWeighting, TrainConfig
+from sweeper.training.config import ClassWeighting, TrainConfig
 from sweeper.errors import SweeperError
 
 LOG_SMOOTHING = 1.02  # ENet's c in 1 / ln(c + f): bounds the weight of a vanishing class near 50

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from sweeper.config import Optimizer, Schedule, TrainConfig
+from sweeper.training.config import Optimizer, Schedule, TrainConfig
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

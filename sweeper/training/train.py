@@ -8,7 +8,7 @@ loss and metrics come from one forward pass (the same logits, so the same
 numbers); with the backbone in the loop they are separate passes, as in
 phase 1. Every eval pass, and `sweeper.evaluate.predict`, runs the head
 through `eval_logits`, the one inference loop. No Ray import here: the
-search adapter lives in `sweeper.trial`. `train` changes no process-wide
+search adapter lives in `sweeper.search.trial`. `train` changes no process-wide
 state: the caller that owns the process sets torch's thread count.
 """
 
@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.config import ClassWeighting, TrainConfig
-from sweeper.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message, resolve_device,
+from sweeper.training.config import ClassWeighting, TrainConfig
+from sweeper.training.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message, resolve_device,
                             tokens_fit)
 from sweeper.errors import SweeperError
-from sweeper.head import create_head
-from sweeper.losses import config_class_weights
-from sweeper.metrics import Phase1Meter, confusion_matrix
-from sweeper.optim import config_lr, make_optimizer
-from sweeper.results import best_index
-from sweeper.tokens import ArrayTokens, SplitData, TokenSource, TrainData
+from sweeper.model.head import create_head
+from sweeper.training.losses import config_class_weights
+from sweeper.training.metrics import Phase1Meter, confusion_matrix
+from sweeper.training.optim import config_lr, make_optimizer
+from sweeper.rundir.layout import best_index
+from sweeper.data.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     `resume` is a `RunState.state_dict()` from an earlier call with the same config and data:
     training continues after its last epoch with the same weights, optimiser and shuffles.
     On CUDA the run's allocator is capped at `config.gpu_share` of the GPU (of `config.gpu_memory_gib` of it
-    where set; `sweeper.device.memory_budget`), and running out
+    where set; `sweeper.training.device.memory_budget`), and running out
     of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
     the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
     The one process-wide setting made here is CUDA's (the allocator cap and cuDNN's benchmark mode): the

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sweeper.cli import main
+from sweeper.cli.main import main
 
 from conftest import write_pair
 
@@ -88,8 +88,8 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         Image.fromarray(raw).save(mask)
         return args, f"{mask}: 15 pixels have unknown raw ids 4242 (15 px)"
     if case == "wrong_weights":
-        from sweeper.backbone import BACKBONES
-        from sweeper.vit import build_vit
+        from sweeper.model.backbone import BACKBONES
+        from sweeper.model.vit import build_vit
         path = tmp_path / "vitb.pth"
         torch.save(build_vit(BACKBONES["dinov2_vitb14"]).state_dict(), path)
         args[3:5] = ["--backbone", "dinov2_vits14", "--weights", str(path)]
@@ -154,7 +154,7 @@ def test_logging_follows_sys_stderr_after_the_old_one_is_closed(capsys, monkeypa
     import io
     import logging
 
-    from sweeper.cli import _StderrHandler
+    from sweeper.cli.main import _StderrHandler
 
     old = io.TextIOWrapper(io.BytesIO())  # like pytest's capture: flushing it once closed raises
     monkeypatch.setattr(sys, "stderr", old)
@@ -211,9 +211,9 @@ def test_search_report_confirm_evaluate_end_to_end(tmp_path, synth_set, capsys, 
 
 
 def test_search_caches_float16_by_default_and_baseline_float32():
-    # float16 tokens leave every trial's score unchanged (scripts/cache_dtype.py) at half the memory;
+    # float16 tokens leave every trial's score unchanged (scripts/bench/cache_dtype.py) at half the memory;
     # the baseline reproduces phase 1 and keeps float32.
-    from sweeper.cli import build_parser
+    from sweeper.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["search"]).cache_dtype == "float16"

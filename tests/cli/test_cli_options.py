@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.cli import main
+from sweeper.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.cli import main
+from sweeper.cli.main import main
 from sweeper.errors import SweeperError
 
 from conftest import error_line, make_dataset, run_cli
@@ -58,7 +58,7 @@ def holder(tmp_path):
         run_dir.mkdir(parents=True, exist_ok=True)
         code = textwrap.dedent(f"""
             import sys, time
-            from sweeper.runs import run_lock
+            from sweeper.rundir.lock import run_lock
             with run_lock({str(run_dir)!r}, "sweeper search --name twin"):
                 print("locked", flush=True)
                 time.sleep(120)
@@ -78,8 +78,8 @@ def holder(tmp_path):
 
 
 def test_run_lock_names_the_owner_and_is_released(tmp_path):
-    from sweeper.results import LOCK_FILE
-    from sweeper.runs import run_lock
+    from sweeper.rundir.layout import LOCK_FILE
+    from sweeper.rundir.lock import run_lock
 
     with run_lock(tmp_path, "sweeper search --name a") as lock:
         owner = json.loads(lock.read_text())
@@ -92,8 +92,8 @@ def test_run_lock_names_the_owner_and_is_released(tmp_path):
 
 
 def test_run_lock_is_released_when_the_body_fails(tmp_path):
-    from sweeper.results import LOCK_FILE
-    from sweeper.runs import run_lock
+    from sweeper.rundir.layout import LOCK_FILE
+    from sweeper.rundir.lock import run_lock
 
     with pytest.raises(RuntimeError):
         with run_lock(tmp_path, "x"):
@@ -102,8 +102,8 @@ def test_run_lock_is_released_when_the_body_fails(tmp_path):
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    from sweeper.results import LOCK_FILE
-    from sweeper.runs import run_lock
+    from sweeper.rundir.layout import LOCK_FILE
+    from sweeper.rundir.lock import run_lock
 
     pid = dead_pid()
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "command": "old"}))
@@ -115,8 +115,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
 
 
 def test_lock_of_another_host_is_never_taken_over(tmp_path):
-    from sweeper.results import LOCK_FILE
-    from sweeper.runs import run_lock
+    from sweeper.rundir.layout import LOCK_FILE
+    from sweeper.rundir.lock import run_lock
 
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "host": "elsewhere", "command": "old"}))
     with pytest.raises(SweeperError, match="on elsewhere"):
@@ -301,10 +301,10 @@ def test_resume_with_the_same_options_still_works(finished_sweep):
 
 def build_cache(tmp_path: Path):
     """The token and label cache entries of a tiny train split, built once; (split, backbone, paths)."""
-    from sweeper.backbone import create_backbone
-    from sweeper.config import LabelMode
-    from sweeper.data import find_split
-    from sweeper.features import cached_labels, cached_tokens
+    from sweeper.model.backbone import create_backbone
+    from sweeper.training.config import LabelMode
+    from sweeper.data.dataset import find_split
+    from sweeper.data.cache import cached_labels, cached_tokens
 
     split = find_split(make_dataset(tmp_path / "data", train=2, val=1), "train")
     backbone = create_backbone("random_vits14")
@@ -347,8 +347,8 @@ def corrupt(path: Path, how: str) -> None:
 def test_a_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, how):
     import numpy as np
 
-    from sweeper.config import LabelMode
-    from sweeper.features import cached_labels, cached_tokens
+    from sweeper.training.config import LabelMode
+    from sweeper.data.cache import cached_labels, cached_tokens
 
     split, backbone, cache, tokens, labels, token_file, label_file = build_cache(tmp_path)
     for path in (token_file, label_file):
@@ -366,7 +366,7 @@ def test_a_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, how):
 
 
 def test_an_intact_cache_entry_is_a_hit_without_warnings(tmp_path, caplog):
-    from sweeper.features import cached_tokens
+    from sweeper.data.cache import cached_tokens
 
     split, backbone, cache, tokens, *_ = build_cache(tmp_path)
     caplog.clear()  # the untrained backbone's warning
@@ -380,7 +380,7 @@ def test_a_corrupt_entry_that_cannot_be_rebuilt_is_one_line(tmp_path, monkeypatc
 
     import numpy as np
 
-    from sweeper.features import cached_tokens
+    from sweeper.data.cache import cached_tokens
 
     split, backbone, cache, tokens, labels, token_file, label_file = build_cache(tmp_path)
     corrupt(token_file, "zeros")
@@ -407,7 +407,7 @@ def search_cli(tmp_path: Path, *extra: str, timeout: float = 120) -> subprocess.
 
 
 def test_missing_resources_names_what_the_cluster_has():
-    from sweeper.cluster import missing_resources
+    from sweeper.search.ray_local import missing_resources
 
     nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
     assert missing_resources(1, 0.25, nodes) is None and missing_resources(8, 1, nodes) is None
@@ -450,7 +450,7 @@ def test_an_address_where_no_cluster_answers_times_out_in_one_line(tmp_path):
 
 
 def test_trial_resources_come_from_the_cluster_not_the_driver():
-    from sweeper.cluster import trial_resources
+    from sweeper.search.ray_local import trial_resources
 
     head, gpu_worker = {"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}
     # a CPU-only head (the driver's machine) with two one-GPU workers: trials get GPU shares
@@ -476,7 +476,7 @@ def test_trial_resources_come_from_the_cluster_not_the_driver():
 def test_device_cpu_reaches_the_trials(tmp_path):
     # the trials decide their device inside Ray: --device must travel in their config, or a trial granted a
     # GPU trains there whatever the user asked for
-    from sweeper.search_command import trial_overrides
+    from sweeper.cli.search import trial_overrides
 
     args = argparse.Namespace(device="cpu", label_mode=None, amp=False, gpu_memory=None)
     assert trial_overrides(args)["device"] == "cpu"
@@ -504,8 +504,8 @@ def test_search_on_cuda_without_cuda_is_refused(tmp_path):
 
 
 def test_progress_counts_the_trials_asked_for_not_the_space_default():
-    from sweeper.space import load_space
-    from sweeper.progress import ProgressPrinter
+    from sweeper.search.space import load_space
+    from sweeper.search.progress import ProgressPrinter
 
     space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     assert space.trials == 3
@@ -581,8 +581,8 @@ def rgb_mask_dataset(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("allow_unknown", [False, True])
 def test_an_rgb_mask_is_one_line_naming_the_file(tmp_path, allow_unknown):
-    from sweeper.config import LabelMode
-    from sweeper.data import find_split, load_raw_mask, load_split_labels
+    from sweeper.training.config import LabelMode
+    from sweeper.data.dataset import find_split, load_raw_mask, load_split_labels
 
     data = rgb_mask_dataset(tmp_path)
     mask = data / "train" / "Segmentation" / "0000.png"
@@ -674,7 +674,7 @@ def test_dashboard_without_its_packages_is_one_line_and_leaves_no_folder(tmp_pat
         import sys
         import ray._private.utils as utils
         utils.get_dashboard_dependency_error = lambda: ImportError("No module named 'aiohttp'")
-        from sweeper.cli import main
+        from sweeper.cli.main import main
         sys.exit(main({argv!r}))
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
@@ -788,16 +788,16 @@ def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(t
     import pandas as pd
 
     import sweeper.files
-    import sweeper.results
+    import sweeper.rundir.layout
 
     old = {"trials.csv": "trial,best_val_iou\n0,0.1\n", "history.csv": "trial,epoch\n0,1\n"}
     for name, text in old.items():
         (tmp_path / name).write_text(text)
     new = pd.DataFrame({"trial": [0, 1], "best_val_iou": [0.1, 0.2], "epoch": [1, 1]})
-    monkeypatch.setattr(sweeper.results, "collect", lambda run_dir, space: (new, new))
+    monkeypatch.setattr(sweeper.rundir.layout, "collect", lambda run_dir, space: (new, new))
     monkeypatch.setattr(sweeper.files, "open", FullDisk(target), raising=False)
     with pytest.raises(SweeperError, match=rf"{tmp_path / target}: .*No space left on device") as e:
-        sweeper.results.write_tables(tmp_path, space=None)
+        sweeper.rundir.layout.write_tables(tmp_path, space=None)
     assert "\n" not in str(e.value)
     assert no_temporaries(tmp_path) == []
     assert (tmp_path / target).read_text() == old[target]
@@ -809,7 +809,7 @@ def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(t
 def test_skipped_files_are_warned_about_once_with_their_count(tmp_path, caplog):
     from PIL import Image
 
-    from sweeper.data import find_split
+    from sweeper.data.dataset import find_split
 
     data = make_dataset(tmp_path / "data", train=3, val=1, size=(56, 28))
     train = data / "train"
@@ -873,8 +873,8 @@ def test_a_local_ray_does_not_outlive_a_killed_driver(tmp_path):
     code = textwrap.dedent("""
         import time
         from pathlib import Path
-        from sweeper.cluster import start_ray
-        from sweeper.tune import SearchOptions
+        from sweeper.search.ray_local import start_ray
+        from sweeper.search.driver import SearchOptions
         start_ray(SearchOptions(name="k", out_root=Path("."), trials=1, max_concurrent=1, gpus_per_trial=0,
                                 cpus_per_trial=1, seed=0))
         time.sleep(3)  # the raylet's agents are up
@@ -922,9 +922,9 @@ def disk_full_chain() -> Exception:
 def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
     import ray.tune
 
-    import sweeper.trial
-    import sweeper.tune
-    from sweeper.space import load_space
+    import sweeper.search.trial
+    import sweeper.search.driver
+    from sweeper.search.space import load_space
 
     class Tuner:
         def __init__(self, *a, **kw):
@@ -933,23 +933,23 @@ def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_pat
         def fit(self):
             raise disk_full_chain()
 
-    monkeypatch.setattr(sweeper.tune, "start_ray", lambda *a, **kw: None)
-    monkeypatch.setattr(sweeper.tune, "make_trainable", lambda *a, **kw: None)
-    monkeypatch.setattr(sweeper.trial, "trial_arrays", lambda data: {})
+    monkeypatch.setattr(sweeper.search.driver, "start_ray", lambda *a, **kw: None)
+    monkeypatch.setattr(sweeper.search.driver, "make_trainable", lambda *a, **kw: None)
+    monkeypatch.setattr(sweeper.search.trial, "trial_arrays", lambda data: {})
     monkeypatch.setattr(ray.tune, "Tuner", Tuner)
     space_file = tmp_path / "space.yaml"
     space_file.write_text(SPACE)
-    opts = sweeper.tune.SearchOptions(name="sw", out_root=tmp_path / "results", trials=2, max_concurrent=1,
+    opts = sweeper.search.driver.SearchOptions(name="sw", out_root=tmp_path / "results", trials=2, max_concurrent=1,
                                       gpus_per_trial=0, cpus_per_trial=1, seed=0)
     with pytest.raises(SweeperError) as e:
-        sweeper.tune.run_search(load_space(space_file), data=None, opts=opts, progress=False)
+        sweeper.search.driver.run_search(load_space(space_file), data=None, opts=opts, progress=False)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{tmp_path / 'results' / 'sw'}: the disk is full"), msg
     assert f"sweeper search --resume --name sw --out {tmp_path / 'results'}" in msg
 
 
 def test_other_errors_of_a_search_are_not_called_a_full_disk():
-    from sweeper.cluster import disk_full
+    from sweeper.search.ray_local import disk_full
 
     assert disk_full(disk_full_chain()) is not None
     assert disk_full(RuntimeError("training loss became nan")) is None

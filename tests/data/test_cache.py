@@ -115,7 +115,7 @@ def small_tmpfs(tmp_path):
 FILLED_AFTER_THE_CHECK = """
 import shutil, sys
 from pathlib import Path
-import sweeper.features as features
+import sweeper.data.cache as features
 real = features.check_cache_fits
 def then_filled(entries, cache_root):
     real(entries, cache_root)
@@ -123,7 +123,7 @@ def then_filled(entries, cache_root):
     with open(filler, "wb") as f:
         f.write(bytes(shutil.disk_usage(filler.parent).free - 64 * 1024))
 features.check_cache_fits = then_filled
-from sweeper.cli import main
+from sweeper.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -148,9 +148,9 @@ def test_a_real_full_disk_under_the_cache_is_one_line_not_a_bus_error(tmp_path, 
 
 def label_build(tmp_path: Path, cache: Path):
     """Build one small cache entry (a split's labels) in `cache`; returns its path."""
-    from sweeper.config import LabelMode
-    from sweeper.data import find_split
-    from sweeper.features import cached_labels
+    from sweeper.training.config import LabelMode
+    from sweeper.data.dataset import find_split
+    from sweeper.data.cache import cached_labels
 
     split = find_split(make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28)), "train")
     cached_labels(split, cache_root=cache, height=28, width=56, mode=LabelMode.PHASE1)
@@ -272,9 +272,9 @@ def test_cache_on_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("labels_cached", [True, False])
 def test_a_truncated_training_image_is_named_as_damaged_not_blamed_on_the_cache(tmp_path, capsys, labels_cached):
-    from sweeper.config import LabelMode
-    from sweeper.data import find_split
-    from sweeper.features import cached_labels
+    from sweeper.training.config import LabelMode
+    from sweeper.data.dataset import find_split
+    from sweeper.data.cache import cached_labels
 
     data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
     cache = tmp_path / "cache"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper.config import LabelMode
-from sweeper.data import (CLASS_NAMES, class_frequencies, class_pixel_counts, find_split, load_image, load_labels,
+from sweeper.training.config import LabelMode
+from sweeper.data.dataset import (CLASS_NAMES, class_frequencies, class_pixel_counts, find_split, load_image, load_labels,
                           map_classes, resize_labels)
 from sweeper.errors import SweeperError
 

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper.backbone import create_backbone
-from sweeper.config import LabelMode, TrainConfig
-from sweeper.data import find_split
-from sweeper.features import cached_tokens, load_train_data
-from sweeper.tokens import ArrayTokens, BackboneTokens
-from sweeper.train import train
+from sweeper.model.backbone import create_backbone
+from sweeper.training.config import LabelMode, TrainConfig
+from sweeper.data.dataset import find_split
+from sweeper.data.cache import cached_tokens, load_train_data
+from sweeper.data.tokens import ArrayTokens, BackboneTokens
+from sweeper.training.train import train
 
 from conftest import make_dataset
 
@@ -63,7 +63,7 @@ def test_parallel_decoding_writes_the_same_entries(tmp_path, backbone):
     # sequential build writes, byte for byte; and so are the labels
     import hashlib
 
-    from sweeper.data import load_split_labels
+    from sweeper.data.dataset import load_split_labels
 
     split = find_split(make_dataset(tmp_path / "d", train=7, val=1, size=(112, 56)), "train")
     entries = {}

@@ -1,4 +1,4 @@
-"""sweeper.parallel: the ordered process-pool map used for decoding and synthesis."""
+"""sweeper.data.parallel: the ordered process-pool map used for decoding and synthesis."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.parallel import MIN_PARALLEL_ITEMS, available_cores, default_workers, pool_map
+from sweeper.data.parallel import MIN_PARALLEL_ITEMS, available_cores, default_workers, pool_map
 
 REPO = Path(__file__).resolve().parent.parent
 MARK = {"set_by_the_parent": False}  # a spawned worker imports this module afresh and sees False
@@ -61,9 +61,9 @@ def test_torch_work_in_the_workers_after_the_parent_used_its_thread_pool_finishe
     code = f"""
 import sys, functools, numpy as np, torch
 sys.path.insert(0, {str(REPO)!r})
-from sweeper.config import LabelMode
-from sweeper.data import resize_labels
-from sweeper.parallel import pool_map
+from sweeper.training.config import LabelMode
+from sweeper.data.dataset import resize_labels
+from sweeper.data.parallel import pool_map
 torch.set_num_threads(2)
 a = torch.randn(1500, 1500); (a @ a).sum(); torch.randn(64, 256, 256).div(3).sum()
 resize = functools.partial(resize_labels, height=64, width=96, mode=LabelMode.PHASE1)

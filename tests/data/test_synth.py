@@ -1,4 +1,4 @@
-"""Tests for sweeper.synth, synth_scene and synth_places: layout and formats, determinism, class shares, safe writing."""
+"""Tests for sweeper.data.synth.generate, synth_scene and synth_places: layout and formats, determinism, class shares, safe writing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper import synth, synth_places, synth_scene
+from sweeper.data.synth import generate as synth, places as synth_places, scene as synth_scene
 from sweeper.errors import SweeperError
 
 RAW_IDS = [raw for raw, _ in synth_places.RAW_CLASSES]
@@ -204,7 +204,7 @@ def test_any_number_of_workers_writes_the_same_bytes(tmp_path):
 
 
 def test_synth_command_takes_workers(tmp_path):
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     assert main(["-q", "synth", str(tmp_path / "s"), "--train", "2", "--val", "1", "--test", "0",
                  "--size", "32x32", "--workers", "2"]) == 0

@@ -1,4 +1,4 @@
-"""Tests for sweeper.backbone: equality with Meta's DINOv2 code, weight resolution, errors, the frozen wrapper."""
+"""Tests for sweeper.model.backbone: equality with Meta's DINOv2 code, weight resolution, errors, the frozen wrapper."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper import backbone as bb
-from sweeper.backbone import BACKBONES, FrozenBackbone, create_backbone, weights_digest
-from sweeper.vit import DinoVisionTransformer, build_vit
+from sweeper.model import backbone as bb
+from sweeper.model.backbone import BACKBONES, FrozenBackbone, create_backbone, weights_digest
+from sweeper.model.vit import DinoVisionTransformer, build_vit
 from sweeper.errors import SweeperError
 
 H, W = 266, 476  # phase-1 input size: a 19x34 patch grid, not square, so pos_embed is resampled

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper.config import TrainConfig
+from sweeper.training.config import TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.head import HEADS, create_head
+from sweeper.model.head import HEADS, create_head
 
 C, K = 384, 10  # ViT-S/14 tokens, the dataset's classes
 

@@ -25,7 +25,7 @@ from sweeper.report.summary import SYNTHETIC_BANNER, sweep_summary_md
 from sweeper.report.sweep_figures import (SWEEP_FIGURES, VERDICT_COLORS, class_iou_table, param_importances,
                                           plot_asha_budget, plot_lr_vs_iou, plot_param_importance,
                                           plot_ranked_trials, plot_val_iou_curves)
-from sweeper.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 
 CLASSES = ("Trees", "Rocks", "Sky")
 # trial: (optimizer, lr, class_weights, status, planned, per-epoch val IoU, error)
@@ -336,7 +336,7 @@ def test_unreadable_trials_csv_raises_one_line_error(tmp_path):
 def test_report_command_imports_neither_torch_nor_ray(tmp_path, kind):
     """`sweeper report` reads saved results only, so it runs where torch and Ray are not loaded (or installed)."""
     run = make_sweep(tmp_path) if kind == "sweep" else make_baseline(tmp_path, synthetic=True)
-    code = ("import sys; from sweeper.cli import main; assert main(['report', sys.argv[1]]) == 0; "
+    code = ("import sys; from sweeper.cli.main import main; assert main(['report', sys.argv[1]]) == 0; "
             "print('heavy modules:', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -389,7 +389,7 @@ def test_unfinished_baseline_run_reports_missing_epochs(tmp_path):
 
 
 def test_confirm_summary_appears_in_page_and_markdown(tmp_path):
-    from sweeper.confirm import summarise_confirm
+    from sweeper.search.confirm import summarise_confirm
 
     run = make_sweep(tmp_path / "run")
     runs = pd.DataFrame({"trial": [0, 0, 0, 3, 3, 3], "best_val_iou": [0.20, 0.21, 0.19, 0.30, 0.31, 0.29]})
@@ -457,7 +457,8 @@ def test_phase1_figure_unknown_name_is_a_one_line_error():
 
 def trial_records(run: Path, ious: dict[int, list[float]]) -> None:
     """Each trial's own records under ray/ (config, epochs, end), as a finished sweep leaves them."""
-    from sweeper import files, results
+    from sweeper import files
+    from sweeper.rundir import layout as results
 
     (run / "space.yaml").write_text((Path(__file__).resolve().parent.parent / "sweeper" / "search_spaces"
                                      / "smoke.yaml").read_text())

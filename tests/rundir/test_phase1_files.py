@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper.data import CLASS_NAMES
+from sweeper.data.dataset import CLASS_NAMES
 
 RECORDS = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_iou": 0.1 * e, "val_iou": 0.09 * e,
             "train_dice": 0.2 * e, "val_dice": 0.19 * e, "train_acc": 0.3 * e, "val_acc": 0.29 * e}

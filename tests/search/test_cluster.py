@@ -22,12 +22,12 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from sweeper.backbone import create_backbone  # noqa: E402
-from sweeper.config import LabelMode  # noqa: E402
-from sweeper.features import load_train_data  # noqa: E402
-from sweeper.space import load_space  # noqa: E402
-from sweeper.results import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
-from sweeper.tune import SearchOptions, run_search  # noqa: E402
+from sweeper.model.backbone import create_backbone  # noqa: E402
+from sweeper.training.config import LabelMode  # noqa: E402
+from sweeper.data.cache import load_train_data  # noqa: E402
+from sweeper.search.space import load_space  # noqa: E402
+from sweeper.rundir.layout import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
+from sweeper.search.driver import SearchOptions, run_search  # noqa: E402
 
 from conftest import make_dataset  # noqa: E402
 

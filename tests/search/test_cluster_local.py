@@ -1,4 +1,4 @@
-"""The local Ray a sweep starts (sweeper.cluster.start_ray): its processes, as `ps` would list them."""
+"""The local Ray a sweep starts (sweeper.search.ray_local.start_ray): its processes, as `ps` would list them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 RAY_PROCESSES = """
 import os, sys
 from pathlib import Path
-from sweeper.cluster import start_ray
-from sweeper.reaper import ray_descendants
-from sweeper.tune import SearchOptions
+from sweeper.search.ray_local import start_ray
+from sweeper.search.reaper import ray_descendants
+from sweeper.search.driver import SearchOptions
 
 start_ray(SearchOptions(name="x", out_root=Path("."), trials=1, max_concurrent=1, gpus_per_trial=0,
                         cpus_per_trial=1, seed=0, dashboard=sys.argv[1] == "1"))

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from sweeper.confirm import summarise_confirm
+from sweeper.search.confirm import summarise_confirm
 from sweeper.report import write_report
 
 from test_report import make_sweep

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.backbone import create_backbone
-from sweeper.config import LabelMode, TrainConfig
-from sweeper.data import find_split, load_image, load_labels
+from sweeper.model.backbone import create_backbone
+from sweeper.training.config import LabelMode, TrainConfig
+from sweeper.data.dataset import find_split, load_image, load_labels
 from sweeper.errors import SweeperError
-from sweeper.features import cached_tokens, load_train_data
-from sweeper.tokens import TrainData
-from sweeper.train import Batches, batch_order, evaluate, train
+from sweeper.data.cache import cached_tokens, load_train_data
+from sweeper.data.tokens import TrainData
+from sweeper.training.train import Batches, batch_order, evaluate, train
 
 from conftest import make_dataset
 
@@ -90,7 +90,7 @@ def test_training_on_other_labels_changes_training_only(monkeypatch):
     moved = train(TrainConfig(**SMALL, train_labels="nearest"), data)
     assert moved.history[-1]["train_loss"] != same.history[-1]["train_loss"]
     # its val scores are those of the sweep's own val labels: re-scored here from the final head
-    from sweeper.head import create_head
+    from sweeper.model.head import create_head
 
     head = create_head("convnext_phase1", in_channels=16, num_classes=10)
     head.load_state_dict(moved.head_state)
@@ -121,7 +121,7 @@ def test_flip_probability_draws_from_the_mirrored_split():
 
 
 def test_the_phase3_space_validates_and_names_the_splits_its_trials_need(tmp_path, capsys):
-    from sweeper.space import find_space, load_space
+    from sweeper.search.space import find_space, load_space
 
     space = load_space(find_space("phase3"))
     assert {"head", "train_labels", "flip_prob"} <= set(space.param_names)
@@ -134,7 +134,7 @@ def test_the_phase3_space_validates_and_names_the_splits_its_trials_need(tmp_pat
     bad = tmp_path / "bad.yaml"
     bad.write_text(find_space("phase3").read_text().replace("[convnext_phase1, linear, convnext_up]",
                                                             "[convnext_phase1, unet]"))
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     assert main(["search", "--space", str(bad), "--out", str(tmp_path / "runs"), "--name", "bad"]) == 2
     err = capsys.readouterr().err.strip()
@@ -146,7 +146,7 @@ def test_the_phase3_space_validates_and_names_the_splits_its_trials_need(tmp_pat
 def test_a_sweep_trains_other_heads_labels_and_flips_from_the_cache(tmp_path, root):
     import pandas as pd
 
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     space = tmp_path / "p3.yaml"
     space.write_text("""

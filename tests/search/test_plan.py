@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeper import plan
+from sweeper.search import plan
 from sweeper.errors import SweeperError
-from sweeper.space import AshaSettings, load_space
+from sweeper.search.space import AshaSettings, load_space
 
 from conftest import make_dataset
 
@@ -116,8 +116,8 @@ def tiny(tmp_path):
 
 
 def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
-    from sweeper import plan_measure
-    from sweeper.cli import main
+    from sweeper.search import plan_measure
+    from sweeper.cli.main import main
 
     # a real Ray worker's memory is measured by the slow test below; here a fixed figure keeps this one fast
     monkeypatch.setattr(plan_measure, "trial_process_mb", lambda **shape: 300.0)
@@ -148,8 +148,8 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny, tmp_path, monkeypatch, capsys):
-    from sweeper import features
-    from sweeper.cli import main
+    from sweeper.data import cache as features
+    from sweeper.cli.main import main
 
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
@@ -172,7 +172,7 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny,
 
 def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monkeypatch, capsys):
     from fake_cuda import FakeCuda
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     FakeCuda(monkeypatch, total_gib=6)
     data, space_file = tiny
@@ -197,7 +197,7 @@ def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monk
 
 @pytest.mark.slow
 def test_a_trial_process_is_measured_in_a_real_ray_worker():
-    from sweeper.plan_measure import trial_process_mb
+    from sweeper.search.plan_measure import trial_process_mb
 
     # a local Ray started and shut down in a child process; 2 epochs of the phase-1 head on a tiny grid
     mb = trial_process_mb(head="convnext_phase1", batch=2, steps=2, grid=(4, 8), embed_dim=384, height=56, width=112)

@@ -1,4 +1,4 @@
-"""Tests for sweeper.space: loading, validation messages, sampling, the baseline point, to_config."""
+"""Tests for sweeper.search.space: loading, validation messages, sampling, the baseline point, to_config."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeper.config import ClassWeighting, Optimizer, Schedule, TrainConfig
+from sweeper.training.config import ClassWeighting, Optimizer, Schedule, TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.space import AshaSettings, ParamType, SearchSpace, load_space
+from sweeper.search.space import AshaSettings, ParamType, SearchSpace, load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE2 = ROOT / "search_spaces" / "phase2.yaml"
@@ -290,7 +290,7 @@ def test_suggest_returns_fixed_and_sampled_only(tmp_path: Path) -> None:
 
 
 def test_find_space_takes_an_existing_path_else_a_shipped_name(tmp_path, monkeypatch):
-    from sweeper.space import SPACES_DIR, find_space
+    from sweeper.search.space import SPACES_DIR, find_space
 
     monkeypatch.chdir(tmp_path)
     assert find_space("smoke") == SPACES_DIR / "smoke.yaml" and find_space("phase2.yaml") == SPACES_DIR / "phase2.yaml"

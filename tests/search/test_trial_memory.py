@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from sweeper.config import TrainConfig
-from sweeper.trial import run_trial
+from sweeper.training.config import TrainConfig
+from sweeper.search.trial import run_trial
 
 from test_train import learnable_data
 
@@ -57,8 +57,8 @@ def test_wall_seconds_add_up_across_a_resume():
 
 def test_tables_take_wall_seconds_from_the_trials_own_count(tmp_path):
     from sweeper import files
-    from sweeper.results import EXPERIMENT_DIR, TRIAL_EPOCHS, TRIAL_KEY, collect, write_trial_end, write_trial_start
-    from sweeper.space import load_space
+    from sweeper.rundir.layout import EXPERIMENT_DIR, TRIAL_EPOCHS, TRIAL_KEY, collect, write_trial_end, write_trial_start
+    from sweeper.search.space import load_space
 
     (tmp_path / "s.yaml").write_text("""
 metric: val_iou

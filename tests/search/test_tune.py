@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeper.backbone import create_backbone
-from sweeper.config import LabelMode
-from sweeper.features import load_train_data
+from sweeper.model.backbone import create_backbone
+from sweeper.training.config import LabelMode
+from sweeper.data.cache import load_train_data
 from sweeper.files import read_jsonl
-from sweeper.space import load_space
-from sweeper.tune import SearchOptions, run_search
+from sweeper.search.space import load_space
+from sweeper.search.driver import SearchOptions, run_search
 
 from conftest import make_dataset
 from test_train import learnable_data
@@ -65,7 +65,7 @@ def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
     # Ray's calls as a sweep makes them: on_trial_result for every epoch except the one where ASHA
     # stops a trial (that result reaches only on_trial_complete), on_trial_complete(error=True) for a crash.
     import optuna
-    from sweeper.tune import make_searcher
+    from sweeper.search.driver import make_searcher
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=4, epochs=3, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
@@ -94,8 +94,8 @@ def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
 
 def test_trial_checkpoints_carry_the_best_epochs_head_across_a_resume():
     import torch
-    from sweeper.config import TrainConfig
-    from sweeper.trial import run_trial
+    from sweeper.training.config import TrainConfig
+    from sweeper.search.trial import run_trial
 
     data = learnable_data()
     # adamw at a high lr overshoots on this task: its val IoU goes up and down, so best != last somewhere
@@ -123,7 +123,7 @@ def test_asha_never_stops_the_baseline_but_still_stops_the_others(tmp_path):
     # Crafted results straight into the scheduler, as Ray's controller hands them over.
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
-    from sweeper.tune import make_scheduler
+    from sweeper.search.driver import make_scheduler
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=4, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
@@ -219,8 +219,8 @@ params:
     from sweeper import files
     files.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
     import torch
-    from sweeper.run_heads import load_run_head
-    from sweeper.results import BEST_KEY, STATE_FILE
+    from sweeper.rundir.heads import load_run_head
+    from sweeper.rundir.layout import BEST_KEY, STATE_FILE
 
     for row in table.itertuples():
         (ckpt,) = (tmp_path / "stop" / "ray").glob(f"*_{row.trial_id}_*/checkpoint_*/{STATE_FILE}")
@@ -239,7 +239,7 @@ params:
 
 @pytest.mark.slow
 def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
-    from sweeper.train import train
+    from sweeper.training.train import train
 
     data = learnable_data()
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
@@ -305,8 +305,8 @@ def test_cache_is_built_once_then_read_back(tmp_path):
 def test_trials_receive_the_cached_arrays_without_a_copy():
     # What a trial gets through the object store: read-only views of Ray's shared memory, wrapped
     # by TrainData.from_arrays without a copy (a copy per trial is what the object store avoids).
-    from sweeper.tokens import TrainData
-    from sweeper.trial import trial_arrays
+    from sweeper.data.tokens import TrainData
+    from sweeper.search.trial import trial_arrays
 
     data = learnable_data()
     arrays = trial_arrays(data)
@@ -319,7 +319,7 @@ def test_trials_receive_the_cached_arrays_without_a_copy():
 
 
 def test_summarise_confirm_on_known_numbers():
-    from sweeper.confirm import summarise_confirm
+    from sweeper.search.confirm import summarise_confirm
 
     runs = pd.DataFrame({"trial": [0, 0, 0, 5, 5, 5, 7, 7, 7],
                          "best_val_iou": [0.30, 0.31, 0.29, 0.40, 0.41, 0.39, 0.31, 0.33, 0.29]})
@@ -332,7 +332,7 @@ def test_summarise_confirm_on_known_numbers():
 
 @pytest.mark.slow
 def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
-    from sweeper.confirm import run_confirm
+    from sweeper.search.confirm import run_confirm
 
     data = learnable_data()
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
@@ -354,7 +354,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
     import io
     from types import SimpleNamespace
 
-    from sweeper.progress import ProgressPrinter
+    from sweeper.search.progress import ProgressPrinter
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=2, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}
@@ -403,7 +403,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
 
 
 def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
-    from sweeper.results import summary_table
+    from sweeper.rundir.layout import summary_table
 
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     t = pd.DataFrame({"trial": [0, 1], "status": ["TERMINATED"] * 2, "baseline": [True, False],
@@ -422,7 +422,7 @@ def test_the_searcher_says_nothing_experimental_and_leaves_warning_filters_alone
 
     from optuna.exceptions import ExperimentalWarning
 
-    from sweeper.tune import make_searcher
+    from sweeper.search.driver import make_searcher
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=4, epochs=3, params="""
   lr: {type: loguniform, low: 1.0e-5, high: 1.0e-2}

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeper import files, results
-from sweeper import relocate, tune
+from sweeper import files
+from sweeper.rundir import layout as results
+from sweeper.search import relocate, driver as tune
 from sweeper.errors import SweeperError
-from sweeper.run_heads import load_run_head
-from sweeper.space import load_space
+from sweeper.rundir.heads import load_run_head
+from sweeper.search.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "search_spaces" / "smoke.yaml"  # lr, optimizer, momentum when sgd; 2 epochs
@@ -167,7 +168,7 @@ def test_resume_refuses_a_folder_another_user_owns(sweep, monkeypatch):
 
 
 def test_search_resume_on_a_world_writable_folder_is_one_line_exit_2(sweep, capsys, monkeypatch, tmp_path):
-    from sweeper.cli import main
+    from sweeper.cli.main import main
 
     run, marker = sweep
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))

@@ -1,6 +1,6 @@
 import pytest
 
-from sweeper.config import ClassWeighting, Optimizer, TrainConfig
+from sweeper.training.config import ClassWeighting, Optimizer, TrainConfig
 from sweeper.errors import SweeperError
 
 

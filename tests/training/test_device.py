@@ -1,7 +1,7 @@
 """The CUDA path's logic, tested on the CPU: device choice, memory share, AMP dtype, checkpoints, release.
 
 What needs a real GPU (the cap enforced, tokens resident on the device, a GPU checkpoint loaded on a
-CPU) is in tests/test_gpu.py, which runs where CUDA exists (scripts/gpu_check.sh).
+CPU) is in tests/test_gpu.py, which runs where CUDA exists (scripts/checks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper import device as dev
-from sweeper.config import LabelMode, TrainConfig
+from sweeper.training import device as dev
+from sweeper.training.config import LabelMode, TrainConfig
 from sweeper.errors import OOM_MARK
-from sweeper.tokens import TrainData
-from sweeper.train import load_checkpoint, train
+from sweeper.data.tokens import TrainData
+from sweeper.training.train import load_checkpoint, train
 
 from conftest import make_dataset
 from test_train import SMALL, learnable_data
@@ -113,7 +113,7 @@ def test_tokens_go_to_the_gpu_only_when_half_the_budget_holds_them():
 
 
 def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
-    import sweeper.train as tr
+    import sweeper.training.train as tr
 
     def boom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -128,8 +128,8 @@ def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
 
 
 def test_progress_counts_out_of_memory_failures_apart(tmp_path):
-    from sweeper.space import load_space
-    from sweeper.progress import ProgressPrinter
+    from sweeper.search.space import load_space
+    from sweeper.search.progress import ProgressPrinter
 
     class FakeTrial:
         def __init__(self, i, status, error=None):
@@ -140,9 +140,9 @@ def test_progress_counts_out_of_memory_failures_apart(tmp_path):
             if error:
                 (Path(self.path) / "error.txt").write_text(f"Traceback...\n{error}\n")
 
-    oom = FakeTrial(1, "ERROR", f"sweeper.device.GpuOutOfMemoryError: {OOM_MARK} during training with a "
+    oom = FakeTrial(1, "ERROR", f"sweeper.training.device.GpuOutOfMemoryError: {OOM_MARK} during training with a "
                                 f"0.25 GPU share")
-    other = FakeTrial(2, "ERROR", "sweeper.train.TrainingDiverged: training loss became nan")
+    other = FakeTrial(2, "ERROR", "sweeper.training.train.TrainingDiverged: training loss became nan")
     trials = [FakeTrial(0, "RUNNING"), oom, other]
     lines = []
     printer = ProgressPrinter(load_space(Path("search_spaces/smoke.yaml")),
@@ -194,7 +194,7 @@ def test_no_torch_load_in_the_package_without_map_location():
 
 
 def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
-    import sweeper.trial as tn
+    import sweeper.search.trial as tn
 
     released = []
     monkeypatch.setattr(tn, "release_memory", lambda: released.append(True))
@@ -214,9 +214,9 @@ def test_run_trial_releases_memory_when_asha_stops_it(monkeypatch):
 
 
 def test_class_counts_are_computed_once_in_the_driver(monkeypatch):
-    import sweeper.tokens as ft
-    from sweeper.data import class_pixel_counts
-    from sweeper.trial import trial_arrays
+    import sweeper.data.tokens as ft
+    from sweeper.data.dataset import class_pixel_counts
+    from sweeper.search.trial import trial_arrays
 
     data = learnable_data(n_train=4, n_val=2).with_counts()
     arrays = trial_arrays(data)
@@ -251,7 +251,7 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
 
 
 def test_object_store_is_sized_from_the_cache():
-    from sweeper.cluster import object_store_bytes
+    from sweeper.search.ray_local import object_store_bytes
 
     gb = 10**9
     full = object_store_bytes(int(3.15 * gb), memory_bytes=16 * 2**30)  # full-size float32 cache, 16 GB laptop
@@ -261,7 +261,7 @@ def test_object_store_is_sized_from_the_cache():
 
 
 def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
-    from sweeper.features import drop_resident_pages
+    from sweeper.data.cache import drop_resident_pages
 
     np.save(tmp_path / "t.npy", np.ones((8, 256, 1024), np.float32))
     mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
@@ -273,8 +273,8 @@ def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
 
 def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, monkeypatch):
     from fake_cuda import FakeCuda
-    from sweeper.backbone import FrozenBackbone
-    from sweeper.inputs import prepare
+    from sweeper.model.backbone import FrozenBackbone
+    from sweeper.cli.inputs import prepare
 
     FakeCuda(monkeypatch)
     moves = []
@@ -298,7 +298,7 @@ def test_gpu_check_without_cuda_exits_2_with_one_line():
     import subprocess
     import sys
 
-    p = subprocess.run(["bash", "scripts/gpu_check.sh"], capture_output=True, text=True, timeout=120,
+    p = subprocess.run(["bash", "scripts/checks/gpu_check.sh"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHON": sys.executable})
     assert p.returncode == 2
     assert p.stderr.strip().startswith("gpu_check: no CUDA GPU") and len(p.stderr.strip().splitlines()) == 1
@@ -308,7 +308,7 @@ def test_a_float16_amp_run_resumes_with_its_grad_scaler_state(monkeypatch):
     # GPUs before compute capability 8.0 train under float16 autocast with a GradScaler, whose scale grows
     # and backs off as training goes: a resumed run must continue from the scale it had, not start over.
     # On the CPU: a real GradScaler for the CPU stands in for the CUDA one train would make there.
-    import sweeper.train as tr
+    import sweeper.training.train as tr
 
     made = []
 

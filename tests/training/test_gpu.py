@@ -1,4 +1,4 @@
-"""CUDA-only checks of the GPU path, skipped without CUDA. Run by scripts/gpu_check.sh.
+"""CUDA-only checks of the GPU path, skipped without CUDA. Run by scripts/checks/gpu_check.sh.
 
 They also run without pytest (a GPU box with only PyTorch and the project's runtime dependencies):
 `PYTHONPATH=. python tests/test_gpu.py` runs every test here and exits non-zero on a failure.
@@ -21,17 +21,17 @@ try:
 except ImportError:  # the GPU box may have no pytest: see __main__ below
     pytest = None
 
-from sweeper import device as dev
-from sweeper.backbone import create_backbone
-from sweeper.config import LabelMode, TrainConfig
-from sweeper.features import load_train_data
-from sweeper.tokens import TrainData
-from sweeper.synth import generate
-from sweeper.train import Batches, load_checkpoint, train
+from sweeper.training import device as dev
+from sweeper.model.backbone import create_backbone
+from sweeper.training.config import LabelMode, TrainConfig
+from sweeper.data.cache import load_train_data
+from sweeper.data.tokens import TrainData
+from sweeper.data.synth.generate import generate
+from sweeper.training.train import Batches, load_checkpoint, train
 
 HAS_CUDA = torch.cuda.is_available()
 if pytest is not None:
-    pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/gpu_check.sh)")
+    pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/checks/gpu_check.sh)")
 
 SMALL = dict(image_height=56, image_width=112)
 REPO = Path(__file__).resolve().parent.parent
@@ -102,8 +102,8 @@ def test_checkpoint_written_on_the_gpu_resumes_on_a_cpu_only_process(tmp_path):
 import torch, json
 from pathlib import Path
 assert not torch.cuda.is_available()
-from sweeper.config import TrainConfig
-from sweeper.train import load_checkpoint
+from sweeper.training.config import TrainConfig
+from sweeper.training.train import load_checkpoint
 state = load_checkpoint(Path({str(tmp_path / 'state.pt')!r}))
 devs = set()
 def walk(o):
@@ -126,7 +126,7 @@ def test_memory_cap_and_oom_message_in_a_fresh_process(tmp_path):
     # The cap is process-wide: test it in a child so this process keeps the whole GPU.
     code = """
 import torch
-from sweeper import device as dev
+from sweeper.training import device as dev
 cap = dev.cap_memory(torch.device("cuda"), 0.25, limit_bytes=6 * 2**30)  # a quarter of a 6 GB card
 try:
     torch.empty(int(cap * 1.5), dtype=torch.uint8, device="cuda")
@@ -140,7 +140,7 @@ except torch.cuda.OutOfMemoryError:
 
 
 def test_a_cuda_context_fits_the_figure_the_caps_keep_back():
-    # The per-process cap leaves out the CUDA context: measured by scripts/cuda_context.py in a fresh process
+    # The per-process cap leaves out the CUDA context: measured by scripts/checks/cuda_context.py in a fresh process
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "cuda_context.py")], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from sweeper.config import ClassWeighting, Schedule
+from sweeper.training.config import ClassWeighting, Schedule
 from sweeper.errors import SweeperError
-from sweeper.losses import class_weights
-from sweeper.optim import lr_factor
+from sweeper.training.losses import class_weights
+from sweeper.training.optim import lr_factor
 
 COUNTS = np.array([10, 30, 60, 0])
 

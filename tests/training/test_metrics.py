@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.metrics import (Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_dice, phase1_iou,
+from sweeper.training.metrics import (Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_dice, phase1_iou,
                              pixel_accuracy)
 
 PRED = torch.tensor([[0, 0], [1, 1]])
@@ -62,7 +62,7 @@ def test_per_batch_mean_differs_from_dataset_miou():
     ([], "max", None),
 ])
 def test_best_index_skips_nan_and_prefers_the_earliest_tie(values, mode, expected):
-    from sweeper.results import best_index
+    from sweeper.rundir.layout import best_index
 
     assert best_index(values, mode=mode) == expected
 
@@ -72,7 +72,7 @@ def test_phase1_class_iou_averages_each_class_over_the_batches_it_appears_in():
     # batch A  target [[0,0],[1,1]]  pred [[0,1],[1,1]]: class 0 I/U = 1/2, class 1 = 2/3, classes 2, 3 absent
     # batch B  target [[1,1],[2,2]]  pred [[1,1],[2,0]]: class 0 predicted, not present = 0/1, class 1 = 2/2,
     #                                                    class 2 = 1/2, class 3 absent
-    from sweeper.metrics import phase1_class_iou
+    from sweeper.training.metrics import phase1_class_iou
 
     a = confusion_matrix(torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 0], [1, 1]]), 4).numpy()
     b = confusion_matrix(torch.tensor([[1, 1], [2, 0]]), torch.tensor([[1, 1], [2, 2]]), 4).numpy()
@@ -85,6 +85,6 @@ def test_phase1_class_iou_averages_each_class_over_the_batches_it_appears_in():
 
 
 def test_phase1_class_iou_of_no_batches_is_all_nan():
-    from sweeper.metrics import phase1_class_iou
+    from sweeper.training.metrics import phase1_class_iou
 
     assert np.isnan(phase1_class_iou([], num_classes=3)).all() and len(phase1_class_iou([], num_classes=3)) == 3

@@ -15,9 +15,9 @@ import torch
 
 from sweeper import files
 from sweeper.errors import SweeperError
-from sweeper.results import (EXPERIMENT_DIR, SPACE_COPY, STATE_FILE, SWEEP_FILE, TRIAL_EPOCHS, TRIAL_KEY,
+from sweeper.rundir.layout import (EXPERIMENT_DIR, SPACE_COPY, STATE_FILE, SWEEP_FILE, TRIAL_EPOCHS, TRIAL_KEY,
                              summary_table, write_tables, write_trial_end, write_trial_start)
-from sweeper.space import load_space
+from sweeper.search.space import load_space
 
 SPACE = """
 metric: {metric}
@@ -74,10 +74,10 @@ def test_a_metric_that_cannot_rank_trials_is_refused_in_one_line(tmp_path, metri
 
 
 def test_a_min_objective_ranks_tables_confirm_heads_and_report(tmp_path):
-    from sweeper.confirm import pick_for_confirm
+    from sweeper.search.confirm import pick_for_confirm
     from sweeper.report.load import load_sweep
     from sweeper.report.summary import sweep_headline, sweep_summary_md
-    from sweeper.run_heads import load_run_head
+    from sweeper.rundir.heads import load_run_head
 
     run = crafted_sweep(tmp_path / "run", "val_miou", "min")
     space = load_space(run / SPACE_COPY)
@@ -103,7 +103,7 @@ def test_a_min_objective_ranks_tables_confirm_heads_and_report(tmp_path):
 def test_a_val_miou_sweep_reads_back_without_a_best_val_iou_ranking(tmp_path):
     # today's main: "trials.csv: no best_val_iou column, so trials cannot be ranked" for any other metric
     from sweeper.report.load import load_sweep
-    from sweeper.run_heads import load_run_head
+    from sweeper.rundir.heads import load_run_head
 
     run = crafted_sweep(tmp_path / "run", "val_miou", "max")
     table = write_tables(run, load_space(run / SPACE_COPY))
@@ -113,8 +113,8 @@ def test_a_val_miou_sweep_reads_back_without_a_best_val_iou_ranking(tmp_path):
 
 
 def test_confirm_gains_follow_the_mode():
-    from sweeper.confirm import summarise_confirm
-    from sweeper.objective import Objective
+    from sweeper.search.confirm import summarise_confirm
+    from sweeper.training.objective import Objective
 
     runs = pd.DataFrame({"trial": [0, 0, 5, 5], "best_val_miou": [0.30, 0.32, 0.10, 0.12]})
     s = summarise_confirm(runs, 0, Objective("val_miou", "min")).set_index("trial")
@@ -125,8 +125,8 @@ def test_confirm_gains_follow_the_mode():
 
 def test_confirm_with_every_baseline_seed_failed_keeps_the_other_rows(caplog):
     # today's main: IndexError at summarise_confirm's .iloc[0]
-    from sweeper.confirm import summarise_confirm
-    from sweeper.objective import Objective
+    from sweeper.search.confirm import summarise_confirm
+    from sweeper.training.objective import Objective
 
     runs = pd.DataFrame({"trial": [0, 0, 5, 5, 7], "status": ["ERROR", "ERROR", "TERMINATED", "TERMINATED",
                                                               "TERMINATED"],
@@ -144,7 +144,7 @@ def test_confirm_with_every_baseline_seed_failed_keeps_the_other_rows(caplog):
 @pytest.mark.parametrize("concurrent, liar", [(1, False), (2, True), (4, True)])
 def test_tpe_lies_about_running_trials_whenever_trials_run_at_once(tmp_path, concurrent, liar):
     pytest.importorskip("ray")
-    from sweeper.tune import make_searcher
+    from sweeper.search.driver import make_searcher
 
     space = load_space(write_space(tmp_path / "s.yaml", concurrent=concurrent))
     searcher = make_searcher(space, study_path=tmp_path / "study.db", study_name="s", seed=0,
@@ -156,9 +156,9 @@ def test_tpe_lies_about_running_trials_whenever_trials_run_at_once(tmp_path, con
 
 
 def test_trial_keeps_the_head_of_its_best_epoch_by_the_objective():
-    from sweeper.config import TrainConfig
-    from sweeper.objective import Objective
-    from sweeper.trial import run_trial
+    from sweeper.training.config import TrainConfig
+    from sweeper.training.objective import Objective
+    from sweeper.search.trial import run_trial
 
     from test_train import learnable_data
 
@@ -180,7 +180,7 @@ def test_a_phase3_winner_is_described_by_every_dimension_the_sweep_varied(tmp_pa
     from sweeper.report.load import load_sweep
     from sweeper.report.summary import confirm_rows, sweep_headline, sweep_summary_md
     from sweeper.report.sweep_figures import class_iou_table
-    from sweeper.results import describe_trial
+    from sweeper.rundir.layout import describe_trial
 
     run = tmp_path / "p3"
     run.mkdir()
@@ -224,8 +224,8 @@ def test_a_val_miou_sweep_keeps_ranks_confirms_exports_and_evaluates_by_val_miou
     import json
 
     import optuna
-    from sweeper.cli import main
-    from sweeper.results import BEST_KEY
+    from sweeper.cli.main import main
+    from sweeper.rundir.layout import BEST_KEY
 
     pytest.importorskip("ray")
     monkeypatch.setenv("SWEEPER_CACHE", str(tmp_path / "cache"))
@@ -294,7 +294,7 @@ def test_asha_internals_the_baseline_exemption_relies_on_are_pinned(tmp_path):
     pytest.importorskip("ray")
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
-    from sweeper.tune import check_asha_internals, make_scheduler
+    from sweeper.search.driver import check_asha_internals, make_scheduler
 
     space = load_space(write_space(tmp_path / "s.yaml"))  # max 3 epochs, grace 1, factor 2: rungs at 1 and 2
     sched = make_scheduler(space)
@@ -317,7 +317,7 @@ def test_asha_internals_the_baseline_exemption_relies_on_are_pinned(tmp_path):
 def test_a_ray_without_the_asha_bookkeeping_is_refused_in_one_line(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from ray.tune.schedulers import AsyncHyperBandScheduler
-    from sweeper.tune import make_scheduler
+    from sweeper.search.driver import make_scheduler
 
     real_init = AsyncHyperBandScheduler.__init__
 
@@ -334,7 +334,7 @@ def test_progress_lines_compare_with_0_2971_only_on_val_iou(tmp_path):
     import io
     from types import SimpleNamespace
 
-    from sweeper.progress import ProgressPrinter
+    from sweeper.search.progress import ProgressPrinter
 
     out = io.StringIO()
     printer = ProgressPrinter(load_space(write_space(tmp_path / "s.yaml", "val_miou", "min")), stream=out)

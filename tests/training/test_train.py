@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.config import TrainConfig
+from sweeper.training.config import TrainConfig
 from sweeper.errors import SweeperError
-from sweeper.tokens import TrainData
-from sweeper.train import TrainingDiverged, batch_order, train
+from sweeper.data.tokens import TrainData
+from sweeper.training.train import TrainingDiverged, batch_order, train
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")
 
@@ -133,7 +133,7 @@ def test_the_scheduled_lr_reaches_the_optimizer_at_every_step(schedule, extra, e
 
 
 def test_best_epoch_skips_nan_epochs():
-    from sweeper.train import TrainResult
+    from sweeper.training.train import TrainResult
 
     def result(ious):
         return TrainResult(config=TrainConfig(**SMALL), history=tuple({"epoch": e + 1, "val_iou": v}

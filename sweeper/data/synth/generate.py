@@ -30,8 +30,8 @@ set or the complete new set, never half written. A failed or interrupted run
 removes its temporary folder; only a hard kill leaves an ``OUT.tmp-*`` sibling
 behind, which nothing reads and which may be deleted.
 
-This module writes datasets; `sweeper.synth_scene` draws one scene and
-`sweeper.synth_places` holds what the two places look like, as data.
+This module writes datasets; `sweeper.data.synth.scene` draws one scene and
+`sweeper.data.synth.places` holds what the two places look like, as data.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ import numpy as np
 from PIL import Image
 
 from sweeper.errors import SweeperError
-from sweeper.parallel import available_cores, default_workers, pool_map
-from sweeper.synth_scene import render_scene
+from sweeper.data.parallel import available_cores, default_workers, pool_map
+from sweeper.data.synth.scene import render_scene
 
 log = logging.getLogger(__name__)
 

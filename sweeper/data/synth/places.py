@@ -1,8 +1,8 @@
 """The two places synthetic scenes show, as data: the dataset's classes, materials, textures, palettes and
-object kinds of the train/val location and of the shifted test location (`sweeper.synth_scene` draws them).
+object kinds of the train/val location and of the shifted test location (`sweeper.data.synth.scene` draws them).
 
 The covers and budgets here are calibrated against the real dataset's class shares (REFERENCE_*_SHARES):
-changing a number moves pixels, so bump `sweeper.synth.VERSION` and re-measure.
+changing a number moves pixels, so bump `sweeper.data.synth.generate.VERSION` and re-measure.
 """
 
 from __future__ import annotations

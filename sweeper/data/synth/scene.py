@@ -1,5 +1,5 @@
 """Drawing one synthetic scene (horizon, sky, textured ground, objects) as an RGB image and its raw-id mask:
-a pure function of a random generator and a size. The places' looks are data in `sweeper.synth_places`."""
+a pure function of a random generator and a size. The places' looks are data in `sweeper.data.synth.places`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from sweeper.synth_places import (CANOPY, CLUTTER, DRY, FLOWERS, GRASS, LAND, LOG, LOGS, LUSH, RAW_CLASSES, RIDGE,
+from sweeper.data.synth.places import (CANOPY, CLUTTER, DRY, FLOWERS, GRASS, LAND, LOG, LOGS, LUSH, RAW_CLASSES, RIDGE,
                                   ROCKS, SKY, TEST, TEXTURE, TRAIN, TRUNK, Kind, Profile)
 
 _RAW_OF_MATERIAL = np.array([raw for raw, _ in RAW_CLASSES] + [100, 7100], dtype=np.uint16)

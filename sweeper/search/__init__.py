@@ -1,0 +1,6 @@
+"""Phase-2 search: Ray Tune runs trials of the shared trainer, Optuna proposes, ASHA stops early; its plan and its
+confirmation. Space validation is hand-written on purpose (cross-field rules, one-line errors): see `space`.
+
+Offers: `space`, `options` (SearchOptions), `driver` (run_search), `trial`, `tables`, `confirm`, `progress`,
+`ray_local` (Ray started or joined), `reaper`, `relocate`, `plan` and `plan_measure` (`sweeper plan`).
+"""

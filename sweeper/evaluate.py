@@ -29,13 +29,12 @@ and test_metrics.json says which epoch that is.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,23 +42,22 @@ from PIL import Image
 from torch import nn
 
 from sweeper import files
-from sweeper.rundir import lock as runs
+from sweeper.rundir import records
 from sweeper.data.synth import generate as synth
 from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, Split, find_split
 from sweeper.errors import SweeperError
 from sweeper.data.cache_folder import default_cache_root
 from sweeper.data.cache import cached_labels, cached_tokens
 from sweeper.training.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
-from sweeper.search.progress import progress_bar
-from sweeper.report.run_figures import (ORGANISERS_CLASS_NAMES, PALETTE, colorize, comparison_figure,
-                                        organisers_comparison, organisers_per_class, per_class_figure)
-from sweeper.report.summary import fmt, synthetic_tag
+from sweeper.bar import progress_bar
 from sweeper.training.device import resolve_device
 from sweeper.data.tokens import ArrayTokens
 from sweeper.training.train import TokenBatches, batch_order, eval_logits
-from sweeper.rundir.layout import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
-                             DETAIL_NAME, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE)
+from sweeper.rundir.layout import COLOR_DIR, COMPARISONS_DIR, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE
 from sweeper.rundir.heads import RunHead, build_head, load_run_head
+from typing import Callable
+from sweeper.data.dataset import ORGANISERS_CLASS_NAMES
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,6 @@ COMPARISONS = 5  # default number of side-by-side figures, for the first images 
 PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
 PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
 
-assert len(PALETTE) == NUM_CLASSES  # the organisers' mask colours: one per class
 
 
 @torch.inference_mode()
@@ -127,10 +124,25 @@ def evaluation_text(mean_iou: float, class_iou: dict[str, float | None]) -> str:
 # --------------------------------------------------------------------------- the whole evaluation
 
 
-def _display_image(path: Path, *, height: int, width: int) -> np.ndarray:
-    """A test image as the head saw it (bilinear resize), but un-normalised for display."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR))
+@dataclass(frozen=True)
+class Evaluated:
+    """What an evaluation drew its figures from: the head's predictions beside the test labels and images."""
+
+    out: Path  # the evaluation folder
+    label: str  # which head: 'baseline' or 'trial-N'
+    image_paths: tuple[Path, ...]  # the test images, in file order
+    labels: np.ndarray  # (N, H, W) class ids at the evaluation size
+    pred: np.ndarray  # (N, H, W) predicted class ids
+    height: int
+    width: int
+    synthetic: bool
+    comparisons: int  # side-by-side figures to draw, for the first images
+    metrics: dict[str, Any]  # test_metrics.json as written
+
+    def image(self, i: int) -> np.ndarray:
+        """Test image `i` as the head saw it (bilinear resize), but un-normalised for display."""
+        with Image.open(self.image_paths[i]) as img:
+            return np.asarray(img.convert("RGB").resize((self.width, self.height), Image.BILINEAR))
 
 
 def _clear_pngs(folder: Path) -> None:
@@ -157,8 +169,11 @@ def _rebuild_backbone(run: RunHead, device: torch.device):
 
 def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: Path | None = None,
                  device: str = "auto", cache_root: Path | None = None, show_progress: bool = True,
-                 allow_unknown: bool = False, comparisons: int = COMPARISONS, epoch: str = "best") -> Path:
-    """Score a run's head on a test folder; write metrics, masks and figures; return the output folder.
+                 allow_unknown: bool = False, comparisons: int = COMPARISONS, epoch: str = "best",
+                 draw: Callable[[Evaluated], None] | None = None) -> Path:
+    """Score a run's head on a test folder; write metrics and masks, and with `draw` (the report's
+    `draw_evaluation`, passed by the CLI: inference does not import presentation) the colour masks and figures;
+    return the output folder.
 
     `epoch`: a sweep trial's best-epoch head ('best') or its latest ('last'); see `load_run_head`."""
     started = time.perf_counter()
@@ -193,8 +208,7 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
         _clear_pngs(out / sub)
     for name, mask in zip(names, pred):
         Image.fromarray(mask).save(out / MASKS_DIR / MASK_NAME.format(name))
-        Image.fromarray(colorize(mask)).save(out / COLOR_DIR / COLOR_NAME.format(name))
-    log.info("wrote %d predicted masks to %s and %s", len(pred), out / MASKS_DIR, out / COLOR_DIR)
+    log.info("wrote %d predicted masks to %s", len(pred), out / MASKS_DIR)
 
     metrics = {
         "run": {"dir": str(run.run_dir.resolve()), "kind": run.kind, "label": run.label, "trial": run.trial,
@@ -211,45 +225,19 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
         **{k: scores[k] for k in ("class_pixels", "confusion_matrix")},
         "class_names": list(CLASS_NAMES),
         "seconds": round(time.perf_counter() - started, 3),
-        "versions": runs.versions(),
+        "versions": records.versions(),
     }
     files.write_json(out / METRICS_JSON, metrics)
     files.write_text_atomic(out / TEXT_FILE, evaluation_text(scores["phase1"]["iou"], scores["phase1"]["class_iou"]))
 
-    tag = synthetic_tag(synthetic)
-    for i in range(min(comparisons, len(split))):
-        image = _display_image(split.image_paths[i], height=height, width=width)
-        organisers_comparison(image, labels[i], pred[i], name=split.image_paths[i].name,
-                              path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i))
-        comparison_figure(image, labels[i], pred[i], path=out / COMPARISONS_DIR / DETAIL_NAME.format(i),
-                          title=f"{run.label}: test image {names[i]}{tag}", class_names=CLASS_NAMES)
-    organisers_per_class(list(scores["phase1"]["class_iou"].values()), scores["phase1"]["iou"], path=out / BAR_CHART)
-    per_class_figure(json.loads((out / METRICS_JSON).read_text()), out / BAR_CHART_DETAIL)
+    if draw is not None:
+        draw(Evaluated(out=out, label=run.label, image_paths=tuple(split.image_paths), labels=labels, pred=pred,
+                       height=height, width=width, synthetic=synthetic, comparisons=min(comparisons, len(split)),
+                       metrics=json.loads((out / METRICS_JSON).read_text())))
     log.info("test %s: phase-1 IoU %.4f, Dice %.4f, accuracy %.4f; dataset mIoU %.4f%s", run.label,
              metrics["phase1"]["iou"], metrics["phase1"]["dice"], metrics["phase1"]["acc"],
-             metrics["dataset"]["miou"], tag)
-    log.info("wrote %s, %s, %s, %s, %s/", out / METRICS_JSON, out / TEXT_FILE, out / BAR_CHART, out / BAR_CHART_DETAIL,
-             out / COMPARISONS_DIR)
+             metrics["dataset"]["miou"], " (SYNTHETIC data)" if synthetic else "")
+    log.info("wrote %s, %s%s", out / METRICS_JSON, out / TEXT_FILE, " and the figures" if draw is not None else "")
     return out
 
 
-def summary_lines(metrics: dict[str, Any]) -> Sequence[str]:
-    """A test_metrics.json dict as a few lines for the CLI to print."""
-    p, d, v = metrics["phase1"], metrics["dataset"], metrics.get("validation")
-    short = functools.partial(fmt, digits=3, missing="n/a")  # the CLI's lines: 3 decimals
-    run = metrics["run"]
-    head = f" (head of epoch {run['epoch']}, its {run.get('weights', 'kept')})" if run.get("epoch") is not None else ""
-    lines = [f"{run['label']}{head} on {metrics['data']['images']} test images"
-             f"{synthetic_tag(metrics['data']['synthetic'])}: phase-1 IoU {short(p['iou'])}, Dice {short(p['dice'])}, "
-             f"accuracy {short(p['acc'])}; dataset mIoU {short(d['miou'])}"]
-    if v:
-        lines.append(f"validation (epoch {v.get('epoch')}): IoU {short(v.get('val_iou'))}, "
-                     f"mIoU {short(v.get('val_miou'))}")
-    width = max(len(n) for n in d["class_iou"])
-    per_batch = p.get("class_iou") or {}
-    lines.append(f"  {'per-class IoU':<{width}}  {'test, phase-1 per-batch':>23}  {'test, dataset':>13}  "
-                 f"{'val, dataset':>12}")
-    for n, t in d["class_iou"].items():
-        val = short(v["class_iou"].get(n)) if v else "n/a"
-        lines.append(f"  {n:<{width}}  {short(per_batch.get(n)):>23}  {short(t):>13}  {val:>12}")
-    return lines

@@ -21,7 +21,7 @@ from sweeper.errors import SweeperError
 from sweeper.rundir.heads import build_head, load_run_head
 from sweeper.files import write_json
 from sweeper.rundir.layout import CONFIG_FILE, HEAD_FILE
-from sweeper.rundir.lock import save_head
+from sweeper.rundir.heads import save_head
 
 
 def build_line(head: str, in_channels: int, num_classes: int = NUM_CLASSES) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from sweeper import evaluate as ev
 from sweeper import files
-from sweeper.rundir import layout as results, lock as runs
+from sweeper.rundir import heads, layout
 from sweeper.data.synth import generate as synth
 from sweeper.training.config import TrainConfig
 from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
@@ -79,12 +79,12 @@ def val_record(epoch: int, class_iou: list[float | None]) -> dict:
 
 def make_baseline(folder: Path, state: dict, *, history=(), backbone=BACKBONE) -> Path:
     folder.mkdir(parents=True)
-    files.write_json(folder / results.CONFIG_FILE, {
+    files.write_json(folder / layout.CONFIG_FILE, {
         "command": "baseline", "config": TrainConfig(**SMALL).to_dict(), "backbone": backbone,
         "data": {"root": "/somewhere/train-set", "synthetic": True}, "cache": {"dtype": "float32"}})
-    torch.save(state, folder / results.HEAD_FILE)
+    torch.save(state, folder / layout.HEAD_FILE)
     for r in history:
-        files.append_jsonl(folder / results.METRICS_FILE, r)
+        files.append_jsonl(folder / layout.METRICS_FILE, r)
     return folder
 
 
@@ -272,11 +272,11 @@ def test_scores_on_val_folder_reproduce_the_training_record(tmp_path, dataset, c
     result = train(cfg, data)
     run = tmp_path / "trained"
     run.mkdir()
-    files.write_json(run / results.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
+    files.write_json(run / layout.CONFIG_FILE, {"config": cfg.to_dict(), "backbone": {
         **BACKBONE, "weights_digest": backbone.weights_digest}, "data": {"synthetic": True}, "cache": {}})
-    runs.save_head(run / results.HEAD_FILE, result.head_state)
+    heads.save_head(run / layout.HEAD_FILE, result.head_state)
     for r in result.history:
-        files.append_jsonl(run / results.METRICS_FILE, r)
+        files.append_jsonl(run / layout.METRICS_FILE, r)
     out = ev.evaluate_run(run, data=dataset / "val", cache_root=cache, device="cpu", show_progress=False,
                           comparisons=0)
     m = json.loads((out / "test_metrics.json").read_text())

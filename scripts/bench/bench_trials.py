@@ -34,7 +34,7 @@ def write_space(path: Path, *, trials: int, concurrent: int, params: dict[str, A
 
 def search_options(work: Path, name: str, *, trials: int, concurrent: int):
     """A CPU sweep's options: one CPU per trial, seed 0."""
-    from sweeper.search.driver import SearchOptions
+    from sweeper.search.options import SearchOptions
 
     return SearchOptions(name=name, out_root=work, trials=trials, max_concurrent=concurrent, gpus_per_trial=0.0,
                          cpus_per_trial=1.0, seed=0)
@@ -43,7 +43,8 @@ def search_options(work: Path, name: str, *, trials: int, concurrent: int):
 def sweep_once(work: Path, name: str, data, *, trials: int, concurrent: int, size: tuple[int, int],
                params: dict[str, Any] | None = None) -> dict[str, Any]:
     """One in-process `run_search` (Ray already up); wall time, the trials table, trial spans."""
-    from sweeper.rundir.layout import EXPERIMENT_DIR, write_tables
+    from sweeper.rundir.layout import EXPERIMENT_DIR
+    from sweeper.search.tables import write_tables
     from sweeper.search.space import load_space
     from sweeper.search.driver import run_search
 

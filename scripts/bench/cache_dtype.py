@@ -28,7 +28,7 @@ from sweeper.model.backbone import create_backbone  # noqa: E402
 from sweeper.search.space import default_space_path  # noqa: E402
 from sweeper.data.cache_folder import default_cache_root  # noqa: E402
 from sweeper.data.cache import load_train_data  # noqa: E402
-from sweeper.rundir.layout import best_index  # noqa: E402
+from sweeper.training.objective import best_index  # noqa: E402
 from sweeper.search.space import load_space  # noqa: E402
 from sweeper.data.synth.generate import default_dataset  # noqa: E402
 from sweeper.training.train import train  # noqa: E402

@@ -105,12 +105,12 @@ def describe_inputs(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
 def in_run_folder(run_dir: Path, command: str, body: Callable[[], int]) -> int:
     """Run `body` owning `run_dir` (sweeper.rundir.lock.run_lock); a folder this call created and left empty goes."""
     from sweeper import files
-    from sweeper.rundir import lock as runs
+    from sweeper.rundir import lock
 
     fresh = not run_dir.exists()
     files.ensure_writable_dir(run_dir)
     try:
-        with runs.run_lock(run_dir, command):
+        with lock.run_lock(run_dir, command):
             return body()
     finally:
         if fresh:

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper.data.cache_folder import add_parser as add_cache_parser
+from sweeper.cli.cache import add_parser as add_cache_parser
 from sweeper.search.plan_measure import cmd_plan
 from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import SweeperError
 from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
 from sweeper.cli.search import cmd_confirm, cmd_search
+from sweeper.cli.evaluate import cmd_evaluate
 
 log = logging.getLogger("sweeper")
 
@@ -255,7 +256,7 @@ def _configure_logging(quiet: bool) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from sweeper.data.synth import generate as synth
-    from sweeper.search.progress import progress_bar
+    from sweeper.bar import progress_bar
 
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
@@ -284,29 +285,29 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
     from sweeper import files
-    from sweeper.rundir import layout as results, lock as runs
+    from sweeper.rundir import heads, layout, records
     from sweeper.report import write_report
     from sweeper.rundir.phase1_text import evaluation_metrics_text
     from sweeper.report.run_figures import phase1_plots
     from sweeper.training.train import train
 
-    kept = [f for f in (results.CONFIG_FILE, results.METRICS_FILE, results.HEAD_FILE) if (out / f).exists()]
+    kept = [f for f in (layout.CONFIG_FILE, layout.METRICS_FILE, layout.HEAD_FILE) if (out / f).exists()]
     if kept and not args.overwrite:
         raise SweeperError(f"{out}: holds a run already ({', '.join(kept)}); pass --overwrite to replace it, "
                            f"or choose another --out")
     p = prepare(args, height=config.image_height, width=config.image_width, label_mode=config.label_mode,
                 use_cache=not args.no_cache)
     data_src, backbone, data = p.source, p.backbone, p.data
-    files.write_json(out / results.CONFIG_FILE, {
+    files.write_json(out / layout.CONFIG_FILE, {
         "command": "baseline", "config": config.to_dict(), **describe_inputs(p, args),
-        "feature_cache_used": not args.no_cache, "versions": runs.versions(),
+        "feature_cache_used": not args.no_cache, "versions": records.versions(),
     })
     print(f"phase-1 baseline: {len(data.train.labels)} train / {len(data.val.labels)} val images"
           f"{' (SYNTHETIC data)' if data_src.synthetic else ''}, backbone {backbone.name}, "
           f"{config.epochs} epochs -> {out}", file=sys.stderr)
 
     def on_epoch(record: dict, head) -> None:
-        files.append_jsonl(out / results.METRICS_FILE, record)
+        files.append_jsonl(out / layout.METRICS_FILE, record)
         train_iou = record.get("train_iou")
         print(f"epoch {record['epoch']:>3}/{config.epochs}  train loss {record['train_loss']:.4f}  "
               f"val loss {record['val_loss']:.4f}  "
@@ -314,13 +315,13 @@ def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
               + f"val IoU {record['val_iou']:.4f}  val mIoU {record['val_miou']:.4f}  "
               f"({record['epoch_seconds']:.1f} s)", file=sys.stderr, flush=True)
 
-    (out / results.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
+    (out / layout.METRICS_FILE).unlink(missing_ok=True)  # a rerun into the same folder starts a fresh log
     if config.threads:  # this process's torch threads: set here, `train` changes no global state
         import torch
         torch.set_num_threads(config.threads)
     result = train(config, data, on_epoch=on_epoch)
-    runs.save_head(out / results.HEAD_FILE, result.head_state)
-    files.write_text_atomic(out / results.TEXT_FILE, evaluation_metrics_text(result.history))
+    heads.save_head(out / layout.HEAD_FILE, result.head_state)
+    files.write_text_atomic(out / layout.TEXT_FILE, evaluation_metrics_text(result.history))
     phase1_plots(out)
     report = write_report(out)
     best = result.best
@@ -337,26 +338,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {write_report(args.run)}")
     return 0
 
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-
-    from sweeper.evaluate import evaluate_run, summary_lines
-    from sweeper.files import read_json
-
-    data = args.data
-    if data is None:  # the run's own data root: the synthetic default and `synth` sets carry a test/ split
-        info = next((read_json(args.run / f) for f in ("sweep.json", "config.json")
-                     if (args.run / f).is_file()), None)
-        if info is None:
-            raise SweeperError(f"{args.run}: not a run folder (no sweep.json or config.json); pass --data TEST_DIR")
-        data = Path(info["data"]["root"])
-    out = evaluate_run(args.run, data=data, trial=args.trial, out=args.out, device=args.device,
-                       cache_root=args.cache_dir, show_progress=not args.quiet,
-                       allow_unknown=args.allow_unknown_ids, comparisons=args.samples, epoch=args.epoch)
-    for line in summary_lines(read_json(out / "test_metrics.json")):
-        print(line)
-    print(f"outputs in {out}")
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -66,39 +66,33 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     import resource
 
     from sweeper import files
-    from sweeper.rundir import layout as results, lock as runs
-    from sweeper.training.config import LabelMode
-    from sweeper.data.dataset import dataset_fingerprint
-    from sweeper.search.space import default_space_path, find_space, load_space
+    from sweeper.data.dataset import LabelMode, dataset_fingerprint
+    from sweeper.rundir import layout, records, resume
+    from sweeper.rundir.layout import SPACE_COPY, SWEEP_FILE
+    from sweeper.search.driver import run_search
+    from sweeper.search.options import SearchOptions
     from sweeper.search.ray_local import (check_address, check_dashboard, check_resources, cluster_nodes, start_ray,
-                                 trial_resources)
-    from sweeper.rundir.layout import SPACE_COPY, SWEEP_FILE, summary_table
+                                          trial_resources)
+    from sweeper.search.space import default_space_path, find_space, load_space
+    from sweeper.search.tables import summary_table
     from sweeper.search.trial import trial_bytes
-    from sweeper.search.driver import SearchOptions, check_trusted, run_search
 
     quiet_optuna()
 
     sweep_file = run_dir / SWEEP_FILE
-    if args.resume:
-        if not sweep_file.is_file():
-            raise SweeperError(f"{run_dir}: no sweep to resume here (missing {SWEEP_FILE})")
-        check_trusted(run_dir)  # a resume unpickles Ray's state there: refuse before any work
-        saved = files.read_json(sweep_file)
-        recorded = _started_with(saved)
-        space = load_space(run_dir / SPACE_COPY)
-        check_resume_space(run_dir, saved, recorded, find_space(args.space) if args.space is not None else None)
-        runs.check_resume(run_dir, recorded, _resume_options(args))  # options given must be the sweep's own
+    if args.resume:  # the one decision (sweeper.rundir.resume), before any work
+        resumed = resume.decide(run_dir, given=_resume_options(args),
+                                given_space=find_space(args.space) if args.space is not None else None)
+        saved, recorded = resumed.saved, resumed.recorded
+        space = load_space(resumed.space_path)
         args.data, args.backbone = Path(recorded["data_root"]), recorded["backbone"]
-        if args.weights is None and saved["backbone"].get("weights_path"):
-            args.weights = Path(saved["backbone"]["weights_path"])
+        args.weights = args.weights or resumed.weights_path
         args.cache_dtype = recorded.get("cache_dtype", args.cache_dtype)
         args.allow_unknown_ids = recorded.get("allow_unknown_ids", args.allow_unknown_ids)
-        if "data_fingerprint" in recorded:  # the same folder, but are its files still the same?
-            runs.check_resume(run_dir, recorded, {"data_fingerprint": dataset_fingerprint(args.data)})
         trials, seed = recorded["trials"], recorded["seed"]
-        overrides: dict[str, Any] = dict(saved.get("trial_overrides") or {})
+        overrides: dict[str, Any] = resumed.trial_overrides
     else:
-        if any(p.name != results.LOCK_FILE for p in run_dir.iterdir()):
+        if any(p.name != layout.LOCK_FILE for p in run_dir.iterdir()):
             raise SweeperError(f"{run_dir}: a sweep of that name exists; pass --resume to continue it, or another --name")
         space = load_space(find_space(args.space) if args.space else default_space_path())
         check_space_heads(space)
@@ -144,7 +138,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
               "image_size": [base.image_height, base.image_width], "cache_dtype": str(args.cache_dtype),
               "allow_unknown_ids": bool(args.allow_unknown_ids), "amp": bool(base.amp)}
     if args.resume:
-        runs.check_resume(run_dir, recorded, inputs)  # weights, label mode and size as this resume loaded them
+        resumed.check_loaded(inputs)  # weights, label mode and size as this resume loaded them
     else:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
@@ -161,7 +155,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
                                              for k, v in opts.__dict__.items()},
             "space": {"source": str(space.source), "metric": space.metric, "mode": space.mode},
             "started_with": recorded, "trial_overrides": overrides,  # what a resume must match, and reuses
-            **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": runs.versions()}
+            **describe_inputs(p, args), "object_store": {"trial_bytes": data_bytes}, "versions": records.versions()}
     files.write_json(sweep_file, info)
     print(f"sweep {name}: {trials} trials ({space.metric}, {space.mode}), ASHA grace {space.asha.grace_period} / "
           f"max {space.asha.max_epochs} epochs / factor {space.asha.reduction_factor}; "
@@ -257,17 +251,6 @@ def check_space_heads(space) -> None:
     check_head_names(map(str, names), source=f"{space.source}: {'params' if spec else 'fixed'}.head")
 
 
-def _started_with(saved: dict[str, Any]) -> dict[str, Any]:
-    """What a sweep was started with (sweep.json's `started_with`; older sweeps: what their sweep.json says)."""
-    try:
-        legacy = {"data_root": saved["data"]["root"], "backbone": saved["backbone"]["name"],
-                  "weights_digest": saved["backbone"]["weights_digest"], "trials": saved["options"]["trials"],
-                  "seed": saved["options"]["seed"], "max_concurrent": saved["options"]["max_concurrent"],
-                  "cache_dtype": saved["cache"]["dtype"]}
-    except (KeyError, TypeError) as e:
-        raise SweeperError(f"sweep.json: field {e} is missing; this folder cannot be resumed") from None
-    return {**legacy, **(saved.get("started_with") or {})}
-
 
 def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on a resume's command line that decide results: each must equal the sweep's."""
@@ -276,7 +259,7 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
         given["data_root"] = str(Path(args.data).resolve())
     if args.backbone != "auto":
         given["backbone"] = args.backbone
-    for field in ("trials", "seed", "label_mode"):  # the space: check_resume_space; concurrency may change
+    for field in ("trials", "seed", "label_mode"):  # the space: resume.decide's own check; concurrency may change
         if getattr(args, field) is not None:
             given[field] = getattr(args, field)
     if args.amp:
@@ -287,54 +270,6 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
         given["cache_dtype"] = args.cache_dtype
     return given
 
-
-def check_resume_space(run_dir: Path, saved: dict[str, Any], recorded: dict[str, Any], given: Path | None) -> None:
-    """Refuse a resume whose space differs from the sweep's: the run folder's copy edited since, or a --space
-    file whose settings differ (named with the first key that differs; comments and layout may differ)."""
-    from sweeper import files
-    from sweeper.rundir.layout import SPACE_COPY
-
-    copy = run_dir / SPACE_COPY
-    started = (saved.get("space") or {}).get("source", "?")
-    refused = f"{run_dir}: cannot resume with space = "
-    if "space" in recorded and files.file_sha256(copy) != recorded["space"]:
-        raise SweeperError(f"{refused}'{copy}': this copy of the space the sweep started with ({started}) was "
-                           f"edited since; restore it, or start a new sweep with another --name")
-    if given is None:
-        return
-    key = first_difference(_read_space(copy), _read_space(given))
-    if key is not None:
-        where, ran, now = key
-        raise SweeperError(f"{refused}'{given}': the sweep was started with {copy} (a copy of {started}), and "
-                           f"they differ at {where} ({ran!r} there, {now!r} here); its trials would be mixed with "
-                           f"others: start a new sweep with another --name instead")
-
-
-def _read_space(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise SweeperError(f"{path}: cannot read ({getattr(e, 'strerror', None) or str(e).splitlines()[0]})") from None
-
-
-def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
-    """The first key (dotted path, in `a`'s order, then keys only `b` has) where two parsed YAML documents
-    differ, with both values (None where a key is absent); None when they are equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in [*a, *(k for k in b if k not in a)]:
-            found = first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = first_difference(x, y, f"{where}[{i}]")
-            if found is not None:
-                return found
-        return None
-    return None if a == b else (where or "(the whole file)", a, b)
 
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:
@@ -368,7 +303,7 @@ def _confirm_in(args: argparse.Namespace) -> int:
     from sweeper.rundir.layout import SPACE_COPY
     from sweeper.search.ray_local import check_address
     from sweeper.search.confirm import run_confirm
-    from sweeper.search.driver import SearchOptions
+    from sweeper.search.options import SearchOptions
 
     if args.address:
         check_address(args.address)

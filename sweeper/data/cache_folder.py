@@ -1,6 +1,6 @@
 """The feature cache's folder as files: its entries, the state of their checksums, when each was last used, and
-the partial files that builds leave while they write; `sweeper cache` lists them and `--prune` removes what is
-dead. No torch or numpy here (`sweeper.data.cache` builds the entries and calls `remove_orphaned_partials`).
+the partial files that builds leave while they write; `sweeper cache` (`sweeper.cli.cache`) lists them and
+`--prune` removes what is dead. No torch or numpy here (`sweeper.data.cache` builds the entries and calls `remove_orphaned_partials`).
 
 A build writes an entry at `.NAME.partial-HOST-PID` (`partial_tag`) and renames it when complete. A build that
 was killed (`kill -9`, a reboot) leaves that file behind, possibly gigabytes; it is an orphan once no process
@@ -10,7 +10,6 @@ Partial files of other machines (a cache folder shared over the network) are lef
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -22,8 +21,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeper.errors import SweeperError
-from sweeper.search.reaper import start_time
+import psutil
+
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +60,14 @@ def last_used(entry: Path) -> float:
 
 
 def process_start(pid: int) -> float | None:
-    """When process `pid` of this machine started (seconds since the epoch); None when no such process runs,
-    0.0 when it runs but its start is unknown (no /proc)."""
+    """When process `pid` of this machine started (seconds since the epoch, psutil's create_time); None when no
+    such process runs; 0.0 when it runs but its start cannot be read (another user's, on some systems)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, ValueError, OverflowError):  # gone, or not a pid at all
         return None
-    except PermissionError:  # another user's process: it runs
-        pass
-    except OverflowError:  # not a pid this system can have
-        return None
-    ticks = start_time(pid)
-    try:
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
+    except psutil.AccessDenied:
         return 0.0
-    return 0.0 if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def default_cache_root() -> Path:
@@ -210,35 +200,4 @@ def listing(root: Path, *, verify: bool = False) -> list[str]:
     return lines
 
 
-def _days(text: str) -> float:
-    try:
-        days = float(text)
-    except ValueError:
-        days = -1.0
-    if not days > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of days > 0, got '{text}'")
-    return days
 
-
-def add_parser(sub) -> None:
-    """`sweeper cache`'s sub-command on the CLI's sub-parsers."""
-    p = sub.add_parser("cache", help="list the feature cache's entries (sizes, checksums, last use) or prune it")
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default: $SWEEPER_CACHE or ~/.cache/sweeper)")
-    p.add_argument("--verify", action="store_true", help="check every entry's checksum (reads every byte)")
-    p.add_argument("--prune", action="store_true", help="remove partial files of killed builds and entries unused "
-                                                        "for --days days")
-    p.add_argument("--days", type=_days, default=PRUNE_DAYS,
-                   help=f"with --prune: remove entries unused for this many days (default {PRUNE_DAYS})")
-    p.set_defaults(func=cmd_cache)
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    """`sweeper cache [--cache-dir DIR] [--verify] [--prune [--days N]]`."""
-    root = Path(args.cache_dir or default_cache_root())
-    if not root.is_dir():
-        raise SweeperError(f"{root}: no feature cache here ({'not a folder' if root.exists() else 'no such folder'})")
-    if args.prune:
-        print(prune(root, days=args.days))
-    else:
-        print("\n".join(listing(root, verify=args.verify)))
-    return 0

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from sweeper.report.figures import FigureSpec
 from sweeper.report.load import BaselineRun, SweepRun
-from sweeper.rundir.layout import describe_trial
+from sweeper.search.tables import describe_trial
 from sweeper.report.summary import (banner, baseline_headline, baseline_title, cell, confirm_rows,
                                     sweep_headline, sweep_title, table_frame)
 

@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sweeper.errors import SweeperError
 from sweeper.files import read_jsonl
+from sweeper.data.dataset import ORGANISERS_CLASS_NAMES
 from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure, save_figure, save_plain, styled,
                                     val_iou_curves_axes)
 from sweeper.report.load import BaselineRun
@@ -39,10 +40,6 @@ PALETTE = np.array([
     (160, 82, 45),    # 8 Landscape: sienna
     (135, 206, 235),  # 9 Sky: sky blue
 ], dtype=np.uint8)
-# The class names the organisers' test script writes and draws: class 0 is their "Background" (ours,
-# `Flowers/bg` in our own files, says what it holds in practice).
-ORGANISERS_CLASS_NAMES = ("Background", "Trees", "Lush Bushes", "Dry Grass", "Dry Bushes", "Ground Clutter",
-                          "Logs", "Rocks", "Landscape", "Sky")
 ORGANISERS_TRAIN_DPI = 100  # their train script saves its curves at matplotlib's default resolution
 ORGANISERS_TEST_DPI = 150  # their test script's comparisons and bar chart
 

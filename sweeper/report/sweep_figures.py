@@ -27,7 +27,7 @@ from sweeper.report.figures import (REFERENCE_STYLE, FigureSpec, NoData, new_fig
                                     outside_legend, reference_line, styled, val_iou_curves_axes)
 from sweeper.report.load import SweepRun, num
 from sweeper.report.summary import PUBLISHED_LABEL, REFERENCE_METRICS, ranking_words
-from sweeper.rundir.layout import describe_trial
+from sweeper.search.tables import describe_trial
 from sweeper.rundir.layout import HISTORY_CSV, STUDY_FILE
 
 log = logging.getLogger(__name__)

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from sweeper import files
-from sweeper.rundir import layout as results
+from sweeper.rundir import layout
 from sweeper.training.config import TrainConfig
 from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
 from sweeper.model.head import create_head
-from sweeper.rundir.layout import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV,
-                             TrialRecord, latest_checkpoint, run_objective, trial_groups)
+from sweeper.rundir.layout import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV)
+from sweeper.rundir.records import TrialRecord, latest_checkpoint, trial_groups
+from sweeper.search.tables import run_objective
+from sweeper.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +81,18 @@ def _validation(record: dict[str, Any], source: str) -> dict[str, Any]:
 def _baseline_head(run_dir: Path, trial: str | int) -> RunHead:
     if str(trial) != "best":
         raise SweeperError(f"{run_dir}: a baseline run has one head; a trial ({trial}) applies to sweeps only")
-    record = files.read_json(run_dir / results.CONFIG_FILE)
+    record = files.read_json(run_dir / layout.CONFIG_FILE)
     if "config" not in record or "backbone" not in record:
-        raise SweeperError(f"{run_dir / results.CONFIG_FILE}: no 'config' and 'backbone' records in it")
-    head_file = run_dir / results.HEAD_FILE
+        raise SweeperError(f"{run_dir / layout.CONFIG_FILE}: no 'config' and 'backbone' records in it")
+    head_file = run_dir / layout.HEAD_FILE
     if not head_file.is_file():
-        raise SweeperError(f"{run_dir}: no {results.HEAD_FILE} (did the run finish?)")
-    metrics = run_dir / results.METRICS_FILE
+        raise SweeperError(f"{run_dir}: no {layout.HEAD_FILE} (did the run finish?)")
+    metrics = run_dir / layout.METRICS_FILE
     history = files.read_jsonl(metrics) if metrics.is_file() else []
     # Phase 1 saves the final head, so its validation scores are the last epoch's.
-    validation = _validation(history[-1], results.METRICS_FILE) if history else None
+    validation = _validation(history[-1], layout.METRICS_FILE) if history else None
     return RunHead(run_dir=run_dir, kind="baseline", label="baseline", trial=None, trial_id=None,
-                   weights_file=head_file, config=_config(record["config"], str(run_dir / results.CONFIG_FILE)),
+                   weights_file=head_file, config=_config(record["config"], str(run_dir / layout.CONFIG_FILE)),
                    inputs={k: record.get(k) or {} for k in ("backbone", "data", "cache")},
                    validation=validation, selection={"by": "the run's final head"},
                    state=_load_state(head_file))
@@ -150,7 +152,7 @@ def _sweep_head(run_dir: Path, trial: str | int, epoch: str = "best") -> RunHead
     objective = run_objective(run_dir)  # the sweep's metric and mode: what 'best' means
     if objective.column not in table.columns:
         raise SweeperError(f"{run_dir / TRIALS_CSV}: no {objective.column} column (the objective of "
-                           f"{run_dir / results.SPACE_COPY})")
+                           f"{run_dir / layout.SPACE_COPY})")
     if str(trial) == "best":
         if not checkpoints:
             raise SweeperError(f"{run_dir}: no trial has a checkpoint under {exp_dir}")
@@ -224,9 +226,9 @@ def load_run_head(run_dir: Path, *, trial: str | int = "best", epoch: str = "bes
     run_dir = Path(run_dir)
     if (run_dir / SWEEP_FILE).is_file() and (run_dir / TRIALS_CSV).is_file():
         return _sweep_head(run_dir, trial, epoch)
-    if (run_dir / results.CONFIG_FILE).is_file():
+    if (run_dir / layout.CONFIG_FILE).is_file():
         return _baseline_head(run_dir, trial)
-    raise SweeperError(f"{run_dir}: not a run folder (expected {results.CONFIG_FILE} + {results.HEAD_FILE} from "
+    raise SweeperError(f"{run_dir}: not a run folder (expected {layout.CONFIG_FILE} + {layout.HEAD_FILE} from "
                        f"'baseline', or {SWEEP_FILE} + {TRIALS_CSV} from 'search')")
 
 
@@ -240,3 +242,8 @@ def build_head(run: RunHead, *, in_channels: int) -> nn.Module:
         raise SweeperError(f"{run.weights_file}: weights do not fit head '{run.config.head}' on a "
                            f"{in_channels}-channel backbone ({first})") from None
     return head.eval()
+
+
+def save_head(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Save a head state dict (loadable with weights_only=True)."""
+    write_atomic(path, lambda f: torch.save(state, f))

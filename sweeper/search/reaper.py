@@ -5,7 +5,8 @@ runtime-env agents only poll for the raylet: after a `kill -9` of the driver the
 wait about a minute on the dead GCS before exiting, one still listening on loopback (measured with Ray 2.60).
 `watch_driver` starts a small watcher process in its own session that holds the read end of a pipe whose
 write end only the driver has: when the driver dies, however it dies, the kernel closes that end, and the
-watcher ends the Ray processes the driver had started. Linux only (it reads /proc); elsewhere it does nothing.
+watcher ends the Ray processes the driver had started. The process tree and each process's identity (pid and
+start time) come from psutil.
 """
 
 from __future__ import annotations
@@ -17,52 +18,33 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import psutil
 
 log = logging.getLogger(__name__)
 
 GRACE_S = 3.0  # after SIGTERM, seconds before SIGKILL
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat fields after the command name (state first), or None when the process is gone."""
+def ray_descendants(pid: int) -> list[tuple[int, float]]:
+    """(pid, start time) of the Ray processes below `pid`: gcs_server, raylet, its agents and workers. With the
+    pid, the start time names one process (pids are reused)."""
+    out = []
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot: with the pid, it names one process (pids are reused)."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def ray_descendants(pid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of the Ray processes below `pid`: gcs_server, raylet, its agents and workers."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = _stat(int(stat.parent.name))
-        if fields:
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().lower()
-            except OSError:
-                continue
-            started = start_time(child)
-            if b"ray" in cmdline and started is not None:
-                out.append((child, started))
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return out
+    for child in children:
+        try:
+            if "ray" in " ".join(child.cmdline()).lower():
+                out.append((child.pid, child.create_time()))
+        except psutil.Error:  # gone, or not ours to read
+            continue
     return out
 
 
 def watch_driver() -> None:
     """Start the watcher for the Ray processes this process has started (call right after ray.init)."""
-    if not Path("/proc/self/stat").is_file():
-        return
     procs = ray_descendants(os.getpid())
     if not procs:
         return
@@ -82,16 +64,20 @@ def watch_driver() -> None:
     log.debug("watching %d Ray processes: %s", len(procs), procs)
 
 
-def _alive(procs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _alive(procs: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The processes of `procs` still running: same pid, same start time, not a zombie."""
     out = []
     for pid, started in procs:
-        fields = _stat(pid)
-        if fields and fields[0] != "Z" and start_time(pid) == started:
-            out.append((pid, started))
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == started and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append((pid, started))
+        except psutil.Error:
+            continue
     return out
 
 
-def _signal(procs: list[tuple[int, int]], sig: int) -> None:
+def _signal(procs: list[tuple[int, float]], sig: int) -> None:
     for pid, _ in procs:
         try:
             os.kill(pid, sig)
@@ -102,7 +88,7 @@ def _signal(procs: list[tuple[int, int]], sig: int) -> None:
 def main() -> int:
     """The watcher: read the process list, wait for the driver's end of the pipe to close, end what is left."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the driver's terminal is the driver's business
-    procs = [(int(p), int(t)) for p, t in json.loads(sys.stdin.readline() or "[]")]
+    procs = [(int(p), float(t)) for p, t in json.loads(sys.stdin.readline() or "[]")]
     sys.stdin.read()  # returns at EOF: the driver has exited (a normal exit has already stopped Ray)
     left = _alive(procs)
     if left:

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from sweeper.data.dataset import LabelMode
 from sweeper.errors import SweeperError
 
 
@@ -27,10 +28,6 @@ class Schedule(str, enum.Enum):
     COSINE = "cosine"  # per-step cosine decay from lr to lr * min_lr_ratio
     WARMUP = "warmup"  # linear warm-up over warmup_epochs, then cosine decay
 
-
-class LabelMode(str, enum.Enum):
-    PHASE1 = "phase1"  # the organisers' bilinear resize of the label map, /255 *255, truncate
-    NEAREST = "nearest"  # nearest-neighbour resize: every pixel keeps an exact class id
 
 
 class TrainLabels(str, enum.Enum):

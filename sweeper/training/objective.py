@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeper.errors import SweeperError
+from typing import Sequence
+import math
+import numpy as np
 
 # Metrics every trial reports every epoch on the same validation split, so two trials' values compare.
 COMPARABLE = {"val_iou": "val IoU", "val_miou": "val mIoU", "val_dice": "val Dice", "val_acc": "val accuracy"}
@@ -90,3 +93,20 @@ def confirm_verdict(*, baseline: bool, seeds: int, baseline_seeds: int, exceeds:
     if min(seeds, baseline_seeds) < MIN_SEEDS:
         return f"cannot tell: fewer than {MIN_SEEDS} seeds"
     return "real: gain > 2x seed spread" if exceeds else "within seed noise"
+
+
+def best_index(values: Sequence[float | None], *, mode: str = "max") -> int | None:
+    """Index of the best value ('max' or 'min'), NaN and None skipped, the earliest on ties; None if none is a number.
+
+    Python's max() is not this: with a NaN first it returns the NaN, so a best epoch would depend on order.
+    """
+    arr = np.array([math.nan if v is None else float(v) for v in values], dtype=float)
+    if np.isnan(arr).all():  # also true for no values at all
+        return None
+    return int(np.nanargmax(arr) if mode == "max" else np.nanargmin(arr))
+
+
+def best_value(values: list[Any], *, mode: str = "max") -> float:
+    """The best of an epoch series, NaN and missing values skipped (NaN when none is a number)."""
+    i = best_index(values, mode=mode)
+    return math.nan if i is None else float(values[i])

@@ -33,7 +33,7 @@ from sweeper.model.head import create_head
 from sweeper.training.losses import config_class_weights
 from sweeper.training.metrics import Phase1Meter, confusion_matrix
 from sweeper.training.optim import config_lr, make_optimizer
-from sweeper.rundir.layout import best_index
+from sweeper.training.objective import best_index
 from sweeper.data.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 
 log = logging.getLogger(__name__)

@@ -458,17 +458,17 @@ def test_phase1_figure_unknown_name_is_a_one_line_error():
 def trial_records(run: Path, ious: dict[int, list[float]]) -> None:
     """Each trial's own records under ray/ (config, epochs, end), as a finished sweep leaves them."""
     from sweeper import files
-    from sweeper.rundir import layout as results
+    from sweeper.rundir import layout, records
 
     (run / "space.yaml").write_text((Path(__file__).resolve().parent.parent / "sweeper" / "search_spaces"
                                      / "smoke.yaml").read_text())
     for t, values in ious.items():
         folder = run / "ray" / f"trial_{t}"
-        results.write_trial_start(folder, {"trial_number": t, "lr": 1e-3 * (t + 1), "epochs": len(values)},
+        records.write_trial_start(folder, {"trial_number": t, "lr": 1e-3 * (t + 1), "epochs": len(values)},
                                   trial_id=f"id{t}")
         for e, v in enumerate(values, 1):
-            files.append_jsonl(folder / results.TRIAL_EPOCHS, {"epoch": e, "val_iou": v, "val_miou": v - 0.05})
-        results.write_trial_end(folder, "TERMINATED")
+            files.append_jsonl(folder / layout.TRIAL_EPOCHS, {"epoch": e, "val_iou": v, "val_miou": v - 0.05})
+        records.write_trial_end(folder, "TERMINATED")
 
 
 @pytest.mark.parametrize("gone, expected", [

@@ -27,7 +27,8 @@ from sweeper.training.config import LabelMode  # noqa: E402
 from sweeper.data.cache import load_train_data  # noqa: E402
 from sweeper.search.space import load_space  # noqa: E402
 from sweeper.rundir.layout import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
-from sweeper.search.driver import SearchOptions, run_search  # noqa: E402
+from sweeper.search.options import SearchOptions  # noqa: E402
+from sweeper.search.driver import run_search
 
 from conftest import make_dataset  # noqa: E402
 

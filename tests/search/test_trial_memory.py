@@ -57,7 +57,9 @@ def test_wall_seconds_add_up_across_a_resume():
 
 def test_tables_take_wall_seconds_from_the_trials_own_count(tmp_path):
     from sweeper import files
-    from sweeper.rundir.layout import EXPERIMENT_DIR, TRIAL_EPOCHS, TRIAL_KEY, collect, write_trial_end, write_trial_start
+    from sweeper.rundir.layout import EXPERIMENT_DIR, TRIAL_EPOCHS, TRIAL_KEY
+    from sweeper.search.tables import collect
+    from sweeper.rundir.records import write_trial_end, write_trial_start
     from sweeper.search.space import load_space
 
     (tmp_path / "s.yaml").write_text("""

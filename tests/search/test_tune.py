@@ -15,7 +15,8 @@ from sweeper.training.config import LabelMode
 from sweeper.data.cache import load_train_data
 from sweeper.files import read_jsonl
 from sweeper.search.space import load_space
-from sweeper.search.driver import SearchOptions, run_search
+from sweeper.search.options import SearchOptions
+from sweeper.search.driver import run_search
 
 from conftest import make_dataset
 from test_train import learnable_data
@@ -403,7 +404,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
 
 
 def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
-    from sweeper.rundir.layout import summary_table
+    from sweeper.search.tables import summary_table
 
     space = load_space(Path(__file__).parent.parent / "search_spaces" / "smoke.yaml")
     t = pd.DataFrame({"trial": [0, 1], "status": ["TERMINATED"] * 2, "baseline": [True, False],

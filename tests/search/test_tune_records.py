@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from sweeper import files
-from sweeper.rundir import layout as results
+from sweeper.rundir import layout, records
+from sweeper.search import tables
 from sweeper.search import relocate, driver as tune
 from sweeper.errors import SweeperError
 from sweeper.rundir.heads import load_run_head
+from sweeper.rundir.resume import check_trusted
 from sweeper.search.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,18 +49,18 @@ def trial_folder(exp: Path, name: str, *, number: int, config: dict, started: fl
     """A trial folder as a sweep leaves it: the trial's records, Ray's own pickles, maybe a checkpoint."""
     folder = exp / name
     folder.mkdir()
-    results.write_trial_start(folder, {**config, results.TRIAL_KEY: number}, trial_id=name.split("_")[2])
-    files.write_json(folder / results.TRIAL_CONFIG, {**files.read_json(folder / results.TRIAL_CONFIG), "started": started})
+    records.write_trial_start(folder, {**config, layout.TRIAL_KEY: number}, trial_id=name.split("_")[2])
+    files.write_json(folder / layout.TRIAL_CONFIG, {**files.read_json(folder / layout.TRIAL_CONFIG), "started": started})
     for r in epochs:
-        files.append_jsonl(folder / results.TRIAL_EPOCHS, r)
+        files.append_jsonl(folder / layout.TRIAL_EPOCHS, r)
     if end is not None:
-        files.write_json(folder / results.TRIAL_END, end)
+        files.write_json(folder / layout.TRIAL_END, end)
     (folder / "params.pkl").write_bytes(pickle.dumps(Touch(marker)))
     if head is not None:
         (folder / "checkpoint_000000").mkdir()
         history = [{"epoch": r["epoch"], "val_iou": r["val_iou"]} for r in epochs]
         torch.save({"head": {"w": torch.full((2,), head)}, "history": history},
-                   folder / "checkpoint_000000" / results.STATE_FILE)
+                   folder / "checkpoint_000000" / layout.STATE_FILE)
     return folder
 
 
@@ -71,10 +73,10 @@ def epoch(n: int, iou: float) -> dict:
 def sweep(tmp_path: Path) -> tuple[Path, Path]:
     """Trial 0 (baseline, done), trial 1 (killed after epoch 1, continued in a second folder), trial 2 (failed)."""
     run = tmp_path / "run"
-    exp = run / results.EXPERIMENT_DIR
+    exp = run / layout.EXPERIMENT_DIR
     exp.mkdir(parents=True)
     marker = tmp_path / "code-ran"
-    files.write_json(run / results.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
+    files.write_json(run / layout.SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
     base = {"lr": 0.0001, "optimizer": "sgd", "momentum": 0.9, "epochs": 2, "train_metrics": False, "threads": 1}
     trial_folder(exp, "trial_main_aaaa_00000_1_lr=0.0001", number=0, config=base, started=1.0,
                  epochs=[epoch(1, 0.2), epoch(2, 0.3)], end={"status": "TERMINATED"}, head=0.0, marker=marker)
@@ -97,7 +99,7 @@ def test_poisoned_ray_state_is_live(sweep):
 
     run, marker = sweep
     try:
-        ExperimentAnalysis(str(run / results.EXPERIMENT_DIR))
+        ExperimentAnalysis(str(run / layout.EXPERIMENT_DIR))
     except Exception:  # what it makes of the rest does not matter: the code has run by then
         pass
     assert marker.exists()
@@ -106,7 +108,7 @@ def test_poisoned_ray_state_is_live(sweep):
 def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep):
     run, marker = sweep
     space = load_space(SPACE)
-    trials, history = results.collect(run, space)
+    trials, history = tables.collect(run, space)
     assert trials.trial.tolist() == [0, 1, 2]
     assert trials.status.tolist() == ["TERMINATED", "TERMINATED", "ERROR"]
     assert trials.baseline.tolist() == [True, False, False]
@@ -117,10 +119,10 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
     assert history[history.trial == 1].val_iou.tolist() == [0.4, 0.5]
     assert history["val_class_iou/Trees"].tolist() == [0.2, 0.3, 0.4, 0.5]
 
-    configs = results.trial_configs(run)
-    assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and results.TRIAL_KEY not in configs[1]
+    configs = records.trial_configs(run)
+    assert sorted(configs) == [0, 1, 2] and configs[1]["lr"] == 0.003 and layout.TRIAL_KEY not in configs[1]
 
-    results.write_tables(run, space)
+    tables.write_tables(run, space)
     head = load_run_head(run, trial=1, epoch="last")
     assert head.weights_file.parent.parent.name.startswith("trial_main_bbbb")  # the continued folder's checkpoint
     assert float(head.state["w"][0]) == 2.0 and head.config.lr == 0.003
@@ -129,27 +131,27 @@ def test_tables_confirm_configs_and_evaluate_read_only_the_trials_records(sweep)
 
 def test_a_damaged_trial_record_is_one_line(sweep):
     run, _ = sweep
-    path = next((run / results.EXPERIMENT_DIR).glob(f"*/{results.TRIAL_CONFIG}"))
+    path = next((run / layout.EXPERIMENT_DIR).glob(f"*/{layout.TRIAL_CONFIG}"))
     path.write_text('{"trial_id": 3}')
     with pytest.raises(SweeperError, match=f"{path}: not a trial record"):
-        results.collect(run, load_space(SPACE))
+        tables.collect(run, load_space(SPACE))
 
 
 def test_no_trial_records_is_one_line(tmp_path):
-    (tmp_path / "run" / results.EXPERIMENT_DIR).mkdir(parents=True)
+    (tmp_path / "run" / layout.EXPERIMENT_DIR).mkdir(parents=True)
     with pytest.raises(SweeperError, match="no trial records here"):
-        results.collect(tmp_path / "run", load_space(SPACE))
+        tables.collect(tmp_path / "run", load_space(SPACE))
 
 
 @pytest.mark.parametrize("what", ["run", "ray", "state"])
 def test_resume_refuses_a_folder_other_users_can_write(sweep, what):
     run, marker = sweep
-    exp = run / results.EXPERIMENT_DIR
-    tune.check_trusted(run)  # the owner's own folder, not world-writable: trusted
+    exp = run / layout.EXPERIMENT_DIR
+    check_trusted(run)  # the owner's own folder, not world-writable: trusted
     path = {"run": run, "ray": exp, "state": exp / "tuner.pkl"}[what]
     os.chmod(path, path.stat().st_mode | 0o002)
     with pytest.raises(SweeperError, match="writable by other users") as e:
-        tune.check_trusted(run)
+        check_trusted(run)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
     # run_search refuses before it starts Ray or reads anything under ray/
     opts = tune.SearchOptions(name="run", out_root=run.parent, trials=3, max_concurrent=1, gpus_per_trial=0,
@@ -163,7 +165,7 @@ def test_resume_refuses_a_folder_another_user_owns(sweep, monkeypatch):
     run, _ = sweep
     monkeypatch.setattr(os, "getuid", lambda: run.stat().st_uid + 1)
     with pytest.raises(SweeperError, match="owned by another user") as e:
-        tune.check_trusted(run)
+        check_trusted(run)
     assert str(run) in str(e.value)
 
 
@@ -183,11 +185,11 @@ def test_a_torn_last_epoch_line_marks_the_trial_incomplete_not_stopped_early(swe
     """A finished trial whose epochs.jsonl lost its last line half-written (a copy or write cut short) is not a
     trial ASHA stopped: the tables say its record is incomplete."""
     run, _ = sweep
-    folder = next((run / results.EXPERIMENT_DIR).glob("trial_main_aaaa_00000_*"))  # baseline, 2 of 2 epochs
-    path = folder / results.TRIAL_EPOCHS
+    folder = next((run / layout.EXPERIMENT_DIR).glob("trial_main_aaaa_00000_*"))  # baseline, 2 of 2 epochs
+    path = folder / layout.TRIAL_EPOCHS
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # epoch 2's line torn
-    trials, _ = results.collect(run, load_space(SPACE))
+    trials, _ = tables.collect(run, load_space(SPACE))
     row = trials[trials.trial == 0].iloc[0]
     assert row.epochs_run == 1 and row.status == "TERMINATED"
     assert not row.stopped_early and row.incomplete
@@ -200,12 +202,12 @@ def test_a_continued_trial_drops_the_epochs_after_its_checkpoint(tmp_path):
     folder = tmp_path / "trial"
     folder.mkdir()
     for n in range(1, 6):
-        files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(n, n / 10))
-    results.truncate_epochs(folder, 4)
-    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4]
-    files.append_jsonl(folder / results.TRIAL_EPOCHS, epoch(5, 0.9))
-    assert [r["epoch"] for r in files.read_jsonl(folder / results.TRIAL_EPOCHS)] == [1, 2, 3, 4, 5]
-    results.truncate_epochs(tmp_path / "none", 3)  # no record yet: nothing to do
+        files.append_jsonl(folder / layout.TRIAL_EPOCHS, epoch(n, n / 10))
+    records.truncate_epochs(folder, 4)
+    assert [r["epoch"] for r in files.read_jsonl(folder / layout.TRIAL_EPOCHS)] == [1, 2, 3, 4]
+    files.append_jsonl(folder / layout.TRIAL_EPOCHS, epoch(5, 0.9))
+    assert [r["epoch"] for r in files.read_jsonl(folder / layout.TRIAL_EPOCHS)] == [1, 2, 3, 4, 5]
+    records.truncate_epochs(tmp_path / "none", 3)  # no record yet: nothing to do
     assert not (tmp_path / "none").exists()
 
 
@@ -227,5 +229,5 @@ def test_a_restored_search_state_keeps_this_runs_concurrency_and_folder(tmp_path
     gen.set_state(state)
     assert gen.searcher.max_concurrent == 3
     storage: StorageContext = gen._experiment.storage
-    assert storage.experiment_fs_path == (new / results.EXPERIMENT_DIR).as_posix()
+    assert storage.experiment_fs_path == (new / layout.EXPERIMENT_DIR).as_posix()
     assert str(old) not in storage.experiment_fs_path

@@ -62,7 +62,7 @@ def test_per_batch_mean_differs_from_dataset_miou():
     ([], "max", None),
 ])
 def test_best_index_skips_nan_and_prefers_the_earliest_tie(values, mode, expected):
-    from sweeper.rundir.layout import best_index
+    from sweeper.training.objective import best_index
 
     assert best_index(values, mode=mode) == expected
 

@@ -15,8 +15,9 @@ import torch
 
 from sweeper import files
 from sweeper.errors import SweeperError
-from sweeper.rundir.layout import (EXPERIMENT_DIR, SPACE_COPY, STATE_FILE, SWEEP_FILE, TRIAL_EPOCHS, TRIAL_KEY,
-                             summary_table, write_tables, write_trial_end, write_trial_start)
+from sweeper.rundir.layout import EXPERIMENT_DIR, SPACE_COPY, STATE_FILE, SWEEP_FILE, TRIAL_EPOCHS, TRIAL_KEY
+from sweeper.search.tables import summary_table, write_tables
+from sweeper.rundir.records import write_trial_end, write_trial_start
 from sweeper.search.space import load_space
 
 SPACE = """
@@ -180,7 +181,7 @@ def test_a_phase3_winner_is_described_by_every_dimension_the_sweep_varied(tmp_pa
     from sweeper.report.load import load_sweep
     from sweeper.report.summary import confirm_rows, sweep_headline, sweep_summary_md
     from sweeper.report.sweep_figures import class_iou_table
-    from sweeper.rundir.layout import describe_trial
+    from sweeper.search.tables import describe_trial
 
     run = tmp_path / "p3"
     run.mkdir()

@@ -33,8 +33,9 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,22 +43,22 @@ from PIL import Image
 from torch import nn
 
 from sweeper import files
-from sweeper.rundir import records
-from sweeper.data.synth import generate as synth
-from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, Split, find_split
-from sweeper.errors import SweeperError
-from sweeper.data.cache_folder import default_cache_root
-from sweeper.data.cache import cached_labels, cached_tokens
-from sweeper.training.metrics import Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou, pixel_accuracy
 from sweeper.bar import progress_bar
-from sweeper.training.device import resolve_device
+from sweeper.data.cache import cached_labels, cached_tokens
+from sweeper.data.cache_folder import default_cache_root
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES, ORGANISERS_CLASS_NAMES
+from sweeper.data.dataset import Split, find_split
+from sweeper.data.synth import generate as synth
 from sweeper.data.tokens import ArrayTokens
-from sweeper.training.train import TokenBatches, batch_order, eval_logits
-from sweeper.rundir.layout import COLOR_DIR, COMPARISONS_DIR, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON, TEXT_FILE
+from sweeper.errors import SweeperError
+from sweeper.rundir import records
 from sweeper.rundir.heads import RunHead, build_head, load_run_head
-from typing import Callable
-from sweeper.data.dataset import ORGANISERS_CLASS_NAMES
-from dataclasses import dataclass
+from sweeper.rundir.layout import (COLOR_DIR, COMPARISONS_DIR, EVALUATION_DIR, MASK_NAME, MASKS_DIR, METRICS_JSON,
+                                   TEXT_FILE)
+from sweeper.training.device import resolve_device
+from sweeper.training.metrics import (Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_class_iou,
+                                      pixel_accuracy)
+from sweeper.training.train import TokenBatches, batch_order, eval_logits
 
 log = logging.getLogger(__name__)
 

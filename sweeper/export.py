@@ -15,13 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweeper.model.backbone import BACKBONES
-from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
-from sweeper.rundir.heads import build_head, load_run_head
 from sweeper.files import write_json
+from sweeper.model.backbone import BACKBONES
+from sweeper.rundir.heads import build_head, load_run_head, save_head
 from sweeper.rundir.layout import CONFIG_FILE, HEAD_FILE
-from sweeper.rundir.heads import save_head
 
 
 def build_line(head: str, in_channels: int, num_classes: int = NUM_CLASSES) -> str:

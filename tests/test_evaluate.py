@@ -14,14 +14,15 @@ from PIL import Image
 
 from sweeper import evaluate as ev
 from sweeper import files
-from sweeper.rundir import heads, layout
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
+from sweeper.data.dataset import find_split, load_split_labels
 from sweeper.data.synth import generate as synth
-from sweeper.training.config import TrainConfig
-from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES, find_split, load_split_labels
 from sweeper.errors import SweeperError
 from sweeper.model.head import create_head
 from sweeper.report.run_figures import colorize
+from sweeper.rundir import heads, layout
 from sweeper.rundir.heads import load_run_head
+from sweeper.training.config import TrainConfig
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")  # 4x8 token grid: fast on CPU
 BACKBONE = {"name": "random_vits14", "weights_path": None}

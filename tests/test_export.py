@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sweeper.cli.main import main
-from sweeper.training.config import TrainConfig
 from sweeper.files import write_json
 from sweeper.model.head import ConvNeXtPhase1Head, create_head
 from sweeper.rundir.layout import CONFIG_FILE, HEAD_FILE
+from sweeper.training.config import TrainConfig
 
 
 def baseline_folder(folder: Path, head_name: str, seed: int = 3) -> dict[str, torch.Tensor]:

@@ -32,8 +32,8 @@ class DataSource:
 
 def resolve_data(args: argparse.Namespace) -> DataSource:
     """The dataset root: --data, or the embedded synthetic set (generated once into the cache)."""
-    from sweeper.data.synth import generate as synth
     from sweeper.data.cache_folder import default_cache_root
+    from sweeper.data.synth import generate as synth
 
     if args.data is None:
         cache_root = args.cache_dir or default_cache_root()
@@ -71,9 +71,9 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
 
     With the cache, the backbone is handed back on the CPU and its GPU memory released: trials never need it.
     """
-    from sweeper.training.device import release_memory, resolve_device
-    from sweeper.data.cache_folder import default_cache_root
     from sweeper.data.cache import load_train_data
+    from sweeper.data.cache_folder import default_cache_root
+    from sweeper.training.device import release_memory, resolve_device
 
     source = resolve_data(args)
     device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sweeper.cli.cache import add_parser as add_cache_parser
-from sweeper.search.plan_measure import cmd_plan
-from sweeper.training.config import PUBLISHED_BASELINE_IOU
-from sweeper.errors import SweeperError
-from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
-from sweeper.cli.search import cmd_confirm, cmd_search
 from sweeper.cli.evaluate import cmd_evaluate
+from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
+from sweeper.cli.plan import cmd_plan
+from sweeper.cli.search import cmd_confirm, cmd_search
+from sweeper.errors import SweeperError
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 
 log = logging.getLogger("sweeper")
 
@@ -255,8 +255,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from sweeper.data.synth import generate as synth
     from sweeper.bar import progress_bar
+    from sweeper.data.synth import generate as synth
 
     total = args.train + args.val + args.test
     with progress_bar(total=total, desc="writing synthetic scenes", enabled=not args.quiet) as bar:
@@ -285,10 +285,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def _baseline_in(args: argparse.Namespace, config, out: Path) -> int:
     """cmd_baseline's work, with `out` owned by this process."""
     from sweeper import files
-    from sweeper.rundir import heads, layout, records
     from sweeper.report import write_report
-    from sweeper.rundir.phase1_text import evaluation_metrics_text
     from sweeper.report.run_figures import phase1_plots
+    from sweeper.rundir import heads, layout, records
+    from sweeper.rundir.phase1_text import evaluation_metrics_text
     from sweeper.training.train import train
 
     kept = [f for f in (layout.CONFIG_FILE, layout.METRICS_FILE, layout.HEAD_FILE) if (out / f).exists()]

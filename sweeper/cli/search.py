@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeper.errors import SweeperError
 from sweeper.cli.inputs import Default, describe_inputs, in_run_folder, prepare
+from sweeper.errors import SweeperError
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -66,7 +66,8 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     import resource
 
     from sweeper import files
-    from sweeper.data.dataset import LabelMode, dataset_fingerprint
+    from sweeper.data.classes import LabelMode
+    from sweeper.data.dataset import dataset_fingerprint
     from sweeper.rundir import layout, records, resume
     from sweeper.rundir.layout import SPACE_COPY, SWEEP_FILE
     from sweeper.search.driver import run_search
@@ -299,11 +300,11 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def _confirm_in(args: argparse.Namespace) -> int:
     """cmd_confirm's work, with the run folder owned by this process."""
-    from sweeper.search.space import load_space
     from sweeper.rundir.layout import SPACE_COPY
-    from sweeper.search.ray_local import check_address
     from sweeper.search.confirm import run_confirm
     from sweeper.search.options import SearchOptions
+    from sweeper.search.ray_local import check_address
+    from sweeper.search.space import load_space
 
     if args.address:
         check_address(args.address)

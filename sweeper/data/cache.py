@@ -26,15 +26,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from sweeper.data.cache_folder import (checksum_path, file_crc32, mark_used, partial_tag,
-                                   remove_orphaned_partials)
-from sweeper.data.dataset import (CLASS_NAMES, NUM_CLASSES, LabelMode, Split, files_digest, find_split, load_image,
-                                  load_split_labels)
+from sweeper.bar import progress_bar
+from sweeper.data.cache_folder import checksum_path, file_crc32, mark_used, partial_tag, remove_orphaned_partials
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES, LabelMode
+from sweeper.data.dataset import Split, files_digest, find_split, load_image, load_split_labels
+from sweeper.data.parallel import default_workers
+from sweeper.data.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 from sweeper.errors import SweeperError
 from sweeper.files import atomic_path
-from sweeper.data.parallel import default_workers
-from sweeper.bar import progress_bar
-from sweeper.data.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psutil
 
-
 log = logging.getLogger(__name__)
 
 ENTRY_FOLDERS = ("tokens", "labels")  # under the cache root: one .npy per entry, its .crc32 and maybe a .json

@@ -13,7 +13,6 @@ included, except where a `LabelMode` other than `phase1` is asked for.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -24,36 +23,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sweeper.errors import SweeperError
+from sweeper.data.classes import KNOWN_RAW_IDS, NUM_CLASSES, PHASE1_CLASS_TABLE, LabelMode
 from sweeper.data.parallel import pool_map
+from sweeper.errors import SweeperError
 
 log = logging.getLogger(__name__)
 
 
-class LabelMode(str, enum.Enum):
-    """How a label map is resized to the training size (a data decision: `TrainConfig.label_mode` names one)."""
-
-    PHASE1 = "phase1"  # the organisers' bilinear resize of the label map, /255 *255, truncate
-    NEAREST = "nearest"  # nearest-neighbour resize: every pixel keeps an exact class id
-
-
-# The phase-1 script's table, raw id -> class index. Flowers (600) is missing
-# from it, so Flowers pixels (and any unknown id) stay 0: class 0 is Flowers.
-PHASE1_CLASS_TABLE: dict[int, int] = {
-    0: 0, 100: 1, 200: 2, 300: 3, 500: 4, 550: 5, 700: 6, 800: 7, 7100: 8, 10000: 9,
-}
-CLASS_NAMES: tuple[str, ...] = (
-    "Flowers/bg", "Trees", "Lush Bushes", "Dry Grass", "Dry Bushes",
-    "Ground Clutter", "Logs", "Rocks", "Landscape", "Sky",
-)
-# The same classes as the organisers' test script names them (class 0 'Background'): their text file's names
-# The class names the organisers' test script writes and draws: class 0 is their "Background" (ours,
-# `Flowers/bg` in our own files, says what it holds in practice).
-ORGANISERS_CLASS_NAMES = ("Background", "Trees", "Lush Bushes", "Dry Grass", "Dry Bushes", "Ground Clutter",
-                          "Logs", "Rocks", "Landscape", "Sky")
-NUM_CLASSES = len(CLASS_NAMES)
-# Ids the dataset documents; 600 (Flowers) is valid but folded into class 0 by the table.
-KNOWN_RAW_IDS = frozenset(PHASE1_CLASS_TABLE) | {600}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,7 +14,8 @@ from typing import Mapping, Protocol
 import numpy as np
 import torch
 
-from sweeper.data.dataset import CLASS_NAMES, Split, class_pixel_counts, load_image
+from sweeper.data.classes import CLASS_NAMES
+from sweeper.data.dataset import Split, class_pixel_counts, load_image
 from sweeper.errors import SweeperError
 
 

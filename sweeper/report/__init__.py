@@ -1,4 +1,7 @@
-"""Reports drawn from saved results only (never by re-training).
+"""Reports drawn from saved results only (never by re-training): a run folder's page, summary and figures, and the
+figures `sweeper evaluate` draws. Nothing below the report imports it.
+
+Offers: `write_report` (here), `evaluation.draw_evaluation` (passed to `sweeper.evaluate.evaluate_run` by the CLI).
 
 `write_report(RUN_DIR)` turns a run folder into `RUN_DIR/report/`:
 
@@ -12,7 +15,8 @@ A run folder is a sweep (`python -m sweeper search`: sweep.json, trials.csv, ...
     load.py           reading a run folder (SweepRun, BaselineRun), through sweeper.rundir.layout and sweeper.files
     figures.py        the house style and the helpers every figure is drawn with
     sweep_figures.py  the sweep report's figures (add one: a plot_* function and its FigureSpec there)
-    run_figures.py    phase 1's training curves, a baseline run's figures, `sweeper evaluate`'s figures
+    run_figures.py    phase 1's training curves, a baseline run's figures, the figures `evaluation.py` draws
+    evaluation.py     `sweeper evaluate`'s colour masks and figures, from what it scored
     summary.py        words and numbers shared by the page and summary.md; summary.md itself
     page.py           index.html: layout, CSS, the sortable table
 

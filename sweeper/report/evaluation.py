@@ -9,12 +9,12 @@ from typing import Any
 
 from PIL import Image
 
-from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
 from sweeper.report.run_figures import (PALETTE, colorize, comparison_figure, organisers_comparison,
                                         organisers_per_class, per_class_figure)
 from sweeper.report.summary import synthetic_tag
-from sweeper.rundir.layout import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME,
-                                   COMPARISONS_DIR, DETAIL_NAME)
+from sweeper.rundir.layout import (BAR_CHART, BAR_CHART_DETAIL, COLOR_DIR, COLOR_NAME, COMPARISON_NAME, COMPARISONS_DIR,
+                                   DETAIL_NAME)
 
 assert len(PALETTE) == NUM_CLASSES  # the organisers' mask colours: one per class
 

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.files import write_atomic
 from sweeper.report.summary import PUBLISHED_LABEL
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 
 log = logging.getLogger(__name__)
 

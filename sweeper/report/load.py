@@ -17,10 +17,11 @@ import pandas as pd
 
 from sweeper.errors import SweeperError
 from sweeper.files import check_sqlite, read_csv, read_json, read_jsonl
-from sweeper.training.objective import Objective
-from sweeper.rundir.layout import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE, SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
-from sweeper.search.tables import collect, run_space, space_dimensions
+from sweeper.rundir.layout import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE,
+                                   SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
 from sweeper.search.space import load_space
+from sweeper.search.tables import collect, run_space, space_dimensions
+from sweeper.training.objective import Objective
 
 
 def num(v: Any) -> float | None:

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 from sweeper.report.figures import FigureSpec
 from sweeper.report.load import BaselineRun, SweepRun
+from sweeper.report.summary import (banner, baseline_headline, baseline_title, cell, confirm_rows, sweep_headline,
+                                    sweep_title, table_frame)
 from sweeper.search.tables import describe_trial
-from sweeper.report.summary import (banner, baseline_headline, baseline_title, cell, confirm_rows,
-                                    sweep_headline, sweep_title, table_frame)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1300px;padding:1rem 2rem;

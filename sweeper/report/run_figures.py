@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from sweeper.data.classes import ORGANISERS_CLASS_NAMES
 from sweeper.errors import SweeperError
 from sweeper.files import read_jsonl
-from sweeper.data.dataset import ORGANISERS_CLASS_NAMES
 from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure, save_figure, save_plain, styled,
                                     val_iou_curves_axes)
 from sweeper.report.load import BaselineRun

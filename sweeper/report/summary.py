@@ -11,11 +11,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from sweeper.training.config import PUBLISHED_BASELINE_IOU
-from sweeper.training.objective import Objective, confirm_verdict
 from sweeper.report.load import BaselineRun, SweepRun, num
-from sweeper.training.objective import best_index
 from sweeper.search.tables import describe_trial
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.objective import Objective, best_index, confirm_verdict
 
 TOP_SUMMARY = 10  # trials in summary.md's table
 PUBLISHED_LABEL = "published phase-1 figure on the real data"

@@ -22,13 +22,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from sweeper.training.config import PUBLISHED_BASELINE_IOU
-from sweeper.report.figures import (REFERENCE_STYLE, FigureSpec, NoData, new_figure, optimizer_palette,
-                                    outside_legend, reference_line, styled, val_iou_curves_axes)
+from sweeper.report.figures import (REFERENCE_STYLE, FigureSpec, NoData, new_figure, optimizer_palette, outside_legend,
+                                    reference_line, styled, val_iou_curves_axes)
 from sweeper.report.load import SweepRun, num
 from sweeper.report.summary import PUBLISHED_LABEL, REFERENCE_METRICS, ranking_words
-from sweeper.search.tables import describe_trial
 from sweeper.rundir.layout import HISTORY_CSV, STUDY_FILE
+from sweeper.search.tables import describe_trial
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from sweeper import files
-from sweeper.rundir import layout
-from sweeper.training.config import TrainConfig
-from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
+from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
 from sweeper.errors import SweeperError
-from sweeper.model.head import create_head
-from sweeper.rundir.layout import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIALS_CSV)
-from sweeper.rundir.records import TrialRecord, latest_checkpoint, trial_groups
-from sweeper.search.tables import run_objective
 from sweeper.files import write_atomic
+from sweeper.model.head import create_head
+from sweeper.rundir import layout
+from sweeper.rundir.layout import (BEST_KEY, EXPERIMENT_DIR, HISTORY_CSV, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG,
+                                   TRIALS_CSV)
+from sweeper.rundir.records import TrialRecord, latest_checkpoint, run_objective, trial_groups
+from sweeper.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ import numpy as np
 from sweeper import __version__
 from sweeper.errors import SweeperError
 from sweeper.files import dumps, read_json, read_jsonl, write_json, write_text_atomic
-from sweeper.rundir.layout import EXPERIMENT_DIR, STATE_FILE, TRIAL_CONFIG, TRIAL_END, TRIAL_EPOCHS, TRIAL_KEY
+from sweeper.rundir.layout import (EXPERIMENT_DIR, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIAL_END, TRIAL_EPOCHS,
+                                   TRIAL_KEY)
+from sweeper.training.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -149,3 +151,13 @@ def versions() -> dict[str, str]:
 
     return {"sweeper": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "platform": platform.platform(), "argv": " ".join(sys.argv)}
+
+
+def run_objective(run_dir: Path) -> Objective:
+    """What ranks a sweep folder's trials, as its sweep.json records its space's metric and mode; val IoU, max,
+    for a baseline run (no sweep.json) and for sweeps from before other metrics could be chosen."""
+    path = Path(run_dir) / SWEEP_FILE
+    space = (read_json(path).get("space") or {}) if path.is_file() else {}
+    if space.get("metric") is None:
+        return Objective()
+    return Objective(metric=str(space["metric"]), mode=str(space.get("mode") or "max"))

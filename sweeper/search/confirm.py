@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sweeper.search.ray_local import ray_environment, start_ray
+from sweeper.data.tokens import TrainData
 from sweeper.errors import SweeperError
 from sweeper.files import read_csv, write_text_atomic
-from sweeper.training.objective import MIN_SEEDS, Objective, confirm_verdict
-from sweeper.rundir.layout import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, TRIAL_CONFIG, TRIALS_CSV)
-from sweeper.training.objective import best_value
+from sweeper.rundir.layout import (CONFIRM_CSV, CONFIRM_DIR, CONFIRM_KEY, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR,
+                                   TRIAL_CONFIG, TRIALS_CSV)
 from sweeper.rundir.records import read_epochs, trial_configs
-from sweeper.search.space import SearchSpace
-from sweeper.data.tokens import TrainData
-from sweeper.search.trial import trial_bytes
-from sweeper.search.options import SearchOptions
 from sweeper.search.driver import make_trainable
+from sweeper.search.options import SearchOptions
+from sweeper.search.ray_local import ray_environment, start_ray
+from sweeper.search.space import SearchSpace
+from sweeper.search.trial import trial_bytes
+from sweeper.training.objective import MIN_SEEDS, Objective, best_value, confirm_verdict
 
 log = logging.getLogger(__name__)
 

@@ -16,21 +16,21 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from sweeper.search.ray_local import disk_full, ray_environment, start_ray
-from sweeper.training.config import TrainConfig
-from sweeper.errors import SweeperError
 from sweeper.data.cache import drop_resident_pages
-from sweeper.search.progress import ProgressPrinter, trial_error
-from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
-                              write_searcher_state)
-from sweeper.rundir.layout import EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY
-from sweeper.training.objective import best_index
-from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, write_trial_end
-from sweeper.search.tables import write_tables
-from sweeper.search.space import SearchSpace
 from sweeper.data.tokens import TrainData
-from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
+from sweeper.errors import SweeperError
+from sweeper.rundir.layout import EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY
+from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, write_trial_end
 from sweeper.search.options import SearchOptions
+from sweeper.search.progress import ProgressPrinter, trial_error
+from sweeper.search.ray_local import disk_full, ray_environment, start_ray
+from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
+                                     write_searcher_state)
+from sweeper.search.space import SearchSpace
+from sweeper.search.tables import write_tables
+from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
+from sweeper.training.config import TrainConfig
+from sweeper.training.objective import best_index
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, contention,
-                          naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
-                          trial_epoch_range, trial_epoch_seconds)
+                                 naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
+                                 trial_epoch_range, trial_epoch_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], e
 
     import torch
 
-    from sweeper.training.config import TrainConfig
     from sweeper.search.trial import run_trial
+    from sweeper.training.config import TrainConfig
 
     torch.set_num_threads(1)
     data = _random_data(batch * steps, 4, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width)
@@ -107,7 +107,7 @@ def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], e
 
 def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int):
     """Train data of random tokens and labels of the real shapes: what a trial's steps cost, not its scores."""
-    from sweeper.data.dataset import CLASS_NAMES, NUM_CLASSES
+    from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
     from sweeper.data.tokens import ArrayTokens, SplitData, TrainData
 
     rng = np.random.default_rng(0)
@@ -148,9 +148,9 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
     and batch size, `train`'s training step and eval pass on random tokens of the real shape."""
     import torch
 
-    from sweeper.training.config import TrainConfig
     from sweeper.data.cache import image_batches
     from sweeper.data.parallel import default_workers
+    from sweeper.training.config import TrainConfig
 
     started = time.perf_counter()
     cuda = device.startswith("cuda")
@@ -201,19 +201,17 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
                  seconds=round(time.perf_counter() - started, 1))
 
 
-def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
-    """Everything `sweeper plan` prints and writes, for the options in `args` (the search's own options)."""
-    from sweeper.search.ray_local import local_nodes, trial_resources
-    from sweeper.data.dataset import find_split, image_size
-    from sweeper.training.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
-    from sweeper.data.cache_folder import default_cache_root
+def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> dict[str, Any]:
+    """Everything `sweeper plan` prints and writes, for the options in `args` (the search's own options), the
+    data `source` and the `backbone` (both resolved by the command, as for a search)."""
     from sweeper.data.cache import cache_entries, free_bytes
-    from sweeper.cli.inputs import resolve_backbone, resolve_data
+    from sweeper.data.cache_folder import default_cache_root
+    from sweeper.data.dataset import find_split, image_size
     from sweeper.data.parallel import available_cores
+    from sweeper.search.ray_local import local_nodes, trial_resources
+    from sweeper.training.device import CUDA_CONTEXT_BYTES, memory_budget, resolve_device, tokens_fit
 
-    source = resolve_data(args)
     device = resolve_device(args.device)
-    backbone = resolve_backbone(args, source)
     base = space.to_config(space.baseline_point())
     height, width = base.image_height, base.image_width
     splits = {name: find_split(source.root, name) for name in ("train", "val")}
@@ -290,16 +288,3 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
     return out
 
 
-def cmd_plan(args) -> int:
-    """`sweeper plan`: the table, and OUT/plan.json for `search` to reuse."""
-    from sweeper.files import write_json
-    from sweeper.search.plan import PLAN_FILE, format_plan
-    from sweeper.search.space import default_space_path, find_space, load_space
-
-    space = load_space(find_space(args.space) if args.space else default_space_path())
-    result = make_plan(args, space)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / PLAN_FILE, result)
-    print(format_plan(result))
-    print(f"plan: {args.out / PLAN_FILE}")
-    return 0

@@ -12,14 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-
-from sweeper.training.config import PUBLISHED_BASELINE_IOU
 from sweeper.errors import is_out_of_memory
 from sweeper.rundir.layout import TRIAL_KEY
-from sweeper.training.objective import best_index, best_value
 from sweeper.rundir.records import is_baseline
 from sweeper.search.space import SearchSpace
-
+from sweeper.training.config import PUBLISHED_BASELINE_IOU
+from sweeper.training.objective import best_index, best_value
 
 # --------------------------------------------------------------------------- a sweep's lines
 

@@ -44,8 +44,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from sweeper.training.config import PHASE1, TrainConfig
 from sweeper.errors import SweeperError, one_line
+from sweeper.training.config import PHASE1, TrainConfig
 from sweeper.training.objective import Objective, check_metric
 
 TOP_KEYS = ("metric", "mode", "trials", "max_concurrent", "asha", "fixed", "params")

@@ -12,11 +12,11 @@ import pandas as pd
 
 from sweeper.errors import SweeperError, is_out_of_memory
 from sweeper.files import write_text_atomic
-from sweeper.rundir.layout import EXPERIMENT_DIR, HISTORY_CSV, SPACE_COPY, TRIALS_CSV, TRIAL_CONFIG
+from sweeper.rundir.layout import EXPERIMENT_DIR, HISTORY_CSV, SPACE_COPY, TRIAL_CONFIG, TRIALS_CSV
 from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups
 from sweeper.search.space import SearchSpace, load_space
 from sweeper.training.config import PUBLISHED_BASELINE_IOU, TrainConfig
-from sweeper.training.objective import Objective, best_index, best_value
+from sweeper.training.objective import best_index, best_value
 
 CONFIG_COLUMNS = ("head", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "epochs",
                   "schedule_epochs", "batch_size", "class_weights", "class_weight_power", "class_weight_max",
@@ -169,7 +169,3 @@ def run_space(run_dir: Path) -> SearchSpace | None:
     return load_space(path) if path.is_file() else None
 
 
-def run_objective(run_dir: Path) -> Objective:
-    """What ranks a sweep folder's trials: its space's metric and mode (val IoU, max, without a space copy)."""
-    space = run_space(run_dir)
-    return space.objective if space is not None else Objective()

@@ -22,14 +22,13 @@ import numpy as np
 import psutil
 import torch
 
+from sweeper.data.tokens import TrainData
+from sweeper.files import append_jsonl
+from sweeper.rundir.layout import BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY
+from sweeper.rundir.records import trial_groups, truncate_epochs, write_trial_start
 from sweeper.training.config import TrainConfig
 from sweeper.training.device import release_memory, trial_device
-from sweeper.files import append_jsonl
-from sweeper.training.objective import METRIC_KEY, MODE_KEY, Objective
-from sweeper.rundir.layout import BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY
-from sweeper.training.objective import best_index
-from sweeper.rundir.records import trial_groups, truncate_epochs, write_trial_start
-from sweeper.data.tokens import TrainData
+from sweeper.training.objective import METRIC_KEY, MODE_KEY, Objective, best_index
 from sweeper.training.train import load_checkpoint, train
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sweeper.data.dataset import LabelMode
+from sweeper.data.classes import LabelMode
 from sweeper.errors import SweeperError
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeper.training.config import ClassWeighting, TrainConfig
 from sweeper.errors import SweeperError
+from sweeper.training.config import ClassWeighting, TrainConfig
 
 LOG_SMOOTHING = 1.02  # ENet's c in 1 / ln(c + f): bounds the weight of a vanishing class near 50
 

@@ -8,13 +8,13 @@ trials; `check_metric` refuses the others with the reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from sweeper.errors import SweeperError
-from typing import Sequence
-import math
-import numpy as np
 
 # Metrics every trial reports every epoch on the same validation split, so two trials' values compare.
 COMPARABLE = {"val_iou": "val IoU", "val_miou": "val mIoU", "val_dice": "val Dice", "val_acc": "val accuracy"}

@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.training.config import ClassWeighting, TrainConfig
-from sweeper.training.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message, resolve_device,
-                            tokens_fit)
+from sweeper.data.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 from sweeper.errors import SweeperError
 from sweeper.model.head import create_head
+from sweeper.training.config import ClassWeighting, TrainConfig
+from sweeper.training.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message,
+                                     resolve_device, tokens_fit)
 from sweeper.training.losses import config_class_weights
 from sweeper.training.metrics import Phase1Meter, confusion_matrix
-from sweeper.training.optim import config_lr, make_optimizer
 from sweeper.training.objective import best_index
-from sweeper.data.tokens import ArrayTokens, SplitData, TokenSource, TrainData
+from sweeper.training.optim import config_lr, make_optimizer
 
 log = logging.getLogger(__name__)
 

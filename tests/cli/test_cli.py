@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_pair
 from PIL import Image
 
 from sweeper.cli.main import main
-
-from conftest import write_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,6 @@ resources that do not exist. Each must be one line and exit 2, and lose or mix n
 from __future__ import annotations
 
 import argparse
-
 import json
 import os
 import socket
@@ -15,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import error_line, make_dataset, run_cli
 
 from sweeper.cli.main import main
 from sweeper.errors import SweeperError
-
-from conftest import error_line, make_dataset, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -301,10 +299,10 @@ def test_resume_with_the_same_options_still_works(finished_sweep):
 
 def build_cache(tmp_path: Path):
     """The token and label cache entries of a tiny train split, built once; (split, backbone, paths)."""
+    from sweeper.data.cache import cached_labels, cached_tokens
+    from sweeper.data.dataset import find_split
     from sweeper.model.backbone import create_backbone
     from sweeper.training.config import LabelMode
-    from sweeper.data.dataset import find_split
-    from sweeper.data.cache import cached_labels, cached_tokens
 
     split = find_split(make_dataset(tmp_path / "data", train=2, val=1), "train")
     backbone = create_backbone("random_vits14")
@@ -347,8 +345,8 @@ def corrupt(path: Path, how: str) -> None:
 def test_a_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, caplog, how):
     import numpy as np
 
-    from sweeper.training.config import LabelMode
     from sweeper.data.cache import cached_labels, cached_tokens
+    from sweeper.training.config import LabelMode
 
     split, backbone, cache, tokens, labels, token_file, label_file = build_cache(tmp_path)
     for path in (token_file, label_file):
@@ -504,8 +502,8 @@ def test_search_on_cuda_without_cuda_is_refused(tmp_path):
 
 
 def test_progress_counts_the_trials_asked_for_not_the_space_default():
-    from sweeper.search.space import load_space
     from sweeper.search.progress import ProgressPrinter
+    from sweeper.search.space import load_space
 
     space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     assert space.trials == 3
@@ -569,8 +567,8 @@ def test_summary_md_shows_user_strings_as_text_not_markup():
 
 def rgb_mask_dataset(tmp_path: Path) -> Path:
     """A tiny set whose first train mask is an 8-bit RGB picture (a coloured mask) instead of raw ids."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
     rgb = np.zeros((28, 56, 3), np.uint8)
@@ -581,8 +579,8 @@ def rgb_mask_dataset(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("allow_unknown", [False, True])
 def test_an_rgb_mask_is_one_line_naming_the_file(tmp_path, allow_unknown):
-    from sweeper.training.config import LabelMode
     from sweeper.data.dataset import find_split, load_raw_mask, load_split_labels
+    from sweeper.training.config import LabelMode
 
     data = rgb_mask_dataset(tmp_path)
     mask = data / "train" / "Segmentation" / "0000.png"
@@ -736,8 +734,9 @@ def no_temporaries(folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("target", ["index.html", "summary.md", ".png"])
 def test_report_on_a_full_disk_is_one_line_and_keeps_the_earlier_report(tmp_path, capsys, monkeypatch, target):
-    import sweeper.files
     from test_report import make_sweep
+
+    import sweeper.files
 
     run = make_sweep(tmp_path)
     assert run_cli(capsys, "report", run)[0] == 0
@@ -922,8 +921,8 @@ def disk_full_chain() -> Exception:
 def test_a_full_disk_during_a_search_is_one_line_with_the_resume_command(tmp_path, monkeypatch):
     import ray.tune
 
-    import sweeper.search.trial
     import sweeper.search.driver
+    import sweeper.search.trial
     from sweeper.search.space import load_space
 
     class Tuner:

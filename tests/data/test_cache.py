@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import error_line, make_dataset, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,9 +147,9 @@ def test_a_real_full_disk_under_the_cache_is_one_line_not_a_bus_error(tmp_path, 
 
 def label_build(tmp_path: Path, cache: Path):
     """Build one small cache entry (a split's labels) in `cache`; returns its path."""
-    from sweeper.training.config import LabelMode
-    from sweeper.data.dataset import find_split
     from sweeper.data.cache import cached_labels
+    from sweeper.data.dataset import find_split
+    from sweeper.training.config import LabelMode
 
     split = find_split(make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28)), "train")
     cached_labels(split, cache_root=cache, height=28, width=56, mode=LabelMode.PHASE1)
@@ -272,9 +271,9 @@ def test_cache_on_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("labels_cached", [True, False])
 def test_a_truncated_training_image_is_named_as_damaged_not_blamed_on_the_cache(tmp_path, capsys, labels_cached):
-    from sweeper.training.config import LabelMode
-    from sweeper.data.dataset import find_split
     from sweeper.data.cache import cached_labels
+    from sweeper.data.dataset import find_split
+    from sweeper.training.config import LabelMode
 
     data = make_dataset(tmp_path / "data", train=2, val=1, size=(56, 28))
     cache = tmp_path / "cache"

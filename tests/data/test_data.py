@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
+from conftest import write_pair
 from PIL import Image
 
-from sweeper.training.config import LabelMode
-from sweeper.data.dataset import (CLASS_NAMES, class_frequencies, class_pixel_counts, find_split, load_image, load_labels,
-                          map_classes, resize_labels)
+from sweeper.data.classes import CLASS_NAMES
+from sweeper.data.dataset import (class_frequencies, class_pixel_counts, find_split, load_image, load_labels,
+                                  map_classes, resize_labels)
 from sweeper.errors import SweeperError
-
-from conftest import write_pair
+from sweeper.training.config import LabelMode
 
 
 def test_class_table_folds_flowers_and_unknown_ids_into_class_0():

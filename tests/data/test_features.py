@@ -1,15 +1,14 @@
 import numpy as np
 import pytest
+from conftest import make_dataset
 from PIL import Image
 
+from sweeper.data.cache import cached_tokens, load_train_data
+from sweeper.data.dataset import find_split
+from sweeper.data.tokens import ArrayTokens, BackboneTokens
 from sweeper.model.backbone import create_backbone
 from sweeper.training.config import LabelMode, TrainConfig
-from sweeper.data.dataset import find_split
-from sweeper.data.cache import cached_tokens, load_train_data
-from sweeper.data.tokens import ArrayTokens, BackboneTokens
 from sweeper.training.train import train
-
-from conftest import make_dataset
 
 H, W = 56, 112
 

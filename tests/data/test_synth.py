@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper.data.synth import generate as synth, places as synth_places, scene as synth_scene
+from sweeper.data.synth import generate as synth
+from sweeper.data.synth import places as synth_places
+from sweeper.data.synth import scene as synth_scene
 from sweeper.errors import SweeperError
 
 RAW_IDS = [raw for raw, _ in synth_places.RAW_CLASSES]

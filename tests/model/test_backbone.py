@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sweeper.errors import SweeperError
 from sweeper.model import backbone as bb
 from sweeper.model.backbone import BACKBONES, FrozenBackbone, create_backbone, weights_digest
 from sweeper.model.vit import DinoVisionTransformer, build_vit
-from sweeper.errors import SweeperError
 
 H, W = 266, 476  # phase-1 input size: a 19x34 patch grid, not square, so pos_embed is resampled
 

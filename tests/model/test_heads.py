@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper.training.config import TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.model.head import HEADS, create_head
+from sweeper.training.config import TrainConfig
 
 C, K = 384, 10  # ViT-S/14 tokens, the dataset's classes
 

@@ -23,8 +23,8 @@ from sweeper.report.page import sweep_html, trials_table_html
 from sweeper.report.run_figures import BASELINE_FIGURES, phase1_figure, phase1_plots, plot_baseline_val_iou
 from sweeper.report.summary import SYNTHETIC_BANNER, sweep_summary_md
 from sweeper.report.sweep_figures import (SWEEP_FIGURES, VERDICT_COLORS, class_iou_table, param_importances,
-                                          plot_asha_budget, plot_lr_vs_iou, plot_param_importance,
-                                          plot_ranked_trials, plot_val_iou_curves)
+                                          plot_asha_budget, plot_lr_vs_iou, plot_param_importance, plot_ranked_trials,
+                                          plot_val_iou_curves)
 from sweeper.training.config import PUBLISHED_BASELINE_IOU
 
 CLASSES = ("Trees", "Rocks", "Sky")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sweeper.data.dataset import CLASS_NAMES
+from sweeper.data.classes import CLASS_NAMES
 
 RECORDS = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_iou": 0.1 * e, "val_iou": 0.09 * e,
             "train_dice": 0.2 * e, "val_dice": 0.19 * e, "train_acc": 0.3 * e, "val_acc": 0.29 * e}
@@ -60,6 +60,7 @@ def test_their_comparison_figure_is_three_panels_titled_with_the_sample(tmp_path
 
 def test_their_per_class_chart_is_one_palette_bar_per_class_and_a_red_mean(tmp_path):
     from matplotlib.colors import to_rgba
+
     from sweeper.report.run_figures import PALETTE, organisers_per_class
 
     ious = [0.5, None, 0.25] + [0.1] * 7

@@ -21,16 +21,15 @@ from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
-from sweeper.model.backbone import create_backbone  # noqa: E402
-from sweeper.training.config import LabelMode  # noqa: E402
-from sweeper.data.cache import load_train_data  # noqa: E402
-from sweeper.search.space import load_space  # noqa: E402
-from sweeper.rundir.layout import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
-from sweeper.search.options import SearchOptions  # noqa: E402
-from sweeper.search.driver import run_search
-
 from conftest import make_dataset  # noqa: E402
+
+from sweeper.data.cache import load_train_data  # noqa: E402
+from sweeper.model.backbone import create_backbone  # noqa: E402
+from sweeper.rundir.layout import EXPERIMENT_DIR, TRIALS_CSV  # noqa: E402
+from sweeper.search.driver import run_search
+from sweeper.search.options import SearchOptions  # noqa: E402
+from sweeper.search.space import load_space  # noqa: E402
+from sweeper.training.config import LabelMode  # noqa: E402
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402

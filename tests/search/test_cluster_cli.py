@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,11 +7,10 @@ import math
 
 import pandas as pd
 import pytest
-
-from sweeper.search.confirm import summarise_confirm
-from sweeper.report import write_report
-
 from test_report import make_sweep
+
+from sweeper.report import write_report
+from sweeper.search.confirm import summarise_confirm
 
 
 def one_seed_runs() -> pd.DataFrame:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_dataset
 
+from sweeper.data.cache import cached_tokens, load_train_data
+from sweeper.data.dataset import find_split, load_image, load_labels
+from sweeper.data.tokens import TrainData
+from sweeper.errors import SweeperError
 from sweeper.model.backbone import create_backbone
 from sweeper.training.config import LabelMode, TrainConfig
-from sweeper.data.dataset import find_split, load_image, load_labels
-from sweeper.errors import SweeperError
-from sweeper.data.cache import cached_tokens, load_train_data
-from sweeper.data.tokens import TrainData
 from sweeper.training.train import Batches, batch_order, evaluate, train
-
-from conftest import make_dataset
 
 H, W = 56, 112
 SMALL = dict(image_height=H, image_width=W, device="cpu", epochs=2, lr=1e-2, optimizer="adam")

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sweeper.search import plan
-from sweeper.errors import SweeperError
-from sweeper.search.space import AshaSettings, load_space
-
 from conftest import make_dataset
+
+from sweeper.errors import SweeperError
+from sweeper.search import plan
+from sweeper.search.space import AshaSettings, load_space
 
 GIB = 2**30
 TINY_SPACE = """
@@ -116,8 +115,8 @@ def tiny(tmp_path):
 
 
 def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
-    from sweeper.search import plan_measure
     from sweeper.cli.main import main
+    from sweeper.search import plan_measure
 
     # a real Ray worker's memory is measured by the slow test below; here a fixed figure keeps this one fast
     monkeypatch.setattr(plan_measure, "trial_process_mb", lambda **shape: 300.0)
@@ -148,8 +147,8 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny, tmp_path, monkeypatch, capsys):
-    from sweeper.data import cache as features
     from sweeper.cli.main import main
+    from sweeper.data import cache as features
 
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
@@ -172,6 +171,7 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny,
 
 def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monkeypatch, capsys):
     from fake_cuda import FakeCuda
+
     from sweeper.cli.main import main
 
     FakeCuda(monkeypatch, total_gib=6)

@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeper.training.config import ClassWeighting, Optimizer, Schedule, TrainConfig
 from sweeper.errors import SweeperError
 from sweeper.search.space import AshaSettings, ParamType, SearchSpace, load_space
+from sweeper.training.config import ClassWeighting, Optimizer, Schedule, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASE2 = ROOT / "search_spaces" / "phase2.yaml"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from sweeper.training.config import TrainConfig
-from sweeper.search.trial import run_trial
-
 from test_train import learnable_data
+
+from sweeper.search.trial import run_trial
+from sweeper.training.config import TrainConfig
 
 SMALL = {"image_height": 56, "image_width": 112}
 CFG = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, device="cpu", threads=1, **SMALL)
@@ -58,9 +57,9 @@ def test_wall_seconds_add_up_across_a_resume():
 def test_tables_take_wall_seconds_from_the_trials_own_count(tmp_path):
     from sweeper import files
     from sweeper.rundir.layout import EXPERIMENT_DIR, TRIAL_EPOCHS, TRIAL_KEY
-    from sweeper.search.tables import collect
     from sweeper.rundir.records import write_trial_end, write_trial_start
     from sweeper.search.space import load_space
+    from sweeper.search.tables import collect
 
     (tmp_path / "s.yaml").write_text("""
 metric: val_iou

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from sweeper.model.backbone import create_backbone
-from sweeper.training.config import LabelMode
-from sweeper.data.cache import load_train_data
-from sweeper.files import read_jsonl
-from sweeper.search.space import load_space
-from sweeper.search.options import SearchOptions
-from sweeper.search.driver import run_search
-
 from conftest import make_dataset
 from test_train import learnable_data
+
+from sweeper.data.cache import load_train_data
+from sweeper.files import read_jsonl
+from sweeper.model.backbone import create_backbone
+from sweeper.search.driver import run_search
+from sweeper.search.options import SearchOptions
+from sweeper.search.space import load_space
+from sweeper.training.config import LabelMode
 
 ray = pytest.importorskip("ray")
 SMALL = {"image_height": 56, "image_width": 112}
@@ -66,6 +65,7 @@ def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
     # Ray's calls as a sweep makes them: on_trial_result for every epoch except the one where ASHA
     # stops a trial (that result reaches only on_trial_complete), on_trial_complete(error=True) for a crash.
     import optuna
+
     from sweeper.search.driver import make_searcher
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=4, epochs=3, params="""
@@ -95,8 +95,9 @@ def test_study_objective_is_the_best_epoch_and_asha_stops_are_pruned(tmp_path):
 
 def test_trial_checkpoints_carry_the_best_epochs_head_across_a_resume():
     import torch
-    from sweeper.training.config import TrainConfig
+
     from sweeper.search.trial import run_trial
+    from sweeper.training.config import TrainConfig
 
     data = learnable_data()
     # adamw at a high lr overshoots on this task: its val IoU goes up and down, so best != last somewhere
@@ -124,6 +125,7 @@ def test_asha_never_stops_the_baseline_but_still_stops_the_others(tmp_path):
     # Crafted results straight into the scheduler, as Ray's controller hands them over.
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
+
     from sweeper.search.driver import make_scheduler
 
     space = load_space(write_space(tmp_path / "s.yaml", trials=3, epochs=4, params="""
@@ -220,6 +222,7 @@ params:
     from sweeper import files
     files.write_json(tmp_path / "stop" / "sweep.json", {"backbone": {}, "data": {}, "cache": {}})  # as `search` does
     import torch
+
     from sweeper.rundir.heads import load_run_head
     from sweeper.rundir.layout import BEST_KEY, STATE_FILE
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from sweeper import files
-from sweeper.rundir import layout, records
-from sweeper.search import tables
-from sweeper.search import relocate, driver as tune
 from sweeper.errors import SweeperError
+from sweeper.rundir import layout, records
 from sweeper.rundir.heads import load_run_head
 from sweeper.rundir.resume import check_trusted
+from sweeper.search import driver as tune
+from sweeper.search import relocate, tables
 from sweeper.search.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 import pytest
 
-from sweeper.training.config import ClassWeighting, Optimizer, TrainConfig
 from sweeper.errors import SweeperError
+from sweeper.training.config import ClassWeighting, Optimizer, TrainConfig
 
 
 def test_defaults_are_phase1():

@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from sweeper.training import device as dev
-from sweeper.training.config import LabelMode, TrainConfig
-from sweeper.errors import OOM_MARK
-from sweeper.data.tokens import TrainData
-from sweeper.training.train import load_checkpoint, train
-
 from conftest import make_dataset
 from test_train import SMALL, learnable_data
+
+from sweeper.data.tokens import TrainData
+from sweeper.errors import OOM_MARK
+from sweeper.training import device as dev
+from sweeper.training.config import LabelMode, TrainConfig
+from sweeper.training.train import load_checkpoint, train
 
 
 def test_trial_device_follows_the_gpus_ray_granted(fake_cuda):
@@ -128,8 +127,8 @@ def test_oom_becomes_a_one_line_error_naming_the_share(monkeypatch):
 
 
 def test_progress_counts_out_of_memory_failures_apart(tmp_path):
-    from sweeper.search.space import load_space
     from sweeper.search.progress import ProgressPrinter
+    from sweeper.search.space import load_space
 
     class FakeTrial:
         def __init__(self, i, status, error=None):
@@ -273,8 +272,9 @@ def test_driver_drops_its_mapped_copy_of_the_tokens(tmp_path):
 
 def test_prepare_builds_the_cache_on_the_chosen_device_then_frees_it(tmp_path, monkeypatch):
     from fake_cuda import FakeCuda
-    from sweeper.model.backbone import FrozenBackbone
+
     from sweeper.cli.inputs import prepare
+    from sweeper.model.backbone import FrozenBackbone
 
     FakeCuda(monkeypatch)
     moves = []

@@ -21,12 +21,12 @@ try:
 except ImportError:  # the GPU box may have no pytest: see __main__ below
     pytest = None
 
-from sweeper.training import device as dev
-from sweeper.model.backbone import create_backbone
-from sweeper.training.config import LabelMode, TrainConfig
 from sweeper.data.cache import load_train_data
-from sweeper.data.tokens import TrainData
 from sweeper.data.synth.generate import generate
+from sweeper.data.tokens import TrainData
+from sweeper.model.backbone import create_backbone
+from sweeper.training import device as dev
+from sweeper.training.config import LabelMode, TrainConfig
 from sweeper.training.train import Batches, load_checkpoint, train
 
 HAS_CUDA = torch.cuda.is_available()

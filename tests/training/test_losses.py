@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from sweeper.training.config import ClassWeighting, Schedule
 from sweeper.errors import SweeperError
+from sweeper.training.config import ClassWeighting, Schedule
 from sweeper.training.losses import class_weights
 from sweeper.training.optim import lr_factor
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sweeper.training.metrics import (Phase1Meter, class_iou, confusion_matrix, mean_iou, phase1_dice, phase1_iou,
-                             pixel_accuracy)
+                                      pixel_accuracy)
 
 PRED = torch.tensor([[0, 0], [1, 1]])
 TARGET = torch.tensor([[0, 1], [1, 1]])

@@ -16,9 +16,9 @@ import torch
 from sweeper import files
 from sweeper.errors import SweeperError
 from sweeper.rundir.layout import EXPERIMENT_DIR, SPACE_COPY, STATE_FILE, SWEEP_FILE, TRIAL_EPOCHS, TRIAL_KEY
-from sweeper.search.tables import summary_table, write_tables
 from sweeper.rundir.records import write_trial_end, write_trial_start
 from sweeper.search.space import load_space
+from sweeper.search.tables import summary_table, write_tables
 
 SPACE = """
 metric: {metric}
@@ -75,10 +75,10 @@ def test_a_metric_that_cannot_rank_trials_is_refused_in_one_line(tmp_path, metri
 
 
 def test_a_min_objective_ranks_tables_confirm_heads_and_report(tmp_path):
-    from sweeper.search.confirm import pick_for_confirm
     from sweeper.report.load import load_sweep
     from sweeper.report.summary import sweep_headline, sweep_summary_md
     from sweeper.rundir.heads import load_run_head
+    from sweeper.search.confirm import pick_for_confirm
 
     run = crafted_sweep(tmp_path / "run", "val_miou", "min")
     space = load_space(run / SPACE_COPY)
@@ -157,11 +157,11 @@ def test_tpe_lies_about_running_trials_whenever_trials_run_at_once(tmp_path, con
 
 
 def test_trial_keeps_the_head_of_its_best_epoch_by_the_objective():
+    from test_train import learnable_data
+
+    from sweeper.search.trial import run_trial
     from sweeper.training.config import TrainConfig
     from sweeper.training.objective import Objective
-    from sweeper.search.trial import run_trial
-
-    from test_train import learnable_data
 
     data = learnable_data()
     cfg = TrainConfig(optimizer="adamw", lr=0.3, epochs=5, batch_size=4, device="cpu", threads=1,
@@ -225,6 +225,7 @@ def test_a_val_miou_sweep_keeps_ranks_confirms_exports_and_evaluates_by_val_miou
     import json
 
     import optuna
+
     from sweeper.cli.main import main
     from sweeper.rundir.layout import BEST_KEY
 
@@ -295,6 +296,7 @@ def test_asha_internals_the_baseline_exemption_relies_on_are_pinned(tmp_path):
     pytest.importorskip("ray")
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
+
     from sweeper.search.driver import check_asha_internals, make_scheduler
 
     space = load_space(write_space(tmp_path / "s.yaml"))  # max 3 epochs, grace 1, factor 2: rungs at 1 and 2
@@ -318,6 +320,7 @@ def test_asha_internals_the_baseline_exemption_relies_on_are_pinned(tmp_path):
 def test_a_ray_without_the_asha_bookkeeping_is_refused_in_one_line(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from ray.tune.schedulers import AsyncHyperBandScheduler
+
     from sweeper.search.driver import make_scheduler
 
     real_init = AsyncHyperBandScheduler.__init__

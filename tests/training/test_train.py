@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.training.config import TrainConfig
-from sweeper.errors import SweeperError
 from sweeper.data.tokens import TrainData
+from sweeper.errors import SweeperError
+from sweeper.training.config import TrainConfig
 from sweeper.training.train import TrainingDiverged, batch_order, train
 
 SMALL = dict(image_height=56, image_width=112, device="cpu")

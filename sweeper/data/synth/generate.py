@@ -47,9 +47,9 @@ from typing import Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from sweeper.errors import SweeperError
 from sweeper.data.parallel import available_cores, default_workers, pool_map
 from sweeper.data.synth.scene import render_scene
+from sweeper.errors import SweeperError
 
 log = logging.getLogger(__name__)
 

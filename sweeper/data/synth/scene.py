@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from sweeper.data.synth.places import (CANOPY, CLUTTER, DRY, FLOWERS, GRASS, LAND, LOG, LOGS, LUSH, RAW_CLASSES, RIDGE,
-                                  ROCKS, SKY, TEST, TEXTURE, TRAIN, TRUNK, Kind, Profile)
+                                       ROCKS, SKY, TEST, TEXTURE, TRAIN, TRUNK, Kind, Profile)
 
 _RAW_OF_MATERIAL = np.array([raw for raw, _ in RAW_CLASSES] + [100, 7100], dtype=np.uint16)
 _RAW_OF_MATERIAL.flags.writeable = False

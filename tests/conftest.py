@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# tests/ mirrors sweeper/ by stage; a few tests build on another stage's builders (test_train's
+# learnable_data, test_report's make_sweep), imported by module name as pytest's rootdir-less mode allows
+for _stage in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name != "__pycache__"):
+    if str(_stage) not in sys.path:
+        sys.path.append(str(_stage))
 
 # Read by Ray at its first import (whichever test module imports it first): local Ray binds 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -5,7 +5,7 @@
 The process loads what a training process loads (a matmul: cuBLAS; a convolution: cuDNN), then reads its own
 line of `nvidia-smi --query-compute-apps`; the context is that figure less what its allocator reserved.
 `used_mb` is null where nvidia-smi cannot see the process (a container's PID namespace).
-sweeper.training.device.CUDA_CONTEXT_BYTES is what the per-process caps keep back for it (tests/test_gpu.py).
+sweeper.training.device.CUDA_CONTEXT_BYTES is what the per-process caps keep back for it (tests/training/test_gpu.py).
 """
 
 from __future__ import annotations

@@ -305,7 +305,7 @@ if mount -t tmpfs -o size=256m tmpfs "$FULL" 2>/dev/null; then
     --cache-dir "$FULL/cache" >/dev/null 2>"$WORK/full-cache.err" <<'EOF2'
 import shutil, sys
 from pathlib import Path
-import sweeper.data.dataset.cache as features
+import sweeper.data.cache as features
 real = features.check_cache_fits
 def then_filled(entries, cache_root):
     real(entries, cache_root)
@@ -315,7 +315,7 @@ def then_filled(entries, cache_root):
             f.write(bytes(min(16 << 20, free - 64 * 1024)))
             f.flush()
 features.check_cache_fits = then_filled
-from sweeper.cli.main.main import main
+from sweeper.cli.main import main
 sys.exit(main(sys.argv[2:]))
 EOF2
   RC=$?
@@ -327,7 +327,7 @@ else
   # the cache's full disk without root: posix_fallocate fails as on a full disk (ENOSPC)
   "$PY" - "$WORK" >"$WORK/full-cache.out" 2>"$WORK/full-cache.err" <<'EOF2'
 import errno, os, sys
-from sweeper.cli.main.main import main
+from sweeper.cli.main import main
 def full(fd, offset, length):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 os.posix_fallocate = full

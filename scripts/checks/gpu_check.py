@@ -3,7 +3,7 @@
 Run by scripts/checks/gpu_check.sh within its time limit (one device command of at most 9 minutes). Stages, in order
 of what matters most; each is skipped, and says so, when the time left cannot hold it:
   context    one process's CUDA context as nvidia-smi sees it (scripts/checks/cuda_context.py)
-  tests      tests/test_gpu.py (pytest when installed, else its own runner)
+  tests      tests/training/test_gpu.py (pytest when installed, else its own runner)
   ray        where Ray and Optuna import: a 16-trial `search` at --gpus-per-trial 0.25 with nvidia-smi
              sampled (every trial must end TERMINATED on cuda)
   full       scripts/checks/gpu_full.py: the full-size synthetic set, its cache, the default sweep at a quarter GPU
@@ -45,11 +45,11 @@ def run_json(cmd: list[str], env: dict[str, str], timeout: int = 600) -> dict[st
 
 def stage_tests(env: dict[str, str]) -> dict[str, Any]:
     has_pytest = importlib.util.find_spec("pytest") is not None
-    cmd = ([sys.executable, "-m", "pytest", "-q", "tests/test_gpu.py"] if has_pytest
-           else [sys.executable, "tests/test_gpu.py"])
+    cmd = ([sys.executable, "-m", "pytest", "-q", "tests/training/test_gpu.py"] if has_pytest
+           else [sys.executable, "tests/training/test_gpu.py"])
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     print(p.stdout[-3000:], file=sys.stderr)
-    return {"runner": "pytest" if has_pytest else "tests/test_gpu.py", "rc": p.returncode,
+    return {"runner": "pytest" if has_pytest else "tests/training/test_gpu.py", "rc": p.returncode,
             "summary": (p.stdout.strip().splitlines() or [""])[-1]}
 
 
@@ -169,7 +169,7 @@ def table(result: dict[str, Any]) -> str:
     c = result.get("context", {})
     if c.get("context_mb") is not None:
         rows.append(("CUDA context per process", f"{c['context_mb']:.0f} MB (the caps keep back {c['kept_back_mb']:.0f})"))
-    rows.append(("tests/test_gpu.py", result.get("tests", {}).get("summary") or json.dumps(result.get("tests"))))
+    rows.append(("tests/training/test_gpu.py", result.get("tests", {}).get("summary") or json.dumps(result.get("tests"))))
     r = result.get("ray", {})
     rows.append(("search, 16 trials at 0.25 GPU", r.get("skipped") or r.get("error") or
                  f"{r['seconds']} s; {r['statuses']} on {r['devices']}; OOM {r['out_of_memory']}; GPU util mean "

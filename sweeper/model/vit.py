@@ -4,7 +4,7 @@ It reproduces the hub models (`torch.hub.load("facebookresearch/dinov2",
 "dinov2_vits14")`): same state-dict keys, so Meta's `*_pretrain.pth` files load
 with strict=True, and the same position-embedding interpolation, so non-square
 inputs such as 266x476 give the same tokens. It was written from a reading of
-Meta's code, not copied; tests/test_backbone.py checks it against Meta's package.
+Meta's code, not copied; tests/model/test_backbone.py checks it against Meta's package.
 """
 
 from __future__ import annotations

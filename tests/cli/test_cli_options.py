@@ -11,7 +11,7 @@ import pytest
 
 from sweeper.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def option_error(capsys, *argv: str) -> str:

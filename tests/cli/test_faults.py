@@ -19,7 +19,7 @@ from conftest import error_line, make_dataset, run_cli
 from sweeper.cli.main import main
 from sweeper.errors import SweeperError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SPACE = """
 metric: val_iou

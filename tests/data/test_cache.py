@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import error_line, make_dataset, run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from sweeper.data.parallel import MIN_PARALLEL_ITEMS, available_cores, default_workers, pool_map
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MARK = {"set_by_the_parent": False}  # a spawned worker imports this module afresh and sees False
 
 

@@ -460,7 +460,7 @@ def trial_records(run: Path, ious: dict[int, list[float]]) -> None:
     from sweeper import files
     from sweeper.rundir import layout, records
 
-    (run / "space.yaml").write_text((Path(__file__).resolve().parent.parent / "sweeper" / "search_spaces"
+    (run / "space.yaml").write_text((Path(__file__).resolve().parents[2] / "sweeper" / "search_spaces"
                                      / "smoke.yaml").read_text())
     for t, values in ious.items():
         folder = run / "ray" / f"trial_{t}"

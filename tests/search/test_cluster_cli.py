@@ -4,7 +4,7 @@ default), joined by `sweeper search --address`: without the token, one line nami
 The cluster is one head node bound to 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). A second node
 started with `ray start --address` is not: Ray 2.60's CLI refuses to add a node with that setting, and without
 it the GCS and the raylets listen on every interface. Trials over two nodes on loopback are
-tests/test_cluster.py's (Ray's cluster_utils). The test gives the cluster a token of its own (a file named by
+tests/search/test_cluster.py's (Ray's cluster_utils). The test gives the cluster a token of its own (a file named by
 RAY_AUTH_TOKEN_PATH) and starts the head with `ray start --block` and a private temp dir: ending that process
 stops exactly the Ray processes it started.
 """
@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 LOOPBACK = "127.0.0.1"
 

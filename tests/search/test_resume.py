@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SPACE = """
 metric: val_iou

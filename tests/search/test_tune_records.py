@@ -20,7 +20,7 @@ from sweeper.search import driver as tune
 from sweeper.search import relocate, tables
 from sweeper.search.space import load_space
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = ROOT / "search_spaces" / "smoke.yaml"  # lr, optimizer, momentum when sgd; 2 epochs
 
 

@@ -1,7 +1,7 @@
 """The CUDA path's logic, tested on the CPU: device choice, memory share, AMP dtype, checkpoints, release.
 
 What needs a real GPU (the cap enforced, tokens resident on the device, a GPU checkpoint loaded on a
-CPU) is in tests/test_gpu.py, which runs where CUDA exists (scripts/checks/gpu_check.sh).
+CPU) is in tests/training/test_gpu.py, which runs where CUDA exists (scripts/checks/gpu_check.sh).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CUDA-only checks of the GPU path, skipped without CUDA. Run by scripts/checks/gpu_check.sh.
 
 They also run without pytest (a GPU box with only PyTorch and the project's runtime dependencies):
-`PYTHONPATH=. python tests/test_gpu.py` runs every test here and exits non-zero on a failure.
+`PYTHONPATH=. python tests/training/test_gpu.py` runs every test here and exits non-zero on a failure.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ if pytest is not None:
     pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/checks/gpu_check.sh)")
 
 SMALL = dict(image_height=56, image_width=112)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _data(root: Path, *, use_cache: bool = True, device: str = "cuda") -> TrainData:

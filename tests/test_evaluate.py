@@ -13,12 +13,14 @@ import torch
 from PIL import Image
 
 from sweeper import evaluate as ev
+from sweeper.cli.evaluate import summary_lines
 from sweeper import files
 from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
 from sweeper.data.dataset import find_split, load_split_labels
 from sweeper.data.synth import generate as synth
 from sweeper.errors import SweeperError
 from sweeper.model.head import create_head
+from sweeper.report.evaluation import draw_evaluation
 from sweeper.report.run_figures import colorize
 from sweeper.rundir import heads, layout
 from sweeper.rundir.heads import load_run_head
@@ -192,7 +194,8 @@ def test_constant_head_scores_the_class_share(tmp_path, dataset, cache, test_lab
     k = 8  # Landscape: present in every synthetic test scene
     run = make_baseline(tmp_path / "base", constant_head(k), history=[val_record(1, [0.1] * 10),
                                                                       val_record(2, [0.3] * 9 + [None])])
-    out = ev.evaluate_run(run, data=dataset, cache_root=cache, device="cpu", show_progress=False)
+    out = ev.evaluate_run(run, data=dataset, cache_root=cache, device="cpu", show_progress=False,
+                          draw=draw_evaluation)  # as `sweeper evaluate` calls it
 
     assert out == run / "evaluation" / "baseline"
     names = ["000000", "000001", "000002"]
@@ -253,7 +256,7 @@ def test_rerun_replaces_outputs_and_out_is_honoured(tmp_path, dataset, cache):
     (out / "masks").mkdir(parents=True)
     (out / "masks" / "stale.png").write_bytes(b"old")
     assert ev.evaluate_run(run, data=dataset / "test", out=out, cache_root=cache, device="cpu",
-                           show_progress=False, comparisons=1) == out
+                           show_progress=False, comparisons=1, draw=draw_evaluation) == out
     assert sorted(p.name for p in (out / "comparisons").iterdir()) == ["sample_0_comparison.png",
                                                                        "sample_0_details.png"]
     assert not (out / "masks" / "stale.png").exists()
@@ -402,7 +405,7 @@ def test_summary_lines_label_both_per_class_flavours():
     m = {"run": {"label": "baseline"}, "data": {"images": 4, "synthetic": False},
          "phase1": {"iou": 0.3, "dice": 0.4, "acc": 0.5, "class_iou": {"Trees": 0.25, "Sky": None}},
          "dataset": {"miou": 0.35, "class_iou": {"Trees": 0.2, "Sky": 0.9}}, "validation": None}
-    lines = ev.summary_lines(m)
+    lines = summary_lines(m)
     assert lines[1].split() == ["per-class", "IoU", "test,", "phase-1", "per-batch", "test,", "dataset", "val,",
                                 "dataset"]
     assert lines[2].split() == ["Trees", "0.250", "0.200", "n/a"]

@@ -69,7 +69,7 @@ class SweepRun(RunFacts):
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
     objective: Objective = Objective()  # what ranks the trials (the space copy's metric and mode)
-    dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.rundir.layout.describe_trial`)
+    dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.search.tables.describe_trial`)
 
     @property
     def score(self) -> str:

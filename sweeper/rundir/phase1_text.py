@@ -1,6 +1,6 @@
 """Phase 1's evaluation_metrics.txt, byte for byte: the baseline run's text file in the organisers' format.
 
-Its file name is `sweeper.rundir.layout.TEXT_FILE`; its best epochs come from `sweeper.rundir.layout.best_index`.
+Its file name is `sweeper.rundir.layout.TEXT_FILE`; its best epochs come from `sweeper.training.objective.best_index`.
 """
 
 from __future__ import annotations

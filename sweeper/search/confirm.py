@@ -2,7 +2,7 @@
 
 The baseline trial and the top-K trials by the space's metric are re-trained with several seeds each, as Ray
 trials without early stopping (RUN_DIR/confirm/), and a gain counts only when it exceeds the seed-to-seed
-spread. The configs come from the trials' own records (`sweeper.rundir.layout.trial_configs`), never Ray's state.
+spread. The configs come from the trials' own records (`sweeper.rundir.records.trial_configs`), never Ray's state.
 """
 
 from __future__ import annotations

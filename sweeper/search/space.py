@@ -182,7 +182,7 @@ class SearchSpace:
         return tuple(p.name for p in self.params)
 
 
-SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # the spaces shipped with the package
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # the spaces shipped with the package
 
 
 def default_space_path() -> Path:

@@ -787,16 +787,16 @@ def test_search_tables_on_a_full_disk_are_one_line_and_keep_the_earlier_tables(t
     import pandas as pd
 
     import sweeper.files
-    import sweeper.rundir.layout
+    import sweeper.search.tables
 
     old = {"trials.csv": "trial,best_val_iou\n0,0.1\n", "history.csv": "trial,epoch\n0,1\n"}
     for name, text in old.items():
         (tmp_path / name).write_text(text)
     new = pd.DataFrame({"trial": [0, 1], "best_val_iou": [0.1, 0.2], "epoch": [1, 1]})
-    monkeypatch.setattr(sweeper.rundir.layout, "collect", lambda run_dir, space: (new, new))
+    monkeypatch.setattr(sweeper.search.tables, "collect", lambda run_dir, space: (new, new))
     monkeypatch.setattr(sweeper.files, "open", FullDisk(target), raising=False)
     with pytest.raises(SweeperError, match=rf"{tmp_path / target}: .*No space left on device") as e:
-        sweeper.rundir.layout.write_tables(tmp_path, space=None)
+        sweeper.search.tables.write_tables(tmp_path, space=None)
     assert "\n" not in str(e.value)
     assert no_temporaries(tmp_path) == []
     assert (tmp_path / target).read_text() == old[target]

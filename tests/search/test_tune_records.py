@@ -15,7 +15,7 @@ from sweeper import files
 from sweeper.errors import SweeperError
 from sweeper.rundir import layout, records
 from sweeper.rundir.heads import load_run_head
-from sweeper.rundir.resume import check_trusted
+from sweeper.rundir.resume import check_trusted, decide
 from sweeper.search import driver as tune
 from sweeper.search import relocate, tables
 from sweeper.search.space import load_space
@@ -153,11 +153,10 @@ def test_resume_refuses_a_folder_other_users_can_write(sweep, what):
     with pytest.raises(SweeperError, match="writable by other users") as e:
         check_trusted(run)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
-    # run_search refuses before it starts Ray or reads anything under ray/
-    opts = tune.SearchOptions(name="run", out_root=run.parent, trials=3, max_concurrent=1, gpus_per_trial=0,
-                              cpus_per_trial=1, seed=0, resume=True)
+    # the one resume decision refuses before it reads anything of the folder (sweep.json, ray/)
+    (run / layout.SWEEP_FILE).write_text("not read")
     with pytest.raises(SweeperError, match="writable by other users"):
-        tune.run_search(load_space(SPACE), None, opts)
+        decide(run, given={}, given_space=None)
     assert not marker.exists()
 
 

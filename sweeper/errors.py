@@ -16,7 +16,8 @@ OOM_MARK = "GPU out of memory"  # starts every out-of-memory trial error; tables
 
 
 def is_out_of_memory(error: str | None) -> bool:
-    """Whether a trial's error line is an out-of-memory failure (`sweeper.training.device.oom_message`, maybe after its class name)."""
+    """Whether a trial's error line is an out-of-memory failure (`sweeper.training.device.oom_message`, maybe
+    after its class name)."""
     return bool(error) and (error.startswith(OOM_MARK) or f": {OOM_MARK}" in error)
 
 

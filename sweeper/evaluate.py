@@ -67,7 +67,6 @@ PHASE1_BATCH = 2  # phase-1 scores are means over batches of 2, in file order
 PREDICT_BATCH = 2  # images per head forward: the trainer's eval batch, so val predictions match it bit for bit
 
 
-
 @torch.inference_mode()
 def predict(head: nn.Module, tokens: np.ndarray, *, size: tuple[int, int], device: torch.device,
             amp: bool = False, batch_size: int = PREDICT_BATCH, show_progress: bool = True) -> np.ndarray:
@@ -240,5 +239,3 @@ def evaluate_run(run_dir: Path, *, data: Path, trial: str | int = "best", out: P
              metrics["dataset"]["miou"], " (SYNTHETIC data)" if synthetic else "")
     log.info("wrote %s, %s%s", out / METRICS_JSON, out / TEXT_FILE, " and the figures" if draw is not None else "")
     return out
-
-

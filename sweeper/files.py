@@ -228,4 +228,3 @@ def check_sqlite(path: Path) -> None:
         raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
     except sqlite3.Error as e:
         raise SweeperError(f"{path}: not a readable SQLite database ({e}); the Optuna study is damaged") from None
-

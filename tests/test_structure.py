@@ -179,8 +179,10 @@ def test_the_private_import_check_finds_one(tmp_path):
     assert private_imports(probe) == ["probe.py:1 sweeper.training.train._train"]
 
 
-@pytest.mark.parametrize("module", ["sweeper.cli.main", "sweeper.rundir.layout", "sweeper.files", "sweeper.training.config",
-                                    "sweeper.search.space"])
+@pytest.mark.parametrize("module", ["sweeper.cli.main", "sweeper.rundir.layout", "sweeper.rundir.records",
+                                    "sweeper.files", "sweeper.training.config", "sweeper.training.objective",
+                                    "sweeper.data.classes", "sweeper.search.space", "sweeper.search.tables",
+                                    "sweeper.report", "sweeper.report.evaluation"])
 def test_light_modules_do_not_import_torch_or_ray(module):
     code = (f"import sys, importlib; importlib.import_module({module!r}); "
             "print(','.join(sorted(m for m in ('torch', 'ray') if m in sys.modules)))")

@@ -20,6 +20,17 @@ cd "$REPO" || exit 1
 ROWS=()
 row() { ROWS+=("$1|$2|$3|$4"); }
 
+# wait_for GLOB TRIES INTERVAL: wait until a file matches GLOB (at most TRIES checks, INTERVAL s apart);
+# exits 0 when one does
+wait_for() {
+  local _
+  for _ in $(seq "$2"); do
+    compgen -G "$1" >/dev/null && return 0
+    sleep "$3"
+  done
+  compgen -G "$1" >/dev/null
+}
+
 # trials.csv rows vs study rows ("-" where a file is missing)
 counts() {
   "$PY" - "$1" <<'EOF'
@@ -147,11 +158,7 @@ ray_pids >"$WORK/ray-before.txt"
 setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
   --name killed --out "$WORK/results" >"$WORK/kill.out" 2>"$WORK/kill.err" &
 DRIVER=$!
-for _ in $(seq 240); do
-  compgen -G "$WORK/results/killed/ray/*/checkpoint_*/state.pt" >/dev/null && break
-  sleep 0.5
-done
-if compgen -G "$WORK/results/killed/ray/*/checkpoint_*/state.pt" >/dev/null; then
+if wait_for "$WORK/results/killed/ray/*/checkpoint_*/state.pt" 240 0.5; then
   kill -9 "$DRIVER"; wait "$DRIVER" 2>/dev/null
   sleep 5
   LEFT=$(comm -13 "$WORK/ray-before.txt" <(ray_pids) | while read -r p; do
@@ -218,11 +225,7 @@ tree_hash() { (cd "$1" && find . -type f -exec sha256sum {} + | sort | sha256sum
 setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
   --name term --out "$WORK/results" >/dev/null 2>"$WORK/term.err" &
 DRIVER=$!
-for _ in $(seq 240); do
-  compgen -G "$WORK/results/term/ray/*/checkpoint_*/state.pt" >/dev/null && break
-  sleep 0.5
-done
-if compgen -G "$WORK/results/term/ray/*/checkpoint_*/state.pt" >/dev/null; then
+if wait_for "$WORK/results/term/ray/*/checkpoint_*/state.pt" 240 0.5; then
   kill -TERM "$DRIVER"; wait "$DRIVER"; RC=$?
   NOISE=$(grep -c "WARNING\|Traceback\|SIGTERM received" "$WORK/term.err")
   PRINTED=$(grep -c "continue with: sweeper search --resume --name term" "$WORK/term.err")
@@ -347,11 +350,7 @@ ORPHAN="$WORK/orphan-cache"
 "$PY" -m sweeper -q baseline --data "$WORK/data" --backbone random_vits14 --epochs 1 --out "$WORK/orphan" \
   --cache-dir "$ORPHAN" >/dev/null 2>&1 &
 BUILDER=$!
-for _ in $(seq 1200); do
-  compgen -G "$ORPHAN/tokens/.*.partial-*" >/dev/null && break
-  sleep 0.05
-done
-if compgen -G "$ORPHAN/tokens/.*.partial-*" >/dev/null; then
+if wait_for "$ORPHAN/tokens/.*.partial-*" 1200 0.05; then
   kill -9 "$BUILDER"; wait "$BUILDER" 2>/dev/null
   PARTIAL=$(find "$ORPHAN" -name '.*.partial-*' -printf '%s\n' | awk '{s+=$1} END {print s+0}')
   LISTED=$("$PY" -m sweeper cache --cache-dir "$ORPHAN" 2>&1 | grep -c "orphaned (its build is gone)")

@@ -339,7 +339,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_export(args: argparse.Namespace) -> int:
     from sweeper.export import export_head
     from sweeper.files import read_json

@@ -252,7 +252,6 @@ def check_space_heads(space) -> None:
     check_head_names(map(str, names), source=f"{space.source}: {'params' if spec else 'fixed'}.head")
 
 
-
 def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on a resume's command line that decide results: each must equal the sweep's."""
     given: dict[str, Any] = {}
@@ -270,7 +269,6 @@ def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(args.cache_dtype, Default):
         given["cache_dtype"] = args.cache_dtype
     return given
-
 
 
 def _load_sweep(run_dir: Path) -> dict[str, Any]:

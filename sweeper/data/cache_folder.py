@@ -1,6 +1,7 @@
 """The feature cache's folder as files: its entries, the state of their checksums, when each was last used, and
 the partial files that builds leave while they write; `sweeper cache` (`sweeper.cli.cache`) lists them and
-`--prune` removes what is dead. No torch or numpy here (`sweeper.data.cache` builds the entries and calls `remove_orphaned_partials`).
+`--prune` removes what is dead. No torch or numpy here (`sweeper.data.cache` builds the entries and calls
+`remove_orphaned_partials`).
 
 A build writes an entry at `.NAME.partial-HOST-PID` (`partial_tag`) and renames it when complete. A build that
 was killed (`kill -9`, a reboot) leaves that file behind, possibly gigabytes; it is an orphan once no process
@@ -197,6 +198,3 @@ def listing(root: Path, *, verify: bool = False) -> list[str]:
         size = sum(p.stat().st_size for p in orphans if p.exists())
         lines.append(f"run `sweeper cache --prune` to remove {len(orphans)} orphaned partial files ({size:,} bytes)")
     return lines
-
-
-

@@ -30,7 +30,6 @@ from sweeper.errors import SweeperError
 log = logging.getLogger(__name__)
 
 
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_DIR, MASK_DIR = "Color_Images", "Segmentation"

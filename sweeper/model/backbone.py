@@ -86,6 +86,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     )
 }
 
+
 def weights_digest(module: nn.Module) -> str:
     """First 16 hex chars of a sha256 over the state dict's names, dtypes, shapes and bytes, in key order."""
     sha = hashlib.sha256()

@@ -20,7 +20,9 @@ assert len(PALETTE) == NUM_CLASSES  # the organisers' mask colours: one per clas
 
 
 def draw_evaluation(ev: Any) -> None:
-    """`ev`: a `sweeper.evaluate.Evaluated` (not imported: that module imports torch). Write the colour masks, the first `ev.comparisons` side-by-side figures and the two per-class charts."""
+    """Write the colour masks, the first `ev.comparisons` side-by-side figures and the two per-class charts.
+
+    `ev` is a `sweeper.evaluate.Evaluated` (not imported here: that module imports torch)."""
     out = ev.out
     for path, mask in zip(ev.image_paths, ev.pred):
         Image.fromarray(colorize(mask)).save(out / COLOR_DIR / COLOR_NAME.format(path.stem))

@@ -254,6 +254,7 @@ def plot_asha_budget(run: SweepRun) -> Figure:
     outside_legend(ax)
     return fig
 
+
 @dataclass(frozen=True)
 class Importance:
     """Hyperparameter importances from an Optuna study, and what they were computed from."""
@@ -354,4 +355,3 @@ SWEEP_FIGURES: tuple[FigureSpec, ...] = (
                "trials are not ranked. With a few dozen trials or fewer this is a hint, not a finding.",
                plot_param_importance),
 )
-

@@ -53,7 +53,6 @@ class RunHead:
     state: dict[str, torch.Tensor] = field(repr=False)
 
 
-
 def _load_state(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

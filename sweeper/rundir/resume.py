@@ -140,6 +140,8 @@ def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | 
                 return found
         return None
     return None if a == b else (where or "(the whole file)", a, b)
+
+
 def check_resume(run_dir: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose inputs differ from what the sweep was started with, naming the first field.
 

@@ -122,4 +122,3 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
     summary = summarise_confirm(runs, picks[0], space.objective)
     write_text_atomic(run_dir / CONFIRM_SUMMARY_CSV, summary.to_csv(index=False))
     return summary
-

@@ -35,7 +35,6 @@ from sweeper.training.objective import best_index
 log = logging.getLogger(__name__)
 
 
-
 def end_recorder():
     """A Ray Tune Callback writing each ended trial's TRIAL_END into its folder."""
     from ray.tune import Callback
@@ -48,7 +47,6 @@ def end_recorder():
             write_trial_end(Path(trial.path), "ERROR", trial_error(trial))
 
     return _End()
-
 
 
 ASHA_TESTED_RAY = "2.60"  # the Ray release whose ASHA internals the baseline exemption was tested with
@@ -67,8 +65,8 @@ def check_asha_internals(scheduler) -> None:
                                                     for x in r) for r in rungs))
     if not ok:
         raise SweeperError(f"ray {ray.__version__}: AsyncHyperBandScheduler's internals (_num_stopped, rungs) "
-                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.search.driver's baseline exemption was "
-                           f"tested with: install ray {ASHA_TESTED_RAY}.x or update make_scheduler")
+                           f"are not those of ray {ASHA_TESTED_RAY}, which sweeper.search.driver's baseline "
+                           f"exemption was tested with: install ray {ASHA_TESTED_RAY}.x or update make_scheduler")
 
 
 def make_scheduler(space: SearchSpace):

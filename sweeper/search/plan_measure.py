@@ -286,5 +286,3 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
         out["recommendation"] = recommend_cpu(host_mb, available_memory_mb(), cores, threads)
     out["refusals"] = refusals(out)
     return out
-
-

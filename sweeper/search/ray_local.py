@@ -268,4 +268,3 @@ def disk_full(error: BaseException) -> str | None:
                 return marker
         e = e.__cause__ or e.__context__
     return None
-

@@ -134,7 +134,6 @@ def space_dimensions(space: SearchSpace | None, trials: pd.DataFrame | None = No
     return tuple(dict.fromkeys(["head", *varied]))
 
 
-
 # How each config field reads in a description (a field not here reads 'name value').
 _WORDS: dict[str, Any] = {
     "head": lambda v: f"head {v}", "optimizer": str, "lr": lambda v: f"lr {float(v):.1e}",
@@ -167,5 +166,3 @@ def run_space(run_dir: Path) -> SearchSpace | None:
     """A sweep folder's copy of its space file (its objective and dimensions), None when it has none."""
     path = Path(run_dir) / SPACE_COPY
     return load_space(path) if path.is_file() else None
-
-

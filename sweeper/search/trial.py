@@ -223,4 +223,3 @@ def trial_arrays(data: TrainData) -> dict[str, np.ndarray]:
 def trial_bytes(data: TrainData) -> int:
     """Bytes of everything `trial_arrays` puts into the object store (what it must hold)."""
     return sum(a.nbytes for a in trial_arrays(data).values())
-

@@ -29,7 +29,6 @@ class Schedule(str, enum.Enum):
     WARMUP = "warmup"  # linear warm-up over warmup_epochs, then cosine decay
 
 
-
 class TrainLabels(str, enum.Enum):
     """The labels a run trains on; validation is always scored on `label_mode`'s, so runs stay comparable."""
 

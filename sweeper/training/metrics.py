@@ -140,5 +140,3 @@ class Phase1Meter:
             f"{prefix}_miou": mean_iou(cm),
             f"{prefix}_class_iou": [None if math.isnan(v) else float(v) for v in class_iou(cm)],
         }
-
-

@@ -119,4 +119,3 @@ def test_a_sweep_spreads_over_both_nodes_with_tokens_from_the_driver(cluster, tm
         assert (d / "result.json").stat().st_size > 0  # written by the driver's logger
         # checkpoints are written by the trial itself, on whichever node ran it: one kept per trial
         assert len(list(d.glob("checkpoint_*/state.pt"))) == 1
-

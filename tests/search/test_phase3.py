@@ -118,7 +118,6 @@ def test_flip_probability_draws_from_the_mirrored_split():
         train(TrainConfig(**SMALL, flip_prob=0.5), TrainData(train=data.train, val=data.val, embed_dim=16))
 
 
-
 def test_the_phase3_space_validates_and_names_the_splits_its_trials_need(tmp_path, capsys):
     from sweeper.search.space import find_space, load_space
 

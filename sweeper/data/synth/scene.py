@@ -397,4 +397,3 @@ def render_scene(rng: np.random.Generator, *, width: int, height: int, shifted: 
         plane += 0.5
         rgb[..., c] = np.clip(plane, 0, 255, out=plane)
     return rgb, _RAW_OF_MATERIAL[material]
-

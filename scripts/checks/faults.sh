@@ -152,17 +152,23 @@ done
 #    of the killed driver is left behind.
 sed 's/max_epochs: 2, grace_period: 1/max_epochs: 4, grace_period: 4/; s/epochs: 2,/epochs: 4,/' \
   "$WORK/space.yaml" >"$WORK/long.yaml"
-ray_pids() { ps -eo pid=,args= | grep -E 'ray::|/raylet|gcs_server|dashboard|runtime_env' | grep -v grep | \
-  awk '{print $1}' | sort; }
-ray_pids >"$WORK/ray-before.txt"
+# the Ray processes below a process (taken before it is killed: its orphans are then re-parented), so that
+# another job's Ray on this machine is not counted
+ray_descendants() {
+  ps -eo pid=,ppid= | awk -v root="$1" '{parent[$1] = $2} END {
+    for (p in parent) { q = p; while (q in parent && q != root && q > 1) q = parent[q]; if (q == root && p != root) print p } }' |
+    while read -r p; do ps -o args= -p "$p" 2>/dev/null | grep -qE 'ray::|/raylet|gcs_server|dashboard|runtime_env' && echo "$p"; done
+}
 setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
   --name killed --out "$WORK/results" >"$WORK/kill.out" 2>"$WORK/kill.err" &
 DRIVER=$!
 if wait_for "$WORK/results/killed/ray/*/checkpoint_*/state.pt" 240 0.5; then
+  RAY_OF_DRIVER=$(ray_descendants "$DRIVER")
   kill -9 "$DRIVER"; wait "$DRIVER" 2>/dev/null
   sleep 5
-  LEFT=$(comm -13 "$WORK/ray-before.txt" <(ray_pids) | while read -r p; do
-    [ "$(ps -o stat= -p "$p" 2>/dev/null | cut -c1)" = "Z" ] || echo "$p"; done | wc -l)
+  LEFT=$(for p in $RAY_OF_DRIVER; do
+    s=$(ps -o stat= -p "$p" 2>/dev/null | cut -c1); [ -n "$s" ] && [ "$s" != "Z" ] && echo "$p"; done | wc -l)
+  RAY_SEEN=$(echo "$RAY_OF_DRIVER" | grep -c .)
   AT_KILL=$(counts "$WORK/results/killed")
   "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
     --name killed --out "$WORK/results" --resume >/dev/null 2>"$WORK/kill-resume.err"
@@ -187,7 +193,7 @@ if "RUNNING" in states:
 print("; ".join(bad) or "none (all trials ended, all epochs run)")
 EOF
 )
-  row "kill -9 driver, --resume" "rc $RC; Ray processes left 5 s after the kill: $LEFT" \
+  row "kill -9 driver, --resume" "rc $RC; its Ray processes left 5 s after the kill: $LEFT of $RAY_SEEN" \
     "$(counts "$WORK/results/killed")" "$STATE"
 else
   kill -9 "$DRIVER" 2>/dev/null

@@ -15,15 +15,24 @@ The model, and what each projection rests on:
   device that builds it). A trial-epoch = train images x the head's training step per image at the
   space's mean batch size + val images x the eval step per image (both measured here with `train`, the
   product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
-  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. The sweep =
-  expected trial-epochs x trial-epoch / trials at once, plus Ray's start-up and each trial's set-up
-  (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU). The naive phase-1 run
-  = 10 epochs of 4 backbone passes per image plus the head's steps.
-- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole: a
-  real Ray worker (a local Ray started for it) runs `train` at the space's largest batch on random data of
-  the real shape under the trial's own memory sampler (`sweeper.trial.PeakMemory`). On a GPU, a trial
-  needs the allocator's peak reserved bytes in the benchmarks plus the cached tokens where its share stages
-  them (`sweeper.device.tokens_fit`), within `sweeper.device.memory_budget` of its share.
+  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Every trial's
+  first epoch is cold (lazy set-up of its head, optimiser, buffers and kernels; in a fresh worker the
+  process's own): the same `train` runs measure what their first epoch took beyond a warm one, and each
+  trial pays that once (`cold_epoch_seconds`), which matters for short trials (a 2-epoch trial spends half
+  its epochs cold). The sweep (`sweep_seconds`) = Ray's start-up and each trial's set-up (`RAY_START_S`,
+  `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU), plus (expected trial-epochs x
+  trial-epoch + trials x cold extra) / trials at once. The naive phase-1 run = 10 epochs of 4 backbone
+  passes per image plus the head's steps.
+- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole, on
+  the trial the space can make most demanding (`memory_worst_point`: its largest batch, the head with the
+  most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
+  on), run as the sweep runs it: a local Ray started for it, random arrays of the real shape in its object
+  store, the sweep's own trainable (`trial_main`) under Ray Tune's session with every epoch's checkpoint
+  persisted, twice in one reused worker; the peak is the trial's own sampler's (`sweeper.trial.PeakMemory`).
+  Flipped tokens and label variants are not probed: they live in the shared object store, and a mixed
+  batch is the size of a plain one. On a GPU, a trial needs the allocator's peak reserved bytes in the
+  benchmarks plus the cached tokens where its share stages them (`sweeper.device.tokens_fit`), within
+  `sweeper.device.memory_budget` of its share.
 
 This module is the model (pure functions, tested on crafted numbers), the plan file and the table;
 `sweeper.plan_measure` measures this machine and makes the plan.
@@ -142,11 +151,51 @@ def mean_choice(space, name: str) -> float:
 
 
 def choices(space, name: str) -> list[Any]:
-    """Every value a field can take in this space (the baseline's included)."""
+    """Every value a categorical field can take in this space, or a numeric one's bounds (the baseline's
+    value included; a fixed or default value when the space does not search it)."""
     spec = next((p for p in space.params if p.name == name), None)
     base = getattr(space.to_config(space.baseline_point()), name)
-    values = list(spec.choices) if spec is not None and spec.type.value == "categorical" else [base]
+    base = getattr(base, "value", base)  # an enum as its string, as a space file writes it
+    if spec is None:
+        values = [base]
+    elif spec.type.value == "categorical":
+        values = list(spec.choices)
+    else:
+        values = [type(base)(spec.low), type(base)(spec.high)]
     return list(dict.fromkeys([base, *values]))
+
+
+def head_parameters(name: str, *, in_channels: int, num_classes: int) -> int:
+    """A head's parameter count, the head built on torch's meta device (no memory, no compute)."""
+    import torch
+
+    from sweeper.head import create_head
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_head(name, in_channels=in_channels, num_classes=num_classes).parameters())
+
+
+def optimizer_state(name: str, momentum: float) -> int:
+    """Parameter-sized buffers an optimiser keeps: SGD its momentum (none at 0), Adam/AdamW two moments."""
+    return {"sgd": int(momentum > 0), "adam": 2, "adamw": 2}[str(name)]
+
+
+def memory_worst_point(space, *, in_channels: int, num_classes: int) -> dict[str, Any]:
+    """The trial of this space that needs the most memory, as params over the baseline's: each field that moves
+    a trial's working set at its worst, whatever the space can choose: the largest training and eval batch,
+    the head with the most parameters (weights, gradients, optimiser state), the optimiser with the most
+    state per parameter, train metrics on where the space can turn them on."""
+    point = dict(space.baseline_point())
+    for name in ("batch_size", "eval_batch_size"):
+        point[name] = max(int(v) for v in choices(space, name))
+    point["head"] = max(choices(space, "head"), key=lambda h: head_parameters(
+        str(h), in_channels=in_channels, num_classes=num_classes))
+    momentum = max(float(v) for v in choices(space, "momentum"))
+    point["optimizer"] = max(choices(space, "optimizer"), key=lambda o: optimizer_state(str(o), momentum))
+    if str(point["optimizer"]) == "sgd":
+        point["momentum"] = momentum
+    point["train_metrics"] = any(bool(v) for v in choices(space, "train_metrics"))
+    return point
 
 
 @dataclass(frozen=True)
@@ -160,7 +209,9 @@ class Bench:
     eval_s_per_image: dict[str, float]  # head -> the eval pass's seconds per image
     working_set_mb: dict[str, float]  # "head/batch" -> host memory the run added at its peak
     gpu_reserved_mb: dict[str, float] = field(default_factory=dict)  # "head/batch" -> allocator peak
-    trial_peak_mb: float = 0.0  # a trial's peak private memory, measured in a Ray worker (largest batch)
+    cold_epoch_s: dict[str, float] = field(default_factory=dict)  # "head/batch" -> first epoch's extra seconds
+    trial_peak_mb: float = 0.0  # a trial's peak private memory: the space's most demanding config run as a trial
+    trial_probe: dict[str, Any] = field(default_factory=dict)  # that run: its config, each trial's peak and epochs
     seconds: float = 0.0  # what the benchmarks took
 
 
@@ -170,6 +221,18 @@ def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[in
     per = [n_train * bench.train_s_per_image[f"{h}/{b}"] + n_val * bench.eval_s_per_image[h]
            for h in heads for b in batches]
     return slowdown * float(np.mean(per))
+
+
+def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], slowdown: float) -> float:
+    """What a trial's first epoch takes beyond a warm one, averaged like `trial_epoch_seconds` (0 unmeasured)."""
+    per = [bench.cold_epoch_s.get(f"{h}/{b}", 0.0) for h in heads for b in batches]
+    return slowdown * float(np.mean(per))
+
+
+def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int) -> float:
+    """A sweep's wall time after its cache: Ray's start-up and each trial's set-up, then the trial-epochs
+    and each trial's cold first epoch shared among the trials at once."""
+    return RAY_START_S + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
 
 
 def contention(concurrent: int, threads: int, cores: int, device: str) -> float:
@@ -299,7 +362,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                   f"{gb(r['cache_free_bytes'])} free there"),
         ("trial-epochs", f"{e['expected']:.0f} expected (lower {e['lower']:.0f}, upper {e['upper']:.0f}) for "
                          f"{o['trials']} trials"),
-        ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s x{t['contention']:g} contention; sweep ~"
+        ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s (+{t.get('cold_epoch_seconds', 0):.1f} s a trial's "
+                 f"first) x{t['contention']:g} contention; sweep ~"
                  f"{mins(t['sweep_seconds'])} ({mins(t['sweep_seconds_range'][0])}-{mins(t['sweep_seconds_range'][1])}) "
                  f"at {o['max_concurrent']} at once; one naive phase-1 run ~{mins(t['naive_phase1_seconds'])}"),
         ("memory", f"trial ~{r['trial_host_mb']} MB host; object store {gb(r['object_store_bytes'])}; "

@@ -19,9 +19,11 @@ The model, and what each projection rests on:
   first epoch is cold (lazy set-up of its head, optimiser, buffers and kernels; in a fresh worker the
   process's own): the same `train` runs measure what their first epoch took beyond a warm one, and each
   trial pays that once (`cold_epoch_seconds`), which matters for short trials (a 2-epoch trial spends half
-  its epochs cold). The sweep (`sweep_seconds`) = Ray's start-up and each trial's set-up (`RAY_START_S`,
-  `TRIAL_SETUP_S`, measured by scripts/bench.py on the 2-core CPU), plus (expected trial-epochs x
-  trial-epoch + trials x cold extra) / trials at once. The naive phase-1 run = 10 epochs of 4 backbone
+  its epochs cold). The sweep (`sweep_seconds`) = its start, measured here by the memory probe below
+  (Ray started by `start_ray`, then Tune's fit beyond its trials' epochs and their set-up: Tune's own
+  start and a fresh worker's imports, paid once as the workers start side by side; `RAY_START_S` when
+  not measured) and each trial's set-up in a reused worker (`TRIAL_SETUP_S`, measured by scripts/bench.py),
+  plus (expected trial-epochs x trial-epoch + trials x cold extra) / trials at once. The naive phase-1 run = 10 epochs of 4 backbone
   passes per image plus the head's steps.
 - **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole, on
   the trial the space can make most demanding (`memory_worst_point`: its largest batch, the head with the
@@ -229,10 +231,13 @@ def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int
     return slowdown * float(np.mean(per))
 
 
-def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int) -> float:
-    """A sweep's wall time after its cache: Ray's start-up and each trial's set-up, then the trial-epochs
-    and each trial's cold first epoch shared among the trials at once."""
-    return RAY_START_S + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
+def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int,
+                  start_s: float | None = None) -> float:
+    """A sweep's wall time after its cache: its start (`start_s` as measured here: Ray's, Tune's and a fresh
+    worker's; else `RAY_START_S`) and each trial's set-up, then the trial-epochs and each trial's cold first
+    epoch shared among the trials at once."""
+    start = RAY_START_S if start_s is None else start_s
+    return start + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
 
 
 def contention(concurrent: int, threads: int, cores: int, device: str) -> float:

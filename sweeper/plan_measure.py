@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, Bench, choices, cold_epoch_seconds, contention,
+from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, cold_epoch_seconds, contention,
                           memory_worst_point, naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
                           sweep_seconds, trial_epoch_range, trial_epoch_seconds)
 
@@ -91,7 +91,9 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
     with tempfile.TemporaryDirectory(prefix="sweeper-plan-") as d:
         opts = SearchOptions(name="plan", out_root=Path(d), trials=repeats, max_concurrent=1, gpus_per_trial=0.0,
                              cpus_per_trial=threads, seed=0)
+        t0 = time.perf_counter()
         start_ray(opts, data_bytes=trial_bytes(data))
+        t1 = time.perf_counter()
         try:
             tuner = tune.Tuner(
                 make_trainable(data, opts),
@@ -107,9 +109,15 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
                 df = r.metrics_dataframe
                 trials.append({"peak_private_mb": float(df.peak_private_mb.max()),
                                "epoch_seconds": [float(x) for x in df.epoch_seconds]})
+            t2 = time.perf_counter()
         finally:
             ray.shutdown()
-    return {"config": config, "trials": trials}
+    # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) worker's, which is the fit's time
+    # beyond its trials' epochs and each trial's set-up in a reused worker
+    epochs_s = sum(sum(t["epoch_seconds"]) for t in trials)
+    return {"config": config, "trials": trials, "ray_start_s": round(t1 - t0, 2),
+            "fit_s": round(t2 - t1, 2), "start_s": round(t1 - t0 + max(0.0, t2 - t1 - epochs_s
+                                                                       - repeats * TRIAL_SETUP_S), 2)}
 
 
 def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int,
@@ -266,7 +274,8 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
     cache_s = missing_images * bench.backbone_s_per_image
 
     def sweep_s(trial_epochs: float) -> float:
-        return sweep_seconds(trial_epochs, epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent)
+        return sweep_seconds(trial_epochs, epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent,
+                             start_s=bench.trial_probe.get("start_s"))
 
     store = sum(x.nbytes for x in entries)
     host_mb = bench.trial_peak_mb
@@ -286,6 +295,7 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
                     "gpu_memory_gib": args.gpu_memory},
         "bench": asdict(bench), "trial_epochs": e, "resources": resources,
         "time": {"trial_epoch_seconds": round(epoch_s, 2), "cold_epoch_seconds": round(cold_s, 2),
+                 "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
                  "contention": round(slowdown, 2),
                  "cache_seconds": round(cache_s, 1), "sweep_seconds": round(sweep_s(e["expected"]) + cache_s, 1),
                  "sweep_seconds_range": [round(sweep_s(e["lower"]) + cache_s, 1), round(sweep_s(e["upper"]) + cache_s, 1)],

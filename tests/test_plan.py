@@ -94,6 +94,9 @@ def test_every_trial_pays_its_cold_first_epoch():
         plan.RAY_START_S + 4 * plan.TRIAL_SETUP_S + 16.0)
     assert plan.sweep_seconds(10, epoch_s=2.0, cold_s=0.0, trials=4, concurrent=1) == pytest.approx(
         plan.RAY_START_S + 4 * plan.TRIAL_SETUP_S + 20.0)
+    # a start measured here replaces the constant
+    assert plan.sweep_seconds(10, epoch_s=2.0, cold_s=0.0, trials=4, concurrent=1, start_s=30.0) == pytest.approx(
+        30.0 + 4 * plan.TRIAL_SETUP_S + 20.0)
 
 
 def test_contention_only_when_trials_outnumber_the_cores():
@@ -159,7 +162,8 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     def fake_trial(config, **shape):
         probed.append((config, shape))
         return {"config": config, "trials": [{"peak_private_mb": 300.0, "epoch_seconds": [2.0, 1.0]},
-                                             {"peak_private_mb": 280.0, "epoch_seconds": [1.5, 1.0]}]}
+                                             {"peak_private_mb": 280.0, "epoch_seconds": [1.5, 1.0]}],
+                "start_s": 20.0}
 
     monkeypatch.setattr(plan_measure, "trial_process", fake_trial)
 
@@ -192,6 +196,11 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert set(p["bench"]["cold_epoch_s"]) == {"convnext_phase1/2", "convnext_phase1/4"}
     cold = np.mean(list(p["bench"]["cold_epoch_s"].values())) * p["time"]["contention"]
     assert p["time"]["cold_epoch_seconds"] == pytest.approx(cold, abs=0.01)
+    # the sweep: the probe's measured start, each trial's set-up, then the expected epochs and cold extras
+    t = p["time"]
+    assert t["start_seconds"] == 20.0
+    assert t["sweep_seconds"] == pytest.approx(t["cache_seconds"] + 20.0 + 3 * plan.TRIAL_SETUP_S + (
+        e["expected"] * t["trial_epoch_seconds"] + 3 * t["cold_epoch_seconds"]) / 2, abs=0.2)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 
@@ -254,5 +263,6 @@ def test_a_trial_process_is_measured_as_a_sweep_trial():
                          image_width=112).to_dict()
     out = trial_process(config, n_train=4, n_val=2, grid=(4, 8), embed_dim=384, height=56, width=112)
     assert len(out["trials"]) == 2 and all(len(t["epoch_seconds"]) == 2 for t in out["trials"])
+    assert 0 < out["ray_start_s"] <= out["start_s"] < out["ray_start_s"] + out["fit_s"]
     # torch, Ray and its Tune session imported: hundreds of MB, private
     assert all(100 < t["peak_private_mb"] < 2000 for t in out["trials"]), out

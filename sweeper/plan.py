@@ -15,16 +15,16 @@ The model, and what each projection rests on:
   device that builds it). A trial-epoch = train images x the head's training step per image at the
   space's mean batch size + val images x the eval step per image (both measured here with `train`, the
   product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
-  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Every trial's
-  first epoch is cold (lazy set-up of its head, optimiser, buffers and kernels; in a fresh worker the
-  process's own): the same `train` runs measure what their first epoch took beyond a warm one, and each
-  trial pays that once (`cold_epoch_seconds`), which matters for short trials (a 2-epoch trial spends half
-  its epochs cold). The sweep (`sweep_seconds`) = its start, measured here by the memory probe below
-  (Ray started by `start_ray`, then Tune's fit beyond its trials' epochs and their set-up: Tune's own
-  start and a fresh worker's imports, paid once as the workers start side by side; `RAY_START_S` when
-  not measured) and each trial's set-up in a reused worker (`TRIAL_SETUP_S`, measured by scripts/bench.py),
-  plus (expected trial-epochs x trial-epoch + trials x cold extra) / trials at once. The naive phase-1 run = 10 epochs of 4 backbone
-  passes per image plus the head's steps.
+  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Each trial's
+  first epoch is cold (lazy set-up of its head, optimiser and buffers): the same `train` runs measure what
+  their first epoch took beyond a warm one, paid once per trial (`cold_epoch_seconds`). The sweep
+  (`simulated_sweep_seconds`) = its start + the mean makespan of the simulated sweeps (`makespan`: trials
+  start in order, each on the first of the slots to come free, so the last ones can run alone), a trial
+  taking its set-up in a reused worker (`TRIAL_SETUP_S`, from scripts/bench.py), cold extra and epochs.
+  The start is measured by the memory probe below: `start_ray`, then Tune's fit beyond its trials (Tune's
+  own start, a fresh worker's imports); `RAY_START_S` when not measured. The lower bound packs the lower
+  trial-epochs perfectly into the slots (`sweep_seconds`); the upper runs every trial at its longest. The
+  naive phase-1 run = 10 epochs of 4 backbone passes per image plus the head's steps.
 - **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole, on
   the trial the space can make most demanding (`memory_worst_point`: its largest batch, the head with the
   most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
@@ -100,16 +100,16 @@ def synchronous_epochs(epochs: float, milestones: Sequence[int], factor: int) ->
 
 
 def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int, milestones: Sequence[int],
-                  factor: int, *, runs: int = 2000, seed: int = 0) -> np.ndarray:
-    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring).
+                  factor: int, *, runs: int = 2000, seed: int = 0, per_trial: bool = False) -> np.ndarray:
+    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring),
+    or with `per_trial` each trial's epochs, (runs, n_trials) in start order.
     `trial_epochs`: an (n, 2) array of planned epochs and their probabilities for the non-baseline trials."""
     rng = np.random.default_rng(seed)
     values, probs = trial_epochs[:, 0].astype(int), trial_epochs[:, 1]
-    out = np.empty(runs)
+    out = np.empty((runs, n_trials))
     q = 1 - 1 / factor
     for r in range(runs):
         recorded: dict[int, list[float]] = {m: [] for m in milestones}
-        total = 0
         for t in range(n_trials):
             score = rng.random()
             planned = baseline_epochs if t == 0 else int(rng.choice(values, p=probs))
@@ -123,13 +123,37 @@ def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int,
                 if stopped:
                     ran = m
                     break
-            total += ran
-        out[r] = total
-    return out
+            out[r, t] = ran
+    return out if per_trial else out.sum(axis=1)
 
 
-def trial_epoch_range(space, trials: int) -> dict[str, float]:
-    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring)."""
+def makespan(durations: Sequence[float], concurrent: int) -> float:
+    """Wall time of trials started in order, each on the first of `concurrent` slots to come free (as Tune
+    starts a new trial when a running one ends): the last trials can run alone."""
+    slots = [0.0] * max(1, concurrent)
+    for d in durations:
+        slots[slots.index(min(slots))] += d
+    return max(slots)
+
+
+def simulated_sweep_seconds(sims: np.ndarray, *, epoch_s: float, cold_s: float, concurrent: int,
+                            start_s: float | None = None) -> float:
+    """A sweep's expected wall time after its cache: its start, then the mean makespan over simulated sweeps
+    (`simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs."""
+    start = RAY_START_S if start_s is None else start_s
+    return start + float(np.mean([makespan(row * epoch_s + cold_s + TRIAL_SETUP_S, concurrent) for row in sims]))
+
+
+def asha_simulation(space, trials: int) -> np.ndarray:
+    """Each trial's epochs in simulated sweeps of `trials` over `space`, (runs, trials) in start order."""
+    baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
+    return simulate_asha(trials, epochs_distribution(space), baseline, asha_milestones(space.asha),
+                         space.asha.reduction_factor, per_trial=True)
+
+
+def trial_epoch_range(space, trials: int, sims: np.ndarray | None = None) -> dict[str, float]:
+    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring);
+    `sims`: `asha_simulation`'s, when already run."""
     dist = epochs_distribution(space)
     baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
     milestones = asha_milestones(space.asha)
@@ -137,19 +161,9 @@ def trial_epoch_range(space, trials: int) -> dict[str, float]:
     others = trials - 1
     lower = baseline + others * float(sum(p * synchronous_epochs(v, milestones, factor) for v, p in dist))
     upper = baseline + others * float(dist[:, 0].max())
-    sims = simulate_asha(trials, dist, baseline, milestones, factor)
+    sims = (asha_simulation(space, trials) if sims is None else sims).sum(axis=1)
     return {"lower": round(lower, 1), "expected": round(float(sims.mean()), 1), "upper": float(upper),
             "simulated_p10": float(np.percentile(sims, 10)), "simulated_p90": float(np.percentile(sims, 90))}
-
-
-def mean_choice(space, name: str) -> float:
-    """The mean of a searched numeric field over its distribution, or its fixed/default value."""
-    spec = next((p for p in space.params if p.name == name), None)
-    if spec is None:
-        return float(getattr(space.to_config({}), name))
-    if spec.type.value == "categorical":
-        return float(np.mean([float(c) for c in spec.choices]))
-    return (float(spec.low) + float(spec.high)) / 2
 
 
 def choices(space, name: str) -> list[Any]:

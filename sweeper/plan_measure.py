@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, cold_epoch_seconds, contention,
-                          memory_worst_point, naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
-                          sweep_seconds, trial_epoch_range, trial_epoch_seconds)
+from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, asha_simulation, choices,
+                          cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
+                          recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds, sweep_seconds,
+                          trial_epoch_range, trial_epoch_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -267,15 +268,23 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
     slowdown = contention(concurrent, threads, cores, bench.device)
     epoch_s = trial_epoch_seconds(bench, heads, batches, n_train, n_val, slowdown)
     cold_s = cold_epoch_seconds(bench, heads, batches, slowdown)
-    e = trial_epoch_range(space, trials)
+    sims = asha_simulation(space, trials)
+    e = trial_epoch_range(space, trials, sims)
     missing = [x for x in entries if not x.exists]
     missing_images = sum(n_train if x.path.parent.name == "tokens" and x.path.name.startswith("train") else
                          n_val if x.path.parent.name == "tokens" else 0 for x in missing)
     cache_s = missing_images * bench.backbone_s_per_image
 
-    def sweep_s(trial_epochs: float) -> float:
-        return sweep_seconds(trial_epochs, epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent,
-                             start_s=bench.trial_probe.get("start_s"))
+    start_s = bench.trial_probe.get("start_s")
+    # expected: the simulated sweeps' trials in Tune's slots; lower: the lower bound's epochs packed perfectly;
+    # upper: every trial at its longest, in the slots
+    timing = dict(epoch_s=epoch_s, cold_s=cold_s, concurrent=concurrent, start_s=start_s)
+    expected_s = simulated_sweep_seconds(sims, **timing)
+    baseline = float(sims[0, 0])  # trial 0 is never stopped
+    longest = np.array([[baseline] + [(e["upper"] - baseline) / max(1, trials - 1)] * (trials - 1)])
+    upper_s = simulated_sweep_seconds(longest, **timing)
+    lower_s = sweep_seconds(e["lower"], epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent,
+                            start_s=start_s)
 
     store = sum(x.nbytes for x in entries)
     host_mb = bench.trial_peak_mb
@@ -297,8 +306,9 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
         "time": {"trial_epoch_seconds": round(epoch_s, 2), "cold_epoch_seconds": round(cold_s, 2),
                  "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
                  "contention": round(slowdown, 2),
-                 "cache_seconds": round(cache_s, 1), "sweep_seconds": round(sweep_s(e["expected"]) + cache_s, 1),
-                 "sweep_seconds_range": [round(sweep_s(e["lower"]) + cache_s, 1), round(sweep_s(e["upper"]) + cache_s, 1)],
+                 "cache_seconds": round(cache_s, 1), "sweep_seconds": round(expected_s + cache_s, 1),
+                 "sweep_seconds_range": [round(min(lower_s, expected_s) + cache_s, 1),
+                                         round(max(upper_s, expected_s) + cache_s, 1)],
                  "naive_phase1_seconds": round(NAIVE_EPOCHS * naive_epoch_seconds(bench, n_train, n_val), 1)},
     }
     if device.type == "cuda":

@@ -99,6 +99,19 @@ def test_every_trial_pays_its_cold_first_epoch():
         30.0 + 4 * plan.TRIAL_SETUP_S + 20.0)
 
 
+def test_trials_fill_the_slots_in_order_and_the_last_ones_can_run_alone():
+    assert plan.makespan([4, 4, 4], 2) == 8  # the third trial starts when one of the first two ends
+    assert plan.makespan([10, 1, 1, 1], 2) == 10 and plan.makespan([3, 3], 1) == 6
+    # two simulated sweeps of 3 trials (2 epochs each; the second had one stopped after 1), 2 at once:
+    # start + the mean of their makespans
+    sims = np.array([[2, 2, 2], [2, 1, 2]])
+    per = lambda e: e * 4.0 + 1.0 + plan.TRIAL_SETUP_S  # noqa: E731  4 s epochs, 1 s cold extra
+    want = 10.0 + (plan.makespan([per(2)] * 3, 2) + plan.makespan([per(2), per(1), per(2)], 2)) / 2
+    assert plan.simulated_sweep_seconds(sims, epoch_s=4.0, cold_s=1.0, concurrent=2, start_s=10.0) == pytest.approx(want)
+    # against trial-epochs packed perfectly (6 x 4 s / 2): the lone third trial costs a whole trial more
+    assert want > plan.sweep_seconds(6, epoch_s=4.0, cold_s=1.0, trials=3, concurrent=2, start_s=10.0)
+
+
 def test_contention_only_when_trials_outnumber_the_cores():
     assert plan.contention(2, 1, 2, "cpu") == 1.0
     assert plan.contention(4, 1, 2, "cpu") == 2.0
@@ -199,8 +212,10 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     # the sweep: the probe's measured start, each trial's set-up, then the expected epochs and cold extras
     t = p["time"]
     assert t["start_seconds"] == 20.0
-    assert t["sweep_seconds"] == pytest.approx(t["cache_seconds"] + 20.0 + 3 * plan.TRIAL_SETUP_S + (
-        e["expected"] * t["trial_epoch_seconds"] + 3 * t["cold_epoch_seconds"]) / 2, abs=0.2)
+    # 3 trials of 2 epochs at 2 at once: the lone third makes the sweep at least two trials long
+    trial_s = 2 * t["trial_epoch_seconds"] + t["cold_epoch_seconds"] + plan.TRIAL_SETUP_S
+    assert t["cache_seconds"] + 20.0 + trial_s - 0.2 <= t["sweep_seconds"] <= t["cache_seconds"] + 20.0 + 2 * trial_s + 0.2
+    assert t["sweep_seconds_range"][1] == pytest.approx(t["cache_seconds"] + 20.0 + 2 * trial_s, abs=0.2)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 

@@ -30,7 +30,8 @@ The model, and what each projection rests on:
   most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
   on), run as the sweep runs it: a local Ray started for it, random arrays of the real shape in its object
   store, the sweep's own trainable (`trial_main`) under Ray Tune's session with every epoch's checkpoint
-  persisted, twice in one reused worker; the peak is the trial's own sampler's (`sweeper.trial.PeakMemory`).
+  persisted, twice in one reused worker; the peak is the trial's own sampler's (`sweeper.trial.PeakMemory`),
+  plus `STORE_PRIVATE_PER_MB` for each MB of the sweep's tokens beyond the probe's (`trial_memory_mb`).
   Flipped tokens and label variants are not probed: they live in the shared object store, and a mixed
   batch is the size of a plain one. On a GPU, a trial needs the allocator's peak reserved bytes in the
   benchmarks plus the cached tokens where its share stages them (`sweeper.device.tokens_fit`), within
@@ -63,6 +64,8 @@ TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by script
 GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recommendation chooses among
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
+# private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
+STORE_PRIVATE_PER_MB = 0.2  # scripts/bench_trials.py (README, Performance); 0.19 by this probe at 24 and 800 images
 
 
 # --------------------------------------------------------------------------- the model (pure)
@@ -167,17 +170,12 @@ def trial_epoch_range(space, trials: int, sims: np.ndarray | None = None) -> dic
 
 
 def choices(space, name: str) -> list[Any]:
-    """Every value a categorical field can take in this space, or a numeric one's bounds (the baseline's
-    value included; a fixed or default value when the space does not search it)."""
+    """Every value a categorical field can take here, or a numeric one's bounds; the baseline's (or fixed) value too."""
     spec = next((p for p in space.params if p.name == name), None)
     base = getattr(space.to_config(space.baseline_point()), name)
     base = getattr(base, "value", base)  # an enum as its string, as a space file writes it
-    if spec is None:
-        values = [base]
-    elif spec.type.value == "categorical":
-        values = list(spec.choices)
-    else:
-        values = [type(base)(spec.low), type(base)(spec.high)]
+    values = ([] if spec is None else list(spec.choices) if spec.type.value == "categorical"
+              else [type(base)(spec.low), type(base)(spec.high)])
     return list(dict.fromkeys([base, *values]))
 
 
@@ -197,10 +195,9 @@ def optimizer_state(name: str, momentum: float) -> int:
 
 
 def memory_worst_point(space, *, in_channels: int, num_classes: int) -> dict[str, Any]:
-    """The trial of this space that needs the most memory, as params over the baseline's: each field that moves
-    a trial's working set at its worst, whatever the space can choose: the largest training and eval batch,
-    the head with the most parameters (weights, gradients, optimiser state), the optimiser with the most
-    state per parameter, train metrics on where the space can turn them on."""
+    """The trial of this space that needs the most memory, as params over the baseline's: the largest training and
+    eval batch, the head with the most parameters (weights, gradients, optimiser state), the optimiser with the
+    most state per parameter, train metrics on where the space can turn them on."""
     point = dict(space.baseline_point())
     for name in ("batch_size", "eval_batch_size"):
         point[name] = max(int(v) for v in choices(space, name))
@@ -239,6 +236,11 @@ def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[in
     return slowdown * float(np.mean(per))
 
 
+def trial_memory_mb(probe_mb: float, token_bytes: int, probe_token_bytes: int) -> float:
+    """A trial's peak private MB: the probe's, plus what reading the sweep's larger token cache adds."""
+    return probe_mb + STORE_PRIVATE_PER_MB * max(0, token_bytes - probe_token_bytes) / 2**20
+
+
 def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], slowdown: float) -> float:
     """What a trial's first epoch takes beyond a warm one, averaged like `trial_epoch_seconds` (0 unmeasured)."""
     per = [bench.cold_epoch_s.get(f"{h}/{b}", 0.0) for h in heads for b in batches]
@@ -247,9 +249,7 @@ def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int
 
 def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int,
                   start_s: float | None = None) -> float:
-    """A sweep's wall time after its cache: its start (`start_s` as measured here: Ray's, Tune's and a fresh
-    worker's; else `RAY_START_S`) and each trial's set-up, then the trial-epochs and each trial's cold first
-    epoch shared among the trials at once."""
+    """A sweep's wall time after its cache with its trial-epochs and cold extras packed perfectly into the slots."""
     start = RAY_START_S if start_s is None else start_s
     return start + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
 

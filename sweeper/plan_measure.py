@@ -20,7 +20,7 @@ import numpy as np
 from sweeper.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, asha_simulation, choices,
                           cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
                           recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds, sweep_seconds,
-                          trial_epoch_range, trial_epoch_seconds)
+                          trial_epoch_range, trial_epoch_seconds, trial_memory_mb)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
     # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) worker's, which is the fit's time
     # beyond its trials' epochs and each trial's set-up in a reused worker
     epochs_s = sum(sum(t["epoch_seconds"]) for t in trials)
-    return {"config": config, "trials": trials, "ray_start_s": round(t1 - t0, 2),
+    return {"config": config, "trials": trials, "token_bytes": int(data.train.tokens.array.nbytes
+                                                                     + data.val.tokens.array.nbytes),
+            "ray_start_s": round(t1 - t0, 2),
             "fit_s": round(t2 - t1, 2), "start_s": round(t1 - t0 + max(0.0, t2 - t1 - epochs_s
                                                                        - repeats * TRIAL_SETUP_S), 2)}
 
@@ -287,7 +289,8 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
                             start_s=start_s)
 
     store = sum(x.nbytes for x in entries)
-    host_mb = bench.trial_peak_mb
+    tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
+    host_mb = trial_memory_mb(bench.trial_peak_mb, tokens_bytes, int(bench.trial_probe.get("token_bytes", 0)))
     resources: dict[str, Any] = {
         "cache_bytes": store, "cache_missing_bytes": sum(x.nbytes for x in missing),
         "cache_free_bytes": free_bytes(cache_root), "out_free_bytes": free_bytes(Path(args.out)),
@@ -316,7 +319,6 @@ def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:
 
         card = torch.cuda.get_device_properties(device.index or 0).total_memory
         limit = int(args.gpu_memory * 2**30) if args.gpu_memory else None
-        tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
         work_mb = max(bench.gpu_reserved_mb.values())
         need = {}
         for share in GPU_SHARES:

@@ -107,9 +107,18 @@ def test_trials_fill_the_slots_in_order_and_the_last_ones_can_run_alone():
     sims = np.array([[2, 2, 2], [2, 1, 2]])
     per = lambda e: e * 4.0 + 1.0 + plan.TRIAL_SETUP_S  # noqa: E731  4 s epochs, 1 s cold extra
     want = 10.0 + (plan.makespan([per(2)] * 3, 2) + plan.makespan([per(2), per(1), per(2)], 2)) / 2
-    assert plan.simulated_sweep_seconds(sims, epoch_s=4.0, cold_s=1.0, concurrent=2, start_s=10.0) == pytest.approx(want)
+    got = plan.simulated_sweep_seconds(sims, epoch_s=4.0, cold_s=1.0, concurrent=2, start_s=10.0)
+    assert got == pytest.approx(want)
     # against trial-epochs packed perfectly (6 x 4 s / 2): the lone third trial costs a whole trial more
     assert want > plan.sweep_seconds(6, epoch_s=4.0, cold_s=1.0, trials=3, concurrent=2, start_s=10.0)
+
+
+def test_a_trial_reading_more_cached_tokens_holds_more_private_memory():
+    # the probe ran on 10 MB of tokens; the sweep's are 1,010 MB: 1,000 MB more, at STORE_PRIVATE_PER_MB each
+    mb = 2**20
+    assert plan.trial_memory_mb(500.0, 1010 * mb, 10 * mb) == pytest.approx(500 + 1000 * plan.STORE_PRIVATE_PER_MB)
+    assert plan.trial_memory_mb(500.0, 5 * mb, 10 * mb) == 500.0  # fewer than the probe's: its own peak
+    assert 0 < plan.STORE_PRIVATE_PER_MB < 1  # shared, not copied: a fraction of each MB
 
 
 def test_contention_only_when_trials_outnumber_the_cores():
@@ -214,7 +223,8 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert t["start_seconds"] == 20.0
     # 3 trials of 2 epochs at 2 at once: the lone third makes the sweep at least two trials long
     trial_s = 2 * t["trial_epoch_seconds"] + t["cold_epoch_seconds"] + plan.TRIAL_SETUP_S
-    assert t["cache_seconds"] + 20.0 + trial_s - 0.2 <= t["sweep_seconds"] <= t["cache_seconds"] + 20.0 + 2 * trial_s + 0.2
+    start = t["cache_seconds"] + 20.0
+    assert start + trial_s - 0.2 <= t["sweep_seconds"] <= start + 2 * trial_s + 0.2
     assert t["sweep_seconds_range"][1] == pytest.approx(t["cache_seconds"] + 20.0 + 2 * trial_s, abs=0.2)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 

@@ -226,6 +226,7 @@ class Bench:
     trial_peak_mb: float = 0.0  # a trial's peak private memory: the space's most demanding config run as a trial
     trial_probe: dict[str, Any] = field(default_factory=dict)  # that run: its config, each trial's peak and epochs
     seconds: float = 0.0  # what the benchmarks took
+    load_average: tuple[float, ...] = ()  # this machine's 1-minute load at their start and end: others' work slows them
 
 
 def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], n_train: int,
@@ -370,12 +371,12 @@ def format_plan(plan: dict[str, Any]) -> str:
     d, o, b, e, t, r = (plan[k] for k in ("data", "options", "bench", "trial_epochs", "time", "resources"))
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     mins = lambda s: f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"  # noqa: E731
-    train_ms = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items())
+    train_ms, load = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items()), b.get("load_average")
     rows = [
         ("data", f"{d['train_images']} train + {d['val_images']} val images {d['image_size'][0]}x{d['image_size'][1]}"
                  f"{' (SYNTHETIC)' if d['synthetic'] else ''}, trained at {d['training_size'][1]}x{d['training_size'][0]}"),
-        ("measured here", f"{b['device']}, {b['threads']} thread(s): backbone {1000 * b['backbone_s_per_image']:.0f} ms/image; "
-                          f"train step ms/image {train_ms}; eval "
+        ("measured here", f"{b['device']}, {b['threads']} thread(s), load {max(load or [0]):.1f}: backbone "
+                          f"{1000 * b['backbone_s_per_image']:.0f} ms/image; train step ms/image {train_ms}; eval "
                           + ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["eval_s_per_image"].items()) + " ms/image"),
         ("cache", f"{gb(r['cache_bytes'])} in all, {gb(r['cache_missing_bytes'])} to build (~{mins(t['cache_seconds'])}); "
                   f"{gb(r['cache_free_bytes'])} free there"),

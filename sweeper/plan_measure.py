@@ -175,7 +175,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
     from sweeper.features import image_batches
     from sweeper.parallel import default_workers
 
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     cuda = device.startswith("cuda")
     old_threads = torch.get_num_threads()
     try:
@@ -227,7 +227,8 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
                  cold_epoch_s=cold, trial_peak_mb=max((t["peak_private_mb"] for t in probe.get("trials", [])),
                                                       default=0.0),
-                 trial_probe=probe, seconds=round(time.perf_counter() - started, 1))
+                 trial_probe=probe, seconds=round(time.perf_counter() - started, 1),
+                 load_average=(round(load, 2), round(os.getloadavg()[0], 2)))
 
 
 def make_plan(args, space, *, bench: Bench | None = None) -> dict[str, Any]:

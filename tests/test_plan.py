@@ -216,6 +216,7 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert config["batch_size"] == 4 and config["epochs"] == 2 and config["image_height"] == 56
     assert shape["n_train"] == 4 * 3 and shape["grid"] == (4, 8) and shape["dtype"] == "float16"
     assert set(p["bench"]["cold_epoch_s"]) == {"convnext_phase1/2", "convnext_phase1/4"}
+    assert len(p["bench"]["load_average"]) == 2 and f"load {max(p['bench']['load_average']):.1f}" in table
     cold = np.mean(list(p["bench"]["cold_epoch_s"].values())) * p["time"]["contention"]
     assert p["time"]["cold_epoch_seconds"] == pytest.approx(cold, abs=0.01)
     # the sweep: the probe's measured start, each trial's set-up, then the expected epochs and cold extras

@@ -140,6 +140,12 @@ def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: 
                      class_names=CLASS_NAMES[:NUM_CLASSES])
 
 
+def warm_seconds_per_image(seconds: Sequence[float], images: Sequence[int]) -> float:
+    """Seconds per image of the fastest batch after the first (which pays for lazy set-up; on a shared machine
+    others' work only slows a batch down), or of the only one."""
+    return min(s / n for s, n in zip(seconds[1:], images[1:])) if len(seconds) > 1 else seconds[0] / images[0]
+
+
 def _epoch_seconds(cfg, data) -> tuple[float, float, float, float]:
     """A warm epoch's seconds of `train` on `data` (the faster of epochs 2 and 3: timings on a shared machine
     only err upwards); what the first (cold) epoch took beyond a warm one; the host MB the run added at its
@@ -180,7 +186,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
     old_threads = torch.get_num_threads()
     try:
         batch = 32 if cuda else 4  # the cache build's batch, in the driver with all of its threads
-        n = min(len(split), 2 * batch)
+        n = min(len(split), (2 if cuda else 4) * batch)
         sub = type(split)(split.name, split.root, split.image_paths[:n], split.mask_paths[:n])
         backbone = backbone.to(device)
         seconds, images = [], []
@@ -191,8 +197,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
             seconds.append(time.perf_counter() - t)
             images.append(len(x))
         backbone.to("cpu")
-        # the first batch pays for lazy set-up: the rest when there is a rest
-        backbone_s = (sum(seconds[1:]) / sum(images[1:])) if len(seconds) > 1 else seconds[0] / images[0]
+        backbone_s = warm_seconds_per_image(seconds, images)
         grid = (height // backbone.patch_size, width // backbone.patch_size)
         torch.set_num_threads(max(1, threads))  # a trial's steps run on its own threads (--cpus-per-trial)
         steps = 8 if cuda else 3

@@ -121,6 +121,15 @@ def test_a_trial_reading_more_cached_tokens_holds_more_private_memory():
     assert 0 < plan.STORE_PRIVATE_PER_MB < 1  # shared, not copied: a fraction of each MB
 
 
+def test_the_backbone_is_timed_by_its_fastest_warm_batch():
+    from sweeper.plan_measure import warm_seconds_per_image
+
+    # the first batch pays for lazy set-up; of the rest the fastest (others' work only slows a batch down)
+    assert warm_seconds_per_image([9.0, 2.0, 1.6, 3.0], [4, 4, 4, 4]) == pytest.approx(0.4)
+    assert warm_seconds_per_image([9.0, 2.0, 0.9], [4, 4, 2]) == pytest.approx(0.45)  # per image, a short last batch
+    assert warm_seconds_per_image([3.0], [4]) == pytest.approx(0.75)  # a single batch is all there is
+
+
 def test_contention_only_when_trials_outnumber_the_cores():
     assert plan.contention(2, 1, 2, "cpu") == 1.0
     assert plan.contention(4, 1, 2, "cpu") == 2.0

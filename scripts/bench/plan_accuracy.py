@@ -1,11 +1,16 @@
 """How close `sweeper plan` comes: plan, then run the same sweep, in one run on this machine.
 
-    PYTHONPATH=. python scripts/bench/plan_accuracy.py [--cases default,smoke1,smoke2] [--work DIR]
+    PYTHONPATH=. python scripts/bench/plan_accuracy.py [--cases default,smoke1,smoke2,full] [--work DIR]
+        [--full-data DIR]
 
 Cases (each with a fresh cache, so the plan's cache projection is tested too):
   default  the default 12-trial sweep (phase2) on the embedded synthetic set, the space's 2 at once
   smoke1   search_spaces/smoke.yaml at --max-concurrent 1
   smoke2   search_spaces/smoke.yaml at --max-concurrent 2
+  full     plan only: the full-size rehearsal's sweep (scripts/bench/rehearsal.py --full: its space, 8 trials, ASHA max
+           2 epochs, float16 cache, 2 at once) on a synthetic set of the real size (--full-data, made by
+           `sweeper synth DIR --train 2857 --val 317 --test 1002`), against results/bench/full.json's measured
+           parts (not re-run: that sweep takes hours here)
 For each: the projected sweep time (cache included) against the measured wall time, the projected trial-epochs
 against those run, and the projected peak memory of a trial against the largest measured (private memory).
 Writes results/bench/plan_accuracy.json with the load average before and after each case.
@@ -27,6 +32,53 @@ from common import REPO, log, sweeper_cli, work_dir  # noqa: E402
 CASES = {"default": [], "smoke1": ["--space", "smoke", "--max-concurrent", "1"],
          "smoke2": ["--space", "smoke", "--max-concurrent", "2"]}
 OUT = REPO / "results" / "bench" / "plan_accuracy.json"
+FULL = REPO / "results" / "bench" / "full.json"
+FULL_MAX_EPOCHS = 2  # ASHA's max epochs in full.json's sweep (scripts/bench/rehearsal.py --full's default)
+
+
+def ratio(measured: float, projected: float) -> float:
+    """Measured over projected, 2 decimals."""
+    return round(measured / projected, 2) if projected else float("nan")
+
+
+def run_full(work: Path, data: Path) -> dict[str, Any]:
+    """The plan of full.json's sweep, made now on this machine, against what that run measured."""
+    from rehearsal import write_space  # the rehearsal's own space recipe
+
+    full = json.loads(FULL.read_text())
+    s, c = full["sweep"], full["cache"][full["sweep"]["cache_dtype"]]
+    space = write_space(work / "full_space.yaml", s["trials"], FULL_MAX_EPOCHS)
+    out = work / "runs-full"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SWEEPER_CACHE": str(work / "cache-full")}
+    load_before = os.getloadavg()
+    plan_seconds = sweeper_cli("-q", "plan", "--data", str(data), "--space", str(space), "--device", "cpu",
+                               "--cache-dtype", s["cache_dtype"], "--max-concurrent", "2", "--out", str(out), env=env)
+    p = json.loads((out / "plan.json").read_text())
+    t, r = p["time"], p["resources"]
+    tokens = sum(e["bytes"] for e in r["cache_entries"] if Path(e["path"]).parent.name == "tokens")
+    images = p["data"]["train_images"] + p["data"]["val_images"]
+    # the rehearsal's sweep reused a built cache: its wall time against the plan's without the cache build
+    sweep_projected = t["sweep_seconds"] - t["cache_seconds"]
+    peak = max(s["trial_peak_private_mb"])
+    rows = {
+        "cache_ms_per_image": (round(1000 * p["bench"]["backbone_s_per_image"], 1), c["ms_per_image"]),
+        "cache_seconds": (t["cache_seconds"], c["seconds"]),
+        "cache_token_bytes": (tokens, c["bytes"]),
+        "object_store_bytes": (r["object_store_bytes"], s["object_store_bytes"]),
+        "trial_epoch_seconds": (t["trial_epoch_seconds"], s["trial_epoch_seconds_median"]),
+        "trial_epochs": (p["trial_epochs"]["expected"], s["trial_epochs"]),
+        "trial_private_mb": (r["trial_host_mb"], peak),
+        "sweep_seconds_without_cache": (round(sweep_projected, 1), s["wall_seconds"]),
+    }
+    return {"plan_seconds": round(plan_seconds, 1), "options": p["options"], "images": images,
+            "measured_in": str(FULL.relative_to(REPO)), "measured_load_average": full["load_average_before_after"],
+            "projected_trial_epochs": p["trial_epochs"],
+            "projected_sweep_range_without_cache": [round(x - t["cache_seconds"], 1) for x in t["sweep_seconds_range"]],
+            "projected_cold_epoch_seconds": t.get("cold_epoch_seconds"),
+            "compare": {k: {"projected": a, "measured": b, "ratio": ratio(b, a)} for k, (a, b) in rows.items()},
+            "within_30_percent": abs(ratio(s["wall_seconds"], sweep_projected) - 1) <= 0.3,
+            "within_20_percent": abs(ratio(peak, r["trial_host_mb"]) - 1) <= 0.2,
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
 def run_case(name: str, extra: list[str], work: Path) -> dict[str, Any]:
@@ -43,14 +95,20 @@ def run_case(name: str, extra: list[str], work: Path) -> dict[str, Any]:
     measured_s = info["wall_seconds"]
     projected_s = p["time"]["sweep_seconds"]
     peak = float(trials.peak_private_mb.max())
+    history = pd.read_csv(out / "sweep" / "history.csv")
+    first = history.epoch == 1
     return {"plan_seconds": round(plan_seconds, 1), "options": p["options"],
             "projected_seconds": projected_s, "projected_range": p["time"]["sweep_seconds_range"],
             "measured_seconds": round(measured_s, 1), "time_ratio": round(measured_s / projected_s, 2),
             "within_30_percent": abs(measured_s / projected_s - 1) <= 0.3,
             "projected_trial_epochs": p["trial_epochs"], "measured_trial_epochs": int(trials.epochs_run.sum()),
             "projected_trial_epoch_seconds": p["time"]["trial_epoch_seconds"],
-            "measured_trial_epoch_seconds_median": round(float(
-                pd.read_csv(out / "sweep" / "history.csv").epoch_seconds.median()), 2),
+            "measured_trial_epoch_seconds_median": round(float(history.epoch_seconds.median()), 2),
+            # a trial's first epoch against its later ones: what the plan's cold extra projects
+            "projected_cold_epoch_seconds": p["time"].get("cold_epoch_seconds"),
+            "measured_first_epoch_seconds_median": round(float(history[first].epoch_seconds.median()), 2),
+            "measured_later_epoch_seconds_median": round(float(history[~first].epoch_seconds.median()), 2),
+            "probe": p["bench"].get("trial_probe"),
             "projected_cache_seconds": p["time"]["cache_seconds"],
             "projected_trial_mb": p["resources"]["trial_host_mb"], "measured_trial_private_mb_max": round(peak),
             "memory_ratio": round(peak / p["resources"]["trial_host_mb"], 2),
@@ -62,13 +120,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="default,smoke1,smoke2")
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--full-data", type=Path, default=Path("/work/full/data"),
+                    help="the full-size synthetic set (the full case)")
     args = ap.parse_args()
     result: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {}
     result["cpus"] = os.cpu_count()
     with work_dir(args.work, prefix="plan_accuracy-") as work:
         for name in args.cases.split(","):
             log(f"plan_accuracy: {name}")
-            result[name] = run_case(name, CASES[name], work)
+            result[name] = run_full(work, args.full_data) if name == "full" else run_case(name, CASES[name], work)
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=1))

@@ -15,15 +15,27 @@ The model, and what each projection rests on:
   device that builds it). A trial-epoch = train images x the head's training step per image at the
   space's mean batch size + val images x the eval step per image (both measured here with `train`, the
   product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
-  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. The sweep =
-  expected trial-epochs x trial-epoch / trials at once, plus Ray's start-up and each trial's set-up
-  (`RAY_START_S`, `TRIAL_SETUP_S`, measured by scripts/bench/bench.py on the 2-core CPU). The naive phase-1 run
-  = 10 epochs of 4 backbone passes per image plus the head's steps.
-- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole: a
-  real Ray worker (a local Ray started for it) runs `train` at the space's largest batch on random data of
-  the real shape under the trial's own memory sampler (`sweeper.search.trial.PeakMemory`). On a GPU, a trial
-  needs the allocator's peak reserved bytes in the benchmarks plus the cached tokens where its share stages
-  them (`sweeper.training.device.tokens_fit`), within `sweeper.training.device.memory_budget` of its share.
+  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Each trial's
+  first epoch is cold (lazy set-up of its head, optimiser and buffers): the same `train` runs measure what
+  their first epoch took beyond a warm one, paid once per trial (`cold_epoch_seconds`). The sweep
+  (`simulated_sweep_seconds`) = its start + the mean makespan of the simulated sweeps (`makespan`: trials
+  start in order, each on the first of the slots to come free, so the last ones can run alone), a trial
+  taking its set-up in a reused worker (`TRIAL_SETUP_S`, from scripts/bench/bench.py), cold extra and epochs.
+  The start is measured by the memory probe below: `start_ray`, then Tune's fit beyond its trials (Tune's
+  own start, a fresh worker's imports); `RAY_START_S` when not measured. The lower bound packs the lower
+  trial-epochs perfectly into the slots (`sweep_seconds`); the upper runs every trial at its longest. The
+  naive phase-1 run = 10 epochs of 4 backbone passes per image plus the head's steps.
+- **Memory**: the cache's bytes are exact (the arrays' shapes). A trial's host memory is measured whole, on
+  the trial the space can make most demanding (`memory_worst_point`: its largest batch, the head with the
+  most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
+  on), run as the sweep runs it: a local Ray started for it, random arrays of the real shape in its object
+  store, the sweep's own trainable (`trial_main`) under Ray Tune's session with every epoch's checkpoint
+  persisted, twice in one reused worker; the peak is the trial's own sampler's (`sweeper.search.trial.PeakMemory`),
+  plus `STORE_PRIVATE_PER_MB` for each MB of the sweep's tokens beyond the probe's (`trial_memory_mb`).
+  Flipped tokens and label variants are not probed: they live in the shared object store, and a mixed
+  batch is the size of a plain one. On a GPU, a trial needs the allocator's peak reserved bytes in the
+  benchmarks plus the cached tokens where its share stages them (`sweeper.training.device.tokens_fit`), within
+  `sweeper.training.device.memory_budget` of its share.
 
 This module is the model (pure functions, tested on crafted numbers), the plan file and the table;
 `sweeper.search.plan_measure` measures this machine and makes the plan.
@@ -52,6 +64,8 @@ TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by script
 GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recommendation chooses among
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
+# private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
+STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance); 0.19 by this probe at 24 and 800 images
 
 
 # --------------------------------------------------------------------------- the model (pure)
@@ -89,16 +103,16 @@ def synchronous_epochs(epochs: float, milestones: Sequence[int], factor: int) ->
 
 
 def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int, milestones: Sequence[int],
-                  factor: int, *, runs: int = 2000, seed: int = 0) -> np.ndarray:
-    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring).
+                  factor: int, *, runs: int = 2000, seed: int = 0, per_trial: bool = False) -> np.ndarray:
+    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring),
+    or with `per_trial` each trial's epochs, (runs, n_trials) in start order.
     `trial_epochs`: an (n, 2) array of planned epochs and their probabilities for the non-baseline trials."""
     rng = np.random.default_rng(seed)
     values, probs = trial_epochs[:, 0].astype(int), trial_epochs[:, 1]
-    out = np.empty(runs)
+    out = np.empty((runs, n_trials))
     q = 1 - 1 / factor
     for r in range(runs):
         recorded: dict[int, list[float]] = {m: [] for m in milestones}
-        total = 0
         for t in range(n_trials):
             score = rng.random()
             planned = baseline_epochs if t == 0 else int(rng.choice(values, p=probs))
@@ -112,13 +126,37 @@ def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int,
                 if stopped:
                     ran = m
                     break
-            total += ran
-        out[r] = total
-    return out
+            out[r, t] = ran
+    return out if per_trial else out.sum(axis=1)
 
 
-def trial_epoch_range(space, trials: int) -> dict[str, float]:
-    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring)."""
+def makespan(durations: Sequence[float], concurrent: int) -> float:
+    """Wall time of trials started in order, each on the first of `concurrent` slots to come free (as Tune
+    starts a new trial when a running one ends): the last trials can run alone."""
+    slots = [0.0] * max(1, concurrent)
+    for d in durations:
+        slots[slots.index(min(slots))] += d
+    return max(slots)
+
+
+def simulated_sweep_seconds(sims: np.ndarray, *, epoch_s: float, cold_s: float, concurrent: int,
+                            start_s: float | None = None) -> float:
+    """A sweep's expected wall time after its cache: its start, then the mean makespan over simulated sweeps
+    (`simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs."""
+    start = RAY_START_S if start_s is None else start_s
+    return start + float(np.mean([makespan(row * epoch_s + cold_s + TRIAL_SETUP_S, concurrent) for row in sims]))
+
+
+def asha_simulation(space, trials: int) -> np.ndarray:
+    """Each trial's epochs in simulated sweeps of `trials` over `space`, (runs, trials) in start order."""
+    baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
+    return simulate_asha(trials, epochs_distribution(space), baseline, asha_milestones(space.asha),
+                         space.asha.reduction_factor, per_trial=True)
+
+
+def trial_epoch_range(space, trials: int, sims: np.ndarray | None = None) -> dict[str, float]:
+    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring);
+    `sims`: `asha_simulation`'s, when already run."""
     dist = epochs_distribution(space)
     baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
     milestones = asha_milestones(space.asha)
@@ -126,27 +164,51 @@ def trial_epoch_range(space, trials: int) -> dict[str, float]:
     others = trials - 1
     lower = baseline + others * float(sum(p * synchronous_epochs(v, milestones, factor) for v, p in dist))
     upper = baseline + others * float(dist[:, 0].max())
-    sims = simulate_asha(trials, dist, baseline, milestones, factor)
+    sims = (asha_simulation(space, trials) if sims is None else sims).sum(axis=1)
     return {"lower": round(lower, 1), "expected": round(float(sims.mean()), 1), "upper": float(upper),
             "simulated_p10": float(np.percentile(sims, 10)), "simulated_p90": float(np.percentile(sims, 90))}
 
 
-def mean_choice(space, name: str) -> float:
-    """The mean of a searched numeric field over its distribution, or its fixed/default value."""
-    spec = next((p for p in space.params if p.name == name), None)
-    if spec is None:
-        return float(getattr(space.to_config({}), name))
-    if spec.type.value == "categorical":
-        return float(np.mean([float(c) for c in spec.choices]))
-    return (float(spec.low) + float(spec.high)) / 2
-
-
 def choices(space, name: str) -> list[Any]:
-    """Every value a field can take in this space (the baseline's included)."""
+    """Every value a categorical field can take here, or a numeric one's bounds; the baseline's (or fixed) value too."""
     spec = next((p for p in space.params if p.name == name), None)
     base = getattr(space.to_config(space.baseline_point()), name)
-    values = list(spec.choices) if spec is not None and spec.type.value == "categorical" else [base]
+    base = getattr(base, "value", base)  # an enum as its string, as a space file writes it
+    values = ([] if spec is None else list(spec.choices) if spec.type.value == "categorical"
+              else [type(base)(spec.low), type(base)(spec.high)])
     return list(dict.fromkeys([base, *values]))
+
+
+def head_parameters(name: str, *, in_channels: int, num_classes: int) -> int:
+    """A head's parameter count, the head built on torch's meta device (no memory, no compute)."""
+    import torch
+
+    from sweeper.model.head import create_head
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_head(name, in_channels=in_channels, num_classes=num_classes).parameters())
+
+
+def optimizer_state(name: str, momentum: float) -> int:
+    """Parameter-sized buffers an optimiser keeps: SGD its momentum (none at 0), Adam/AdamW two moments."""
+    return {"sgd": int(momentum > 0), "adam": 2, "adamw": 2}[str(name)]
+
+
+def memory_worst_point(space, *, in_channels: int, num_classes: int) -> dict[str, Any]:
+    """The trial of this space that needs the most memory, as params over the baseline's: the largest training and
+    eval batch, the head with the most parameters (weights, gradients, optimiser state), the optimiser with the
+    most state per parameter, train metrics on where the space can turn them on."""
+    point = dict(space.baseline_point())
+    for name in ("batch_size", "eval_batch_size"):
+        point[name] = max(int(v) for v in choices(space, name))
+    point["head"] = max(choices(space, "head"), key=lambda h: head_parameters(
+        str(h), in_channels=in_channels, num_classes=num_classes))
+    momentum = max(float(v) for v in choices(space, "momentum"))
+    point["optimizer"] = max(choices(space, "optimizer"), key=lambda o: optimizer_state(str(o), momentum))
+    if str(point["optimizer"]) == "sgd":
+        point["momentum"] = momentum
+    point["train_metrics"] = any(bool(v) for v in choices(space, "train_metrics"))
+    return point
 
 
 @dataclass(frozen=True)
@@ -160,8 +222,11 @@ class Bench:
     eval_s_per_image: dict[str, float]  # head -> the eval pass's seconds per image
     working_set_mb: dict[str, float]  # "head/batch" -> host memory the run added at its peak
     gpu_reserved_mb: dict[str, float] = field(default_factory=dict)  # "head/batch" -> allocator peak
-    trial_peak_mb: float = 0.0  # a trial's peak private memory, measured in a Ray worker (largest batch)
+    cold_epoch_s: dict[str, float] = field(default_factory=dict)  # "head/batch" -> first epoch's extra seconds
+    trial_peak_mb: float = 0.0  # a trial's peak private memory: the space's most demanding config run as a trial
+    trial_probe: dict[str, Any] = field(default_factory=dict)  # that run: its config, each trial's peak and epochs
     seconds: float = 0.0  # what the benchmarks took
+    load_average: tuple[float, ...] = ()  # this machine's 1-minute load at their start and end: others' work slows them
 
 
 def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], n_train: int,
@@ -170,6 +235,24 @@ def trial_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[in
     per = [n_train * bench.train_s_per_image[f"{h}/{b}"] + n_val * bench.eval_s_per_image[h]
            for h in heads for b in batches]
     return slowdown * float(np.mean(per))
+
+
+def trial_memory_mb(probe_mb: float, token_bytes: int, probe_token_bytes: int) -> float:
+    """A trial's peak private MB: the probe's, plus what reading the sweep's larger token cache adds."""
+    return probe_mb + STORE_PRIVATE_PER_MB * max(0, token_bytes - probe_token_bytes) / 2**20
+
+
+def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int], slowdown: float) -> float:
+    """What a trial's first epoch takes beyond a warm one, averaged like `trial_epoch_seconds` (0 unmeasured)."""
+    per = [bench.cold_epoch_s.get(f"{h}/{b}", 0.0) for h in heads for b in batches]
+    return slowdown * float(np.mean(per))
+
+
+def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int,
+                  start_s: float | None = None) -> float:
+    """A sweep's wall time after its cache with its trial-epochs and cold extras packed perfectly into the slots."""
+    start = RAY_START_S if start_s is None else start_s
+    return start + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
 
 
 def contention(concurrent: int, threads: int, cores: int, device: str) -> float:
@@ -288,18 +371,19 @@ def format_plan(plan: dict[str, Any]) -> str:
     d, o, b, e, t, r = (plan[k] for k in ("data", "options", "bench", "trial_epochs", "time", "resources"))
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     mins = lambda s: f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"  # noqa: E731
-    train_ms = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items())
+    train_ms, load = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items()), b.get("load_average")
     rows = [
         ("data", f"{d['train_images']} train + {d['val_images']} val images {d['image_size'][0]}x{d['image_size'][1]}"
                  f"{' (SYNTHETIC)' if d['synthetic'] else ''}, trained at {d['training_size'][1]}x{d['training_size'][0]}"),
-        ("measured here", f"{b['device']}, {b['threads']} thread(s): backbone {1000 * b['backbone_s_per_image']:.0f} ms/image; "
-                          f"train step ms/image {train_ms}; eval "
+        ("measured here", f"{b['device']}, {b['threads']} thread(s), load {max(load or [0]):.1f}: backbone "
+                          f"{1000 * b['backbone_s_per_image']:.0f} ms/image; train step ms/image {train_ms}; eval "
                           + ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["eval_s_per_image"].items()) + " ms/image"),
         ("cache", f"{gb(r['cache_bytes'])} in all, {gb(r['cache_missing_bytes'])} to build (~{mins(t['cache_seconds'])}); "
                   f"{gb(r['cache_free_bytes'])} free there"),
         ("trial-epochs", f"{e['expected']:.0f} expected (lower {e['lower']:.0f}, upper {e['upper']:.0f}) for "
                          f"{o['trials']} trials"),
-        ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s x{t['contention']:g} contention; sweep ~"
+        ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s (+{t.get('cold_epoch_seconds', 0):.1f} s a trial's "
+                 f"first) x{t['contention']:g} contention; sweep ~"
                  f"{mins(t['sweep_seconds'])} ({mins(t['sweep_seconds_range'][0])}-{mins(t['sweep_seconds_range'][1])}) "
                  f"at {o['max_concurrent']} at once; one naive phase-1 run ~{mins(t['naive_phase1_seconds'])}"),
         ("memory", f"trial ~{r['trial_host_mb']} MB host; object store {gb(r['object_store_bytes'])}; "

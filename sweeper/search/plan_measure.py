@@ -5,6 +5,7 @@ process have, and `make_plan`, which hands them to the model in `sweeper.search.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -16,9 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices, contention,
-                                 naive_epoch_seconds, plan_key, recommend_cpu, recommend_gpu, refusals,
-                                 trial_epoch_range, trial_epoch_seconds)
+from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, asha_simulation, choices,
+                                 cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
+                                 recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds, sweep_seconds,
+                                 trial_epoch_range, trial_epoch_seconds, trial_memory_mb)
 
 log = logging.getLogger(__name__)
 
@@ -53,59 +55,77 @@ def reset_peak_resident() -> bool:
         return False
 
 
-def trial_process_mb(**shape: Any) -> float:
-    """Peak private MB of a real trial process: in a local Ray's worker (started for this in a child process,
-    then shut down), `train` on random data of `shape` (`trial_peak_mb`'s arguments) under the trial's own
-    memory sampler. Ray's worker, torch and the run's working set are all in it."""
-    code = f"""
-from sweeper.search.ray_local import ray_environment
-ray_environment()
-import logging, ray
-ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-
-@ray.remote
-def probe():
-    from sweeper.search.plan_measure import trial_peak_mb
-    return trial_peak_mb(**{shape!r})
-
-print(ray.get(probe.remote()))
-ray.shutdown()
-"""
+def trial_process(config: dict[str, Any], **shape: Any) -> dict[str, Any]:
+    """`probe_trials(config, **shape)` in a child process (a local Ray of its own, shut down after), or {} when it
+    could not run."""
+    code = ("import json\nfrom sweeper.search.plan_measure import probe_trials\n"
+            f"print(json.dumps(probe_trials({config!r}, **{shape!r})))")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        return float(out.stdout.strip().splitlines()[-1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError, OSError) as e:
-        log.warning("could not measure a trial process's memory: %s", e)
-        return 0.0
+        log.warning("could not measure a trial process: %s", e)
+        return {}
 
 
-def trial_peak_mb(*, head: str, batch: int, steps: int, grid: tuple[int, int], embed_dim: int, height: int,
-                  width: int) -> float:
-    """In this process (a Ray worker): a trial's own run (`sweeper.search.trial.run_trial`, 2 epochs on random data of
-    the real shape, each epoch's checkpoint written as a trial writes it); the peak private MB it reports."""
+def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tuple[int, int], embed_dim: int,
+                 height: int, width: int, dtype: str = "float16", threads: int = 1, repeats: int = 2,
+                 epochs: int = 2) -> dict[str, Any]:
+    """In this process: a local Ray started as `search` starts it, random arrays of the real shape put into its
+    object store by the sweep's own trainable (`sweeper.search.driver.make_trainable`: `trial_main` itself), and
+    `repeats` trials of `config` one after the other in one reused worker (as the sweep reuses them), each
+    epoch reported to Ray Tune's session with its checkpoint persisted. Each trial's peak private MB (the
+    trial's own sampler) and epoch seconds."""
     import tempfile
 
-    import torch
+    import ray
+    from ray import tune
 
-    from sweeper.search.trial import run_trial
-    from sweeper.training.config import TrainConfig
+    from sweeper.search.driver import make_trainable
+    from sweeper.search.options import SearchOptions
+    from sweeper.search.ray_local import start_ray
+    from sweeper.search.trial import trial_bytes
+    from sweeper.training.objective import Objective
 
-    torch.set_num_threads(1)
-    data = _random_data(batch * steps, 4, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width)
-    reported: list[float] = []
+    data = _random_data(n_train, n_val, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width,
+                        dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="sweeper-plan-") as d:
+        opts = SearchOptions(name="plan", out_root=Path(d), trials=repeats, max_concurrent=1, gpus_per_trial=0.0,
+                             cpus_per_trial=threads, seed=0)
+        t0 = time.perf_counter()
+        start_ray(opts, data_bytes=trial_bytes(data))
+        t1 = time.perf_counter()
+        try:
+            tuner = tune.Tuner(
+                make_trainable(data, opts),
+                param_space={**config, "epochs": epochs, "threads": threads, "device": "cpu",
+                             **Objective().trial_keys()},
+                run_config=tune.RunConfig(name="probe", storage_path=d, verbose=0,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                tune_config=tune.TuneConfig(num_samples=repeats, reuse_actors=True, max_concurrent_trials=1))
+            trials = []
+            for r in tuner.fit():
+                if r.error is not None:
+                    raise r.error
+                df = r.metrics_dataframe
+                trials.append({"peak_private_mb": float(df.peak_private_mb.max()),
+                               "epoch_seconds": [float(x) for x in df.epoch_seconds]})
+            t2 = time.perf_counter()
+        finally:
+            ray.shutdown()
+    # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) worker's, which is the fit's time
+    # beyond its trials' epochs and each trial's set-up in a reused worker
+    epochs_s = sum(sum(t["epoch_seconds"]) for t in trials)
+    return {"config": config, "trials": trials, "token_bytes": int(data.train.tokens.array.nbytes
+                                                                     + data.val.tokens.array.nbytes),
+            "ray_start_s": round(t1 - t0, 2),
+            "fit_s": round(t2 - t1, 2), "start_s": round(t1 - t0 + max(0.0, t2 - t1 - epochs_s
+                                                                       - repeats * TRIAL_SETUP_S), 2)}
 
-    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / "state.pt")
-        reported.append(float(metrics["peak_private_mb"]))
 
-    run_trial(TrainConfig(head=head, batch_size=batch, epochs=2, train_metrics=False, image_height=height,
-                          image_width=width, device="cpu"), data, report=report)
-    return max(reported)
-
-
-def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int):
+def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int,
+                 dtype: str = "float32"):
     """Train data of random tokens and labels of the real shapes: what a trial's steps cost, not its scores."""
     from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
     from sweeper.data.tokens import ArrayTokens, SplitData, TrainData
@@ -113,7 +133,7 @@ def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: 
     rng = np.random.default_rng(0)
 
     def split(name: str, n: int) -> SplitData:
-        tokens = rng.standard_normal((n, *grid, embed_dim), dtype=np.float32)
+        tokens = rng.standard_normal((n, *grid, embed_dim), dtype=np.float32).astype(dtype, copy=False)
         labels = rng.integers(0, NUM_CLASSES, (n, height, width), dtype=np.uint8)
         return SplitData(name, labels, ArrayTokens(tokens))
 
@@ -121,9 +141,16 @@ def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: 
                      class_names=CLASS_NAMES[:NUM_CLASSES])
 
 
-def _epoch_seconds(cfg, data) -> tuple[float, float, float]:
+def warm_seconds_per_image(seconds: Sequence[float], images: Sequence[int]) -> float:
+    """Seconds per image of the fastest batch after the first (which pays for lazy set-up; on a shared machine
+    others' work only slows a batch down), or of the only one."""
+    return min(s / n for s, n in zip(seconds[1:], images[1:])) if len(seconds) > 1 else seconds[0] / images[0]
+
+
+def _epoch_seconds(cfg, data) -> tuple[float, float, float, float]:
     """A warm epoch's seconds of `train` on `data` (the faster of epochs 2 and 3: timings on a shared machine
-    only err upwards); the host MB it added at its peak; the GPU allocator's peak reserved MB (0 on the CPU)."""
+    only err upwards); what the first (cold) epoch took beyond a warm one; the host MB the run added at its
+    peak; the GPU allocator's peak reserved MB (0 on the CPU)."""
     import torch
 
     from sweeper.training.device import release_memory
@@ -138,26 +165,29 @@ def _epoch_seconds(cfg, data) -> tuple[float, float, float]:
     history = train(cfg.replace(epochs=3), data).history
     _, peak = resident_mb()
     reserved = torch.cuda.max_memory_reserved() / 2**20 if cuda else 0.0
-    # the first epoch pays for lazy set-up; the smaller of the next two (the other was slowed by something else)
-    return float(min(r["epoch_seconds"] for r in history[1:])), max(0.0, peak - before), reserved
+    # the first epoch pays for lazy set-up (as every trial's first does); the smaller of the next two is the
+    # warm one (the other was slowed by something else)
+    warm = float(min(r["epoch_seconds"] for r in history[1:]))
+    return warm, max(0.0, float(history[0]["epoch_seconds"]) - warm), max(0.0, peak - before), reserved
 
 
 def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
-            height: int, width: int) -> Bench:
+            height: int, width: int, worst, cache_dtype: str = "float16") -> Bench:
     """Time the backbone's forward (the cache build's path: decoding workers, then the backbone) and, per head
-    and batch size, `train`'s training step and eval pass on random tokens of the real shape."""
+    and batch size, `train`'s training step, eval pass and cold first epoch on random tokens of the real
+    shape; then the peak memory of `worst` (the space's most demanding trial config) in a real trial."""
     import torch
 
     from sweeper.data.cache import image_batches
     from sweeper.data.parallel import default_workers
     from sweeper.training.config import TrainConfig
 
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     cuda = device.startswith("cuda")
     old_threads = torch.get_num_threads()
     try:
         batch = 32 if cuda else 4  # the cache build's batch, in the driver with all of its threads
-        n = min(len(split), 2 * batch)
+        n = min(len(split), (2 if cuda else 4) * batch)
         sub = type(split)(split.name, split.root, split.image_paths[:n], split.mask_paths[:n])
         backbone = backbone.to(device)
         seconds, images = [], []
@@ -168,37 +198,43 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
             seconds.append(time.perf_counter() - t)
             images.append(len(x))
         backbone.to("cpu")
-        # the first batch pays for lazy set-up: the rest when there is a rest
-        backbone_s = (sum(seconds[1:]) / sum(images[1:])) if len(seconds) > 1 else seconds[0] / images[0]
+        backbone_s = warm_seconds_per_image(seconds, images)
         grid = (height // backbone.patch_size, width // backbone.patch_size)
         torch.set_num_threads(max(1, threads))  # a trial's steps run on its own threads (--cpus-per-trial)
         steps = 8 if cuda else 3
         val_small, val_large = (8, 40) if cuda else (4, 20)
-        train_s, eval_s, working, reserved = {}, {}, {}, {}
+        train_s, eval_s, working, reserved, cold = {}, {}, {}, {}, {}
         for head in heads:
             base = TrainConfig(head=head, train_metrics=False, device=device, image_height=height,
                                image_width=width)
             for b in batches:
                 data = _random_data(b * steps, val_small, grid=grid, embed_dim=backbone.embed_dim, height=height,
                                     width=width)
-                t, w, r = _epoch_seconds(base.replace(batch_size=int(b)), data)
                 key = f"{head}/{b}"
-                train_s[key], working[key], reserved[key] = t, w, r
+                train_s[key], cold[key], working[key], reserved[key] = _epoch_seconds(
+                    base.replace(batch_size=int(b)), data)
             b0 = int(batches[0])
             more = _random_data(b0 * steps, val_large, grid=grid, embed_dim=backbone.embed_dim, height=height,
                                 width=width)
-            t_more, _, _ = _epoch_seconds(base.replace(batch_size=b0), more)
+            t_more = _epoch_seconds(base.replace(batch_size=b0), more)[0]
             eval_s[head] = max(0.0, (t_more - train_s[f"{head}/{b0}"]) / (val_large - val_small))
             for b in batches:
                 key = f"{head}/{b}"
                 train_s[key] = max(1e-6, (train_s[key] - val_small * eval_s[head]) / (int(b) * steps))
     finally:
         torch.set_num_threads(old_threads)
+    # the trial that needs the most memory, run as the sweep runs it (Ray Tune's session, checkpoints, a reused
+    # worker): `steps` of its largest batch per epoch
+    probe_cfg = worst.replace(epochs=2, device="cpu", image_height=height, image_width=width).to_dict()
+    probe = trial_process(probe_cfg, n_train=worst.batch_size * steps, n_val=val_small, grid=grid,
+                          embed_dim=backbone.embed_dim, height=height, width=width, dtype=cache_dtype,
+                          threads=threads)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
-                 trial_peak_mb=trial_process_mb(head=heads[-1], batch=int(max(batches)), steps=steps, grid=grid,
-                                                embed_dim=backbone.embed_dim, height=height, width=width),
-                 seconds=round(time.perf_counter() - started, 1))
+                 cold_epoch_s=cold, trial_peak_mb=max((t["peak_private_mb"] for t in probe.get("trials", [])),
+                                                      default=0.0),
+                 trial_probe=probe, seconds=round(time.perf_counter() - started, 1),
+                 load_average=(round(load, 2), round(os.getloadavg()[0], 2)))
 
 
 def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> dict[str, Any]:
@@ -229,23 +265,37 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
     heads = [str(h) for h in choices(space, "head")]
     batches = sorted(int(b) for b in choices(space, "batch_size"))
     if bench is None:
+        from sweeper.data.classes import NUM_CLASSES
+
+        worst = space.to_config(memory_worst_point(space, in_channels=backbone.embed_dim, num_classes=NUM_CLASSES))
         bench = measure(backbone, splits["val"], device=str(device), threads=threads, heads=heads,
-                        batches=batches, height=height, width=width)
+                        batches=batches, height=height, width=width, worst=worst,
+                        cache_dtype=str(args.cache_dtype))
     cores = available_cores()
     slowdown = contention(concurrent, threads, cores, bench.device)
     epoch_s = trial_epoch_seconds(bench, heads, batches, n_train, n_val, slowdown)
-    e = trial_epoch_range(space, trials)
+    cold_s = cold_epoch_seconds(bench, heads, batches, slowdown)
+    sims = asha_simulation(space, trials)
+    e = trial_epoch_range(space, trials, sims)
     missing = [x for x in entries if not x.exists]
     missing_images = sum(n_train if x.path.parent.name == "tokens" and x.path.name.startswith("train") else
                          n_val if x.path.parent.name == "tokens" else 0 for x in missing)
     cache_s = missing_images * bench.backbone_s_per_image
-    fixed_s = RAY_START_S + trials * TRIAL_SETUP_S
 
-    def sweep_s(trial_epochs: float) -> float:
-        return fixed_s + trial_epochs * epoch_s / concurrent
+    start_s = bench.trial_probe.get("start_s")
+    # expected: the simulated sweeps' trials in Tune's slots; lower: the lower bound's epochs packed perfectly;
+    # upper: every trial at its longest, in the slots
+    timing = dict(epoch_s=epoch_s, cold_s=cold_s, concurrent=concurrent, start_s=start_s)
+    expected_s = simulated_sweep_seconds(sims, **timing)
+    baseline = float(sims[0, 0])  # trial 0 is never stopped
+    longest = np.array([[baseline] + [(e["upper"] - baseline) / max(1, trials - 1)] * (trials - 1)])
+    upper_s = simulated_sweep_seconds(longest, **timing)
+    lower_s = sweep_seconds(e["lower"], epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent,
+                            start_s=start_s)
 
     store = sum(x.nbytes for x in entries)
-    host_mb = bench.trial_peak_mb
+    tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
+    host_mb = trial_memory_mb(bench.trial_peak_mb, tokens_bytes, int(bench.trial_probe.get("token_bytes", 0)))
     resources: dict[str, Any] = {
         "cache_bytes": store, "cache_missing_bytes": sum(x.nbytes for x in missing),
         "cache_free_bytes": free_bytes(cache_root), "out_free_bytes": free_bytes(Path(args.out)),
@@ -261,9 +311,12 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
                     "cpus_per_trial": threads, "cache_dtype": str(args.cache_dtype), "trials": trials,
                     "gpu_memory_gib": args.gpu_memory},
         "bench": asdict(bench), "trial_epochs": e, "resources": resources,
-        "time": {"trial_epoch_seconds": round(epoch_s, 2), "contention": round(slowdown, 2),
-                 "cache_seconds": round(cache_s, 1), "sweep_seconds": round(sweep_s(e["expected"]) + cache_s, 1),
-                 "sweep_seconds_range": [round(sweep_s(e["lower"]) + cache_s, 1), round(sweep_s(e["upper"]) + cache_s, 1)],
+        "time": {"trial_epoch_seconds": round(epoch_s, 2), "cold_epoch_seconds": round(cold_s, 2),
+                 "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
+                 "contention": round(slowdown, 2),
+                 "cache_seconds": round(cache_s, 1), "sweep_seconds": round(expected_s + cache_s, 1),
+                 "sweep_seconds_range": [round(min(lower_s, expected_s) + cache_s, 1),
+                                         round(max(upper_s, expected_s) + cache_s, 1)],
                  "naive_phase1_seconds": round(NAIVE_EPOCHS * naive_epoch_seconds(bench, n_train, n_val), 1)},
     }
     if device.type == "cuda":
@@ -271,7 +324,6 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
 
         card = torch.cuda.get_device_properties(device.index or 0).total_memory
         limit = int(args.gpu_memory * 2**30) if args.gpu_memory else None
-        tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
         work_mb = max(bench.gpu_reserved_mb.values())
         need = {}
         for share in GPU_SHARES:

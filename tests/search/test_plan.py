@@ -61,6 +61,74 @@ def test_the_default_space_trial_epoch_range():
     assert e["lower"] < e["expected"] < e["upper"]
 
 
+def test_the_memory_probe_runs_the_spaces_most_demanding_trial(tmp_path):
+    # phase 2 can choose batch 8 and Adam (two parameter-sized moments against SGD's one momentum buffer)
+    worst = plan.memory_worst_point(load_space(Path("search_spaces/phase2.yaml")), in_channels=384, num_classes=11)
+    assert worst["batch_size"] == 8 and worst["optimizer"] in ("adam", "adamw") and worst["head"] == "convnext_phase1"
+    # phase 3's heads: phase 1's has the most parameters (2,432,907 against convnext_up's 1,547,275)
+    assert plan.head_parameters("linear", in_channels=384, num_classes=11) == 384 * 11 + 11
+    counts = {h: plan.head_parameters(h, in_channels=384, num_classes=11) for h in ("convnext_phase1", "convnext_up")}
+    assert counts["convnext_phase1"] > counts["convnext_up"] > 10**6
+    assert plan.memory_worst_point(load_space(Path("search_spaces/phase3.yaml")), in_channels=384,
+                                   num_classes=11)["head"] == "convnext_phase1"
+    # an int batch range gives its upper bound; SGD alone keeps SGD, at the highest momentum it can take
+    space = tmp_path / "s.yaml"
+    space.write_text(TINY_SPACE.replace("{type: categorical, choices: [2, 4]}", "{type: int, low: 2, high: 16}")
+                     + "  head: {type: categorical, choices: [convnext_phase1, linear, convnext_up]}\n"
+                     + "  momentum: {type: uniform, low: 0.5, high: 0.95}\n")
+    worst = plan.memory_worst_point(load_space(space), in_channels=384, num_classes=11)
+    assert worst["batch_size"] == 16 and worst["optimizer"] == "sgd" and worst["momentum"] == 0.95
+    assert worst["head"] == "convnext_phase1"
+    assert [plan.optimizer_state(o, 0.9) for o in ("sgd", "adam", "adamw")] == [1, 2, 2]
+    assert plan.optimizer_state("sgd", 0.0) == 0
+
+
+def test_every_trial_pays_its_cold_first_epoch():
+    bench = plan.Bench(device="cpu", threads=1, backbone_s_per_image=0.4, train_s_per_image={}, eval_s_per_image={},
+                       working_set_mb={}, cold_epoch_s={"convnext_phase1/2": 1.0, "convnext_phase1/4": 3.0})
+    # the mean over the batch sizes the space can choose, twice as slow under contention
+    assert plan.cold_epoch_seconds(bench, ["convnext_phase1"], [2, 4], 2.0) == pytest.approx(4.0)
+    # 4 trials, 10 trial-epochs of 2 s, 2 at once: Ray's start-up and set-up, then (10 x 2 + 4 x 3 s) / 2
+    assert plan.sweep_seconds(10, epoch_s=2.0, cold_s=3.0, trials=4, concurrent=2) == pytest.approx(
+        plan.RAY_START_S + 4 * plan.TRIAL_SETUP_S + 16.0)
+    assert plan.sweep_seconds(10, epoch_s=2.0, cold_s=0.0, trials=4, concurrent=1) == pytest.approx(
+        plan.RAY_START_S + 4 * plan.TRIAL_SETUP_S + 20.0)
+    # a start measured here replaces the constant
+    assert plan.sweep_seconds(10, epoch_s=2.0, cold_s=0.0, trials=4, concurrent=1, start_s=30.0) == pytest.approx(
+        30.0 + 4 * plan.TRIAL_SETUP_S + 20.0)
+
+
+def test_trials_fill_the_slots_in_order_and_the_last_ones_can_run_alone():
+    assert plan.makespan([4, 4, 4], 2) == 8  # the third trial starts when one of the first two ends
+    assert plan.makespan([10, 1, 1, 1], 2) == 10 and plan.makespan([3, 3], 1) == 6
+    # two simulated sweeps of 3 trials (2 epochs each; the second had one stopped after 1), 2 at once:
+    # start + the mean of their makespans
+    sims = np.array([[2, 2, 2], [2, 1, 2]])
+    per = lambda e: e * 4.0 + 1.0 + plan.TRIAL_SETUP_S  # noqa: E731  4 s epochs, 1 s cold extra
+    want = 10.0 + (plan.makespan([per(2)] * 3, 2) + plan.makespan([per(2), per(1), per(2)], 2)) / 2
+    got = plan.simulated_sweep_seconds(sims, epoch_s=4.0, cold_s=1.0, concurrent=2, start_s=10.0)
+    assert got == pytest.approx(want)
+    # against trial-epochs packed perfectly (6 x 4 s / 2): the lone third trial costs a whole trial more
+    assert want > plan.sweep_seconds(6, epoch_s=4.0, cold_s=1.0, trials=3, concurrent=2, start_s=10.0)
+
+
+def test_a_trial_reading_more_cached_tokens_holds_more_private_memory():
+    # the probe ran on 10 MB of tokens; the sweep's are 1,010 MB: 1,000 MB more, at STORE_PRIVATE_PER_MB each
+    mb = 2**20
+    assert plan.trial_memory_mb(500.0, 1010 * mb, 10 * mb) == pytest.approx(500 + 1000 * plan.STORE_PRIVATE_PER_MB)
+    assert plan.trial_memory_mb(500.0, 5 * mb, 10 * mb) == 500.0  # fewer than the probe's: its own peak
+    assert 0 < plan.STORE_PRIVATE_PER_MB < 1  # shared, not copied: a fraction of each MB
+
+
+def test_the_backbone_is_timed_by_its_fastest_warm_batch():
+    from sweeper.search.plan_measure import warm_seconds_per_image
+
+    # the first batch pays for lazy set-up; of the rest the fastest (others' work only slows a batch down)
+    assert warm_seconds_per_image([9.0, 2.0, 1.6, 3.0], [4, 4, 4, 4]) == pytest.approx(0.4)
+    assert warm_seconds_per_image([9.0, 2.0, 0.9], [4, 4, 2]) == pytest.approx(0.45)  # per image, a short last batch
+    assert warm_seconds_per_image([3.0], [4]) == pytest.approx(0.75)  # a single batch is all there is
+
+
 def test_contention_only_when_trials_outnumber_the_cores():
     assert plan.contention(2, 1, 2, "cpu") == 1.0
     assert plan.contention(4, 1, 2, "cpu") == 2.0
@@ -118,8 +186,16 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     from sweeper.cli.main import main
     from sweeper.search import plan_measure
 
-    # a real Ray worker's memory is measured by the slow test below; here a fixed figure keeps this one fast
-    monkeypatch.setattr(plan_measure, "trial_process_mb", lambda **shape: 300.0)
+    # a real trial's memory is measured by the slow test below; here a fixed figure keeps this one fast
+    probed = []
+
+    def fake_trial(config, **shape):
+        probed.append((config, shape))
+        return {"config": config, "trials": [{"peak_private_mb": 300.0, "epoch_seconds": [2.0, 1.0]},
+                                             {"peak_private_mb": 280.0, "epoch_seconds": [1.5, 1.0]}],
+                "start_s": 20.0}
+
+    monkeypatch.setattr(plan_measure, "trial_process", fake_trial)
 
     data, space = tiny
     out = tmp_path / "out"
@@ -142,7 +218,23 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert e["lower"] <= e["expected"] <= e["upper"] == 2 + 2 * 2
     assert p["time"]["sweep_seconds_range"][0] <= p["time"]["sweep_seconds"] <= p["time"]["sweep_seconds_range"][1]
     assert p["refusals"] == [] and p["recommendation"]["max_concurrent"] >= 1
-    assert p["resources"]["trial_host_mb"] == 300
+    assert p["resources"]["trial_host_mb"] == 300  # the larger of the probe's two trials
+    # the probe ran the space's most demanding trial: its largest batch, at the training size, 2 epochs
+    (config, shape), = probed
+    assert config["batch_size"] == 4 and config["epochs"] == 2 and config["image_height"] == 56
+    assert shape["n_train"] == 4 * 3 and shape["grid"] == (4, 8) and shape["dtype"] == "float16"
+    assert set(p["bench"]["cold_epoch_s"]) == {"convnext_phase1/2", "convnext_phase1/4"}
+    assert len(p["bench"]["load_average"]) == 2 and f"load {max(p['bench']['load_average']):.1f}" in table
+    cold = np.mean(list(p["bench"]["cold_epoch_s"].values())) * p["time"]["contention"]
+    assert p["time"]["cold_epoch_seconds"] == pytest.approx(cold, abs=0.01)
+    # the sweep: the probe's measured start, each trial's set-up, then the expected epochs and cold extras
+    t = p["time"]
+    assert t["start_seconds"] == 20.0
+    # 3 trials of 2 epochs at 2 at once: the lone third makes the sweep at least two trials long
+    trial_s = 2 * t["trial_epoch_seconds"] + t["cold_epoch_seconds"] + plan.TRIAL_SETUP_S
+    start = t["cache_seconds"] + 20.0
+    assert start + trial_s - 0.2 <= t["sweep_seconds"] <= start + 2 * trial_s + 0.2
+    assert t["sweep_seconds_range"][1] == pytest.approx(t["cache_seconds"] + 20.0 + 2 * trial_s, abs=0.2)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 
@@ -196,9 +288,16 @@ def test_search_refuses_a_share_the_plan_measured_too_small(tiny, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_trial_process_is_measured_in_a_real_ray_worker():
-    from sweeper.search.plan_measure import trial_process_mb
+def test_a_trial_process_is_measured_as_a_sweep_trial():
+    from sweeper.search.plan_measure import trial_process
+    from sweeper.training.config import TrainConfig
 
-    # a local Ray started and shut down in a child process; 2 epochs of the phase-1 head on a tiny grid
-    mb = trial_process_mb(head="convnext_phase1", batch=2, steps=2, grid=(4, 8), embed_dim=384, height=56, width=112)
-    assert 100 < mb < 2000, mb  # torch and Ray imported: hundreds of MB, private
+    # a local Ray started and shut down in a child process; the sweep's trainable, twice in one worker, 2 epochs
+    # of the phase-1 head with Adam on a tiny grid
+    config = TrainConfig(optimizer="adam", batch_size=2, epochs=2, train_metrics=False, image_height=56,
+                         image_width=112).to_dict()
+    out = trial_process(config, n_train=4, n_val=2, grid=(4, 8), embed_dim=384, height=56, width=112)
+    assert len(out["trials"]) == 2 and all(len(t["epoch_seconds"]) == 2 for t in out["trials"])
+    assert 0 < out["ray_start_s"] <= out["start_s"] < out["ray_start_s"] + out["fit_s"]
+    # torch, Ray and its Tune session imported: hundreds of MB, private
+    assert all(100 < t["peak_private_mb"] < 2000 for t in out["trials"]), out

@@ -16,6 +16,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sweeper.evaluate import evaluate_run
     from sweeper.files import read_json
     from sweeper.report.evaluation import draw_evaluation
+    from sweeper.rundir.layout import METRICS_JSON
 
     data = args.data
     if data is None:  # the run's own data root: the synthetic default and `synth` sets carry a test/ split
@@ -28,7 +29,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        cache_root=args.cache_dir, show_progress=not args.quiet,
                        allow_unknown=args.allow_unknown_ids, comparisons=args.samples, epoch=args.epoch,
                        draw=draw_evaluation)
-    for line in summary_lines(read_json(out / "test_metrics.json")):
+    for line in summary_lines(read_json(out / METRICS_JSON)):
         print(line)
     print(f"outputs in {out}")
     return 0

@@ -19,6 +19,7 @@ from sweeper.errors import SweeperError
 from sweeper.files import check_sqlite, read_csv, read_json, read_jsonl
 from sweeper.rundir.layout import (CONFIG_FILE, CONFIRM_SUMMARY_CSV, EXPERIMENT_DIR, HISTORY_CSV, METRICS_FILE,
                                    SPACE_COPY, STUDY_FILE, SWEEP_FILE, TRIALS_CSV)
+from sweeper.rundir.records import recorded_objective
 from sweeper.search.space import load_space
 from sweeper.search.tables import collect, run_space, space_dimensions
 from sweeper.training.objective import Objective
@@ -68,7 +69,7 @@ class SweepRun(RunFacts):
     missing: tuple[str, ...] = ()  # what is absent or unfinished, for the reader
     notes: tuple[str, ...] = ()  # how the report got its tables (e.g. rebuilt from ray/)
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
-    objective: Objective = Objective()  # what ranks the trials (the space copy's metric and mode)
+    objective: Objective = Objective()  # what ranks the trials (the metric and mode sweep.json records)
     dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.search.tables.describe_trial`)
 
     @property
@@ -174,8 +175,8 @@ def load_sweep(run_dir: Path) -> SweepRun:
     else:
         missing.append(f"{TRIALS_CSV} and {EXPERIMENT_DIR}/: missing, so no trial has results yet")
 
-    space = run_space(run_dir)
-    objective = space.objective if space is not None else Objective()
+    space = run_space(run_dir)  # its dimensions, for the trials' descriptions
+    objective = recorded_objective(info)  # what evaluate and export call best too
     score = objective.column
     if not trials.empty:
         if score not in trials:

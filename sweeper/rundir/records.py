@@ -153,11 +153,16 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__, "platform": platform.platform(), "argv": " ".join(sys.argv)}
 
 
-def run_objective(run_dir: Path) -> Objective:
-    """What ranks a sweep folder's trials, as its sweep.json records its space's metric and mode; val IoU, max,
-    for a baseline run (no sweep.json) and for sweeps from before other metrics could be chosen."""
-    path = Path(run_dir) / SWEEP_FILE
-    space = (read_json(path).get("space") or {}) if path.is_file() else {}
+def recorded_objective(sweep: dict[str, Any]) -> Objective:
+    """What ranks a sweep's trials, as its sweep.json (`sweep`, {} when there is none) records its space's metric
+    and mode; val IoU, max, for a baseline run and for sweeps from before other metrics could be chosen."""
+    space = sweep.get("space") or {}
     if space.get("metric") is None:
         return Objective()
     return Objective(metric=str(space["metric"]), mode=str(space.get("mode") or "max"))
+
+
+def run_objective(run_dir: Path) -> Objective:
+    """`recorded_objective` of a run folder's sweep.json."""
+    path = Path(run_dir) / SWEEP_FILE
+    return recorded_objective(read_json(path) if path.is_file() else {})

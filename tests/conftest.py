@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: tests reach search_spaces/, scripts/ and sweeper/ from here
+
 # tests/ mirrors sweeper/ by stage; a few tests build on another stage's builders (test_train's
 # learnable_data, test_report's make_sweep), imported by module name as pytest's rootdir-less mode allows
 for _stage in sorted(p for p in Path(__file__).parent.iterdir() if p.is_dir() and p.name != "__pycache__"):

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from sweeper import evaluate as ev
-from sweeper.cli.evaluate import summary_lines
 from sweeper import files
+from sweeper.cli.evaluate import summary_lines
 from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
 from sweeper.data.dataset import find_split, load_split_labels
 from sweeper.data.synth import generate as synth

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pair
+from conftest import ROOT, write_pair
 from PIL import Image
 
 from sweeper.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

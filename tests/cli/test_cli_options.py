@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from sweeper.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def option_error(capsys, *argv: str) -> str:

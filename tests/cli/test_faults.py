@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import error_line, make_dataset, run_cli
+from conftest import ROOT, error_line, make_dataset, run_cli
 
 from sweeper.cli.main import main
 from sweeper.errors import SweeperError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SPACE = """
 metric: val_iou

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import error_line, make_dataset, run_cli
+from conftest import ROOT, error_line, make_dataset, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT as REPO
 
 from sweeper.data.parallel import MIN_PARALLEL_ITEMS, available_cores, default_workers, pool_map
 
-REPO = Path(__file__).resolve().parents[2]
 MARK = {"set_by_the_parent": False}  # a spawned worker imports this module afresh and sees False
 
 

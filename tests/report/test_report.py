@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from sweeper.errors import SweeperError
 from sweeper.report import write_report
@@ -460,7 +461,7 @@ def trial_records(run: Path, ious: dict[int, list[float]]) -> None:
     from sweeper import files
     from sweeper.rundir import layout, records
 
-    (run / "space.yaml").write_text((Path(__file__).resolve().parents[2] / "sweeper" / "search_spaces"
+    (run / "space.yaml").write_text((ROOT / "sweeper" / "search_spaces"
                                      / "smoke.yaml").read_text())
     for t, values in ious.items():
         folder = run / "ray" / f"trial_{t}"

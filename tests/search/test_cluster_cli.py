@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_dataset
+from conftest import ROOT, make_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 LOOPBACK = "127.0.0.1"
 

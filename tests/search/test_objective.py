@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT
 
 from sweeper import files
 from sweeper.errors import SweeperError
@@ -185,7 +186,7 @@ def test_a_phase3_winner_is_described_by_every_dimension_the_sweep_varied(tmp_pa
 
     run = tmp_path / "p3"
     run.mkdir()
-    (run / SPACE_COPY).write_text((Path(__file__).parents[2] / "search_spaces" / "phase3.yaml").read_text())
+    (run / SPACE_COPY).write_text((ROOT / "search_spaces" / "phase3.yaml").read_text())
     files.write_json(run / SWEEP_FILE, {"backbone": {}, "data": {}, "cache": {}})
     space = load_space(run / SPACE_COPY)
     base = {**space.baseline_point(), **space.fixed}
@@ -234,7 +235,7 @@ def test_a_val_miou_sweep_keeps_ranks_confirms_exports_and_evaluates_by_val_miou
     data = tmp_path / "set"
     assert main(["-q", "synth", str(data), "--train", "2", "--val", "2", "--test", "1"]) == 0
     space = tmp_path / "miou.yaml"
-    space.write_text((Path(__file__).parents[2] / "search_spaces" / "smoke.yaml").read_text()
+    space.write_text((ROOT / "search_spaces" / "smoke.yaml").read_text()
                      .replace("metric: val_iou", "metric: val_miou"))
     run = tmp_path / "results" / "miou"
 

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import make_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, make_dataset
 
 SPACE = """
 metric: val_iou

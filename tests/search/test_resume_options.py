@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, make_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import ROOT
 
 from sweeper.errors import SweeperError
 from sweeper.search.space import AshaSettings, ParamType, SearchSpace, load_space
 from sweeper.training.config import ClassWeighting, Optimizer, Schedule, TrainConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 PHASE2 = ROOT / "search_spaces" / "phase2.yaml"
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 

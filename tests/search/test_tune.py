@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_dataset
+from conftest import ROOT, make_dataset
 from test_train import learnable_data
 
 from sweeper.data.cache import load_train_data
@@ -155,7 +155,7 @@ def test_asha_never_stops_the_baseline_but_still_stops_the_others(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_sweep_writes_tables_and_trial0_is_the_baseline(tmp_path):
-    space = load_space(Path(__file__).parents[2] / "search_spaces" / "smoke.yaml")
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     trials = run_search(space, learnable_data(), options(tmp_path, "smoke"), trial_overrides=SMALL, progress=False)
     run = tmp_path / "smoke"
     table = pd.read_csv(run / "trials.csv")
@@ -246,7 +246,7 @@ def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
     from sweeper.training.train import train
 
     data = learnable_data()
-    space = load_space(Path(__file__).parents[2] / "search_spaces" / "smoke.yaml")
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     run_search(space, data, options(tmp_path, "eq", trials=1, max_concurrent=1), trial_overrides=SMALL, progress=False)
     history = pd.read_csv(tmp_path / "eq" / "history.csv")
     cfg = space.to_config(space.baseline_point()).replace(**SMALL, device="cpu", threads=1)
@@ -339,7 +339,7 @@ def test_confirm_reruns_baseline_and_top_trials_with_seeds(tmp_path):
     from sweeper.search.confirm import run_confirm
 
     data = learnable_data()
-    space = load_space(Path(__file__).parents[2] / "search_spaces" / "smoke.yaml")
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     opts = options(tmp_path, "conf")
     run_search(space, data, opts, trial_overrides=SMALL, progress=False)
     summary = run_confirm(tmp_path / "conf", space, data, opts, top=1, seeds=2, progress=False)
@@ -409,7 +409,7 @@ def test_progress_lines_count_trials_and_track_the_best(tmp_path):
 def test_summary_table_says_which_epoch_each_score_is_from(tmp_path):
     from sweeper.search.tables import summary_table
 
-    space = load_space(Path(__file__).parents[2] / "search_spaces" / "smoke.yaml")
+    space = load_space(ROOT / "search_spaces" / "smoke.yaml")
     t = pd.DataFrame({"trial": [0, 1], "status": ["TERMINATED"] * 2, "baseline": [True, False],
                       "optimizer": ["sgd", "adam"], "lr": [1e-4, 1e-3], "epochs_run": [2, 2],
                       "best_val_iou": [0.1, 0.3], "best_epoch": [2, 1], "best_val_miou": [0.1, 0.2],

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from sweeper import files
 from sweeper.errors import SweeperError
 from sweeper.rundir import layout, records
 from sweeper.rundir.heads import load_run_head
 from sweeper.rundir.resume import check_trusted, decide
-from sweeper.search import driver as tune
 from sweeper.search import relocate, tables
 from sweeper.search.space import load_space
 
-ROOT = Path(__file__).resolve().parents[2]
 SPACE = ROOT / "search_spaces" / "smoke.yaml"  # lr, optimizer, momentum when sgd; 2 epochs
 
 

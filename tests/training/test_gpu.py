@@ -34,7 +34,7 @@ if pytest is not None:
     pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (scripts/checks/gpu_check.sh)")
 
 SMALL = dict(image_height=56, image_width=112)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # its own, not conftest's ROOT: this file also runs without pytest
 
 
 def _data(root: Path, *, use_cache: bool = True, device: str = "cuda") -> TrainData:

@@ -147,6 +147,32 @@ EOF
   row "token cache $how" "rc $RC; rebuilt with $WARNED warning(s)" "-" "$LOST"
 done
 
+sweep_state() {  # sweep_state RUN: what is wrong with a finished sweep, or "none (...)"
+  "$PY" - "$1" <<'EOF'
+import json, sqlite3, sys
+from pathlib import Path
+import pandas as pd
+run = Path(sys.argv[1])
+t = pd.read_csv(run / "trials.csv")
+with sqlite3.connect(run / "study.db") as db:
+    states = [s for (s,) in db.execute("select state from trials order by number")]
+bad = []
+if sorted(t.trial) != list(range(len(t))):
+    bad.append(f"trial numbers {sorted(t.trial)}")
+if (t.status != "TERMINATED").any():
+    bad.append(f"not ended: {list(t.trial[t.status != 'TERMINATED'])}")
+if (t.epochs_run != t.epochs_planned).any():
+    bad.append(f"epochs short: {list(t.trial[t.epochs_run != t.epochs_planned])}")
+if "RUNNING" in states:
+    bad.append(f"{states.count('RUNNING')} study trial(s) left RUNNING")
+for f in (run / "ray").glob("*/epochs.jsonl"):
+    epochs = [json.loads(x)["epoch"] for x in f.read_text().splitlines() if x.strip()]
+    if len(epochs) != len(set(epochs)):
+        bad.append(f"epoch recorded twice in {f.parent.name[:20]}")
+print("; ".join(bad) or "none (all trials ended, all epochs run once)")
+EOF
+}
+
 # 4. kill -9 of the driver while a trial runs (its first checkpoint is on disk), then --resume with the same
 #    options: the killed trial continues, the study and the tables agree, the budget holds, and no Ray process
 #    of the killed driver is left behind.
@@ -173,26 +199,7 @@ if wait_for "$WORK/results/killed/ray/*/checkpoint_*/state.pt" 240 0.5; then
   "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
     --name killed --out "$WORK/results" --resume >/dev/null 2>"$WORK/kill-resume.err"
   RC=$?
-  STATE=$("$PY" - "$WORK/results/killed" <<'EOF'
-import sqlite3, sys
-from pathlib import Path
-import pandas as pd
-run = Path(sys.argv[1])
-t = pd.read_csv(run / "trials.csv")
-with sqlite3.connect(run / "study.db") as db:
-    states = [s for (s,) in db.execute("select state from trials order by number")]
-bad = []
-if sorted(t.trial) != list(range(len(t))):
-    bad.append(f"trial numbers {sorted(t.trial)}")
-if (t.status != "TERMINATED").any():
-    bad.append(f"not ended: {list(t.trial[t.status != 'TERMINATED'])}")
-if (t.epochs_run != t.epochs_planned).any():
-    bad.append(f"epochs short: {list(t.trial[t.epochs_run != t.epochs_planned])}")
-if "RUNNING" in states:
-    bad.append(f"{states.count('RUNNING')} study trial(s) left RUNNING")
-print("; ".join(bad) or "none (all trials ended, all epochs run)")
-EOF
-)
+  STATE=$(sweep_state "$WORK/results/killed")
   row "kill -9 driver, --resume" "rc $RC; its Ray processes left 5 s after the kill: $LEFT of $RAY_SEEN" \
     "$(counts "$WORK/results/killed")" "$STATE"
 else
@@ -204,29 +211,6 @@ fi
 #     as Ctrl-C does (exit 143, the resume command printed, no Ray warning). Before that folder is resumed, a
 #     copy of it is moved elsewhere and resumed there, and another copy is resumed beside the original: each
 #     finishes on its own and the original is not touched. Then the original resumes.
-sweep_state() {  # sweep_state RUN: what is wrong with a finished sweep, or "none"
-  "$PY" - "$1" <<'EOF'
-import json, sqlite3, sys
-from pathlib import Path
-import pandas as pd
-run = Path(sys.argv[1])
-t = pd.read_csv(run / "trials.csv")
-with sqlite3.connect(run / "study.db") as db:
-    states = [s for (s,) in db.execute("select state from trials order by number")]
-bad = []
-if (t.status != "TERMINATED").any():
-    bad.append(f"not ended: {list(t.trial[t.status != 'TERMINATED'])}")
-if (t.epochs_run != t.epochs_planned).any():
-    bad.append(f"epochs short: {list(t.trial[t.epochs_run != t.epochs_planned])}")
-if "RUNNING" in states:
-    bad.append(f"{states.count('RUNNING')} study trial(s) left RUNNING")
-for f in (run / "ray").glob("*/epochs.jsonl"):
-    epochs = [json.loads(x)["epoch"] for x in f.read_text().splitlines() if x.strip()]
-    if len(epochs) != len(set(epochs)):
-        bad.append(f"epoch recorded twice in {f.parent.name[:20]}")
-print("; ".join(bad) or "none")
-EOF
-}
 tree_hash() { (cd "$1" && find . -type f -exec sha256sum {} + | sort | sha256sum | cut -c1-16); }
 setsid "$PY" -m sweeper -q search --data "$WORK/data" --backbone random_vits14 --space "$WORK/long.yaml" \
   --name term --out "$WORK/results" >/dev/null 2>"$WORK/term.err" &

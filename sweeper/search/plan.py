@@ -2,19 +2,12 @@
 
 The model, and what each projection rests on:
 
-- **Trial-epochs** (`trial_epoch_range`): the baseline trial always runs its epochs (ASHA never stops it).
-  Each other trial plans the space's expected epochs (the mean of `epochs` over its distribution, capped
-  at `asha.max_epochs`). ASHA's rungs are Ray's: grace x factor^k below max epochs.
-  *Lower bound*: synchronous survival, a 1/factor share of trials passing each rung.
-  *Expected*: Ray's asynchronous rule simulated (`simulate_asha`): trials reach each rung in the order they
-  started, each is stopped when its score is below the (1 - 1/factor) quantile of the scores recorded at that
-  rung so far (the first always passes, so small sweeps stop fewer than the synchronous share), scores drawn
-  at random and kept across rungs (a trial good at one rung is good at the next).
-  *Upper bound*: no stopping, every trial at the most epochs the space allows.
+- **Trial-epochs**: `sweeper.search.plan_epochs` (ASHA's rungs simulated; lower, expected, upper).
 - **Time**: cache = images without an entry x the backbone's forward per image (measured here, on the
   device that builds it). A trial-epoch = train images x the head's training step per image at the
   space's mean batch size + val images x the eval step per image (both measured here with `train`, the
-  product's own loop, on random tokens of the real shape, with the trial's thread count); trials at once
+  product's own loop, on random tokens of the real shape, with the trial's thread count); the baseline
+  trial's epochs at its own head and batch size (`baseline_epoch_s`), the others' at the space's; trials at once
   share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Each trial's
   first epoch is cold (lazy set-up of its head, optimiser and buffers): the same `train` runs measure what
   their first epoch took beyond a warm one, paid once per trial (`cold_epoch_seconds`). The sweep
@@ -30,8 +23,10 @@ The model, and what each projection rests on:
   most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
   on), run as the sweep runs it: a local Ray started for it, random arrays of the real shape in its object
   store, the sweep's own trainable (`trial_main`) under Ray Tune's session with every epoch's checkpoint
-  persisted, twice in one reused worker; the peak is the trial's own sampler's (`sweeper.search.trial.PeakMemory`),
-  plus `STORE_PRIVATE_PER_MB` for each MB of the sweep's tokens beyond the probe's (`trial_memory_mb`).
+  persisted, twice in one reused worker, `probe_epochs` each (a trial's peak is a running maximum: it climbs
+  over the first epochs, 2-epoch probes saw its low end); the peak is the trial's own sampler's
+  (`sweeper.search.trial.PeakMemory`), plus `STORE_PRIVATE_PER_MB` for each MB of the sweep's tokens beyond
+  the probe's (`trial_memory_mb`).
   Flipped tokens and label variants are not probed: they live in the shared object store, and a mixed
   batch is the size of a plain one. On a GPU, a trial needs the allocator's peak reserved bytes in the
   benchmarks plus the cached tokens where its share stages them (`sweeper.training.device.tokens_fit`), within
@@ -45,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sweeper.errors import SweeperError
+from sweeper.search.plan_epochs import epochs_distribution
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +59,7 @@ TRIAL_SETUP_S = 0.6  # one trial's set-up in a reused worker, measured by script
 GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recommendation chooses among
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
+PROBE_EPOCHS = 4  # each memory-probe trial's epochs: a trial's running peak climbs over its first ~5 epochs
 # private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
 STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance); 0.19 by this probe at 24 and 800 images
 
@@ -71,63 +67,9 @@ STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance
 # --------------------------------------------------------------------------- the model (pure)
 
 
-def asha_milestones(asha) -> list[int]:
-    """Ray's rungs for (grace, factor, max epochs), ascending: grace x factor^k up to max epochs' log."""
-    rungs = int(math.log(asha.max_epochs / asha.grace_period) / math.log(asha.reduction_factor) + 1)
-    return sorted(int(asha.grace_period * asha.reduction_factor ** k) for k in range(rungs))
-
-
-def epochs_distribution(space) -> np.ndarray:
-    """Every value a trial's `epochs` can take with its probability mass, as an (n, 2) array, capped at
-    ASHA's max epochs; the fixed or default value when the space does not search it."""
-    spec = next((p for p in space.params if p.name == "epochs"), None)
-    if spec is None:
-        values = [space.to_config({}).epochs]
-    elif spec.type.value == "categorical":
-        values = [int(v) for v in spec.choices]
-    else:
-        values = list(range(int(spec.low), int(spec.high) + 1))
-    values = [min(v, space.asha.max_epochs) for v in values]
-    return np.array([[v, 1 / len(values)] for v in values])
-
-
-def synchronous_epochs(epochs: float, milestones: Sequence[int], factor: int) -> float:
-    """Expected epochs of one trial planning `epochs` when a 1/factor share passes each rung."""
-    total, survive, start = 0.0, 1.0, 0
-    for m in [*milestones, math.inf]:
-        total += survive * max(0.0, min(epochs, m) - start)
-        if epochs <= m:
-            break
-        start, survive = m, survive / factor
-    return total
-
-
-def simulate_asha(n_trials: int, trial_epochs: np.ndarray, baseline_epochs: int, milestones: Sequence[int],
-                  factor: int, *, runs: int = 2000, seed: int = 0, per_trial: bool = False) -> np.ndarray:
-    """Trial-epochs of `runs` simulated sweeps under Ray's asynchronous ASHA rule (see the module docstring),
-    or with `per_trial` each trial's epochs, (runs, n_trials) in start order.
-    `trial_epochs`: an (n, 2) array of planned epochs and their probabilities for the non-baseline trials."""
-    rng = np.random.default_rng(seed)
-    values, probs = trial_epochs[:, 0].astype(int), trial_epochs[:, 1]
-    out = np.empty((runs, n_trials))
-    q = 1 - 1 / factor
-    for r in range(runs):
-        recorded: dict[int, list[float]] = {m: [] for m in milestones}
-        for t in range(n_trials):
-            score = rng.random()
-            planned = baseline_epochs if t == 0 else int(rng.choice(values, p=probs))
-            ran = planned
-            for m in milestones:
-                if m > planned:
-                    break
-                seen = recorded[m]
-                stopped = t != 0 and seen and score < np.quantile(seen, q)
-                seen.append(score)
-                if stopped:
-                    ran = m
-                    break
-            out[r, t] = ran
-    return out if per_trial else out.sum(axis=1)
+def probe_epochs(space) -> int:
+    """Epochs of each memory-probe trial: `PROBE_EPOCHS`, fewer when no trial of the space runs that long."""
+    return int(min(PROBE_EPOCHS, epochs_distribution(space)[:, 0].max()))
 
 
 def makespan(durations: Sequence[float], concurrent: int) -> float:
@@ -140,33 +82,14 @@ def makespan(durations: Sequence[float], concurrent: int) -> float:
 
 
 def simulated_sweep_seconds(sims: np.ndarray, *, epoch_s: float, cold_s: float, concurrent: int,
-                            start_s: float | None = None) -> float:
+                            start_s: float | None = None, baseline_epoch_s: float | None = None) -> float:
     """A sweep's expected wall time after its cache: its start, then the mean makespan over simulated sweeps
-    (`simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs."""
+    (`simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs; trial 0's
+    epochs at `baseline_epoch_s` (its own config's) when given."""
     start = RAY_START_S if start_s is None else start_s
-    return start + float(np.mean([makespan(row * epoch_s + cold_s + TRIAL_SETUP_S, concurrent) for row in sims]))
-
-
-def asha_simulation(space, trials: int) -> np.ndarray:
-    """Each trial's epochs in simulated sweeps of `trials` over `space`, (runs, trials) in start order."""
-    baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
-    return simulate_asha(trials, epochs_distribution(space), baseline, asha_milestones(space.asha),
-                         space.asha.reduction_factor, per_trial=True)
-
-
-def trial_epoch_range(space, trials: int, sims: np.ndarray | None = None) -> dict[str, float]:
-    """Lower, expected and upper trial-epochs of a sweep of `trials` over `space` (module docstring);
-    `sims`: `asha_simulation`'s, when already run."""
-    dist = epochs_distribution(space)
-    baseline = min(space.to_config(space.baseline_point()).epochs, space.asha.max_epochs)
-    milestones = asha_milestones(space.asha)
-    factor = space.asha.reduction_factor
-    others = trials - 1
-    lower = baseline + others * float(sum(p * synchronous_epochs(v, milestones, factor) for v, p in dist))
-    upper = baseline + others * float(dist[:, 0].max())
-    sims = (asha_simulation(space, trials) if sims is None else sims).sum(axis=1)
-    return {"lower": round(lower, 1), "expected": round(float(sims.mean()), 1), "upper": float(upper),
-            "simulated_p10": float(np.percentile(sims, 10)), "simulated_p90": float(np.percentile(sims, 90))}
+    per = np.full(sims.shape[1], float(epoch_s))
+    per[0] = epoch_s if baseline_epoch_s is None else baseline_epoch_s
+    return start + float(np.mean([makespan(row * per + cold_s + TRIAL_SETUP_S, concurrent) for row in sims]))
 
 
 def choices(space, name: str) -> list[Any]:
@@ -249,10 +172,13 @@ def cold_epoch_seconds(bench: Bench, heads: Sequence[str], batches: Sequence[int
 
 
 def sweep_seconds(trial_epochs: float, *, epoch_s: float, cold_s: float, trials: int, concurrent: int,
-                  start_s: float | None = None) -> float:
-    """A sweep's wall time after its cache with its trial-epochs and cold extras packed perfectly into the slots."""
+                  start_s: float | None = None, baseline: tuple[float, float] | None = None) -> float:
+    """A sweep's wall time after its cache with its trial-epochs and cold extras packed perfectly into the slots;
+    `baseline`: trial 0's (epochs, seconds per epoch), those epochs at its own config's cost."""
     start = RAY_START_S if start_s is None else start_s
-    return start + trials * TRIAL_SETUP_S + (trial_epochs * epoch_s + trials * cold_s) / max(1, concurrent)
+    base_epochs, base_s = baseline if baseline is not None else (0.0, epoch_s)
+    work = base_epochs * base_s + (trial_epochs - base_epochs) * epoch_s
+    return start + trials * TRIAL_SETUP_S + (work + trials * cold_s) / max(1, concurrent)
 
 
 def contention(concurrent: int, threads: int, cores: int, device: str) -> float:

@@ -17,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, asha_simulation, choices,
+from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices,
                                  cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
-                                 recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds, sweep_seconds,
-                                 trial_epoch_range, trial_epoch_seconds, trial_memory_mb)
+                                 probe_epochs, recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds,
+                                 sweep_seconds, trial_epoch_seconds, trial_memory_mb)
+from sweeper.search.plan_epochs import asha_simulation, trial_epoch_range
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def _epoch_seconds(cfg, data) -> tuple[float, float, float, float]:
 
 
 def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
-            height: int, width: int, worst, cache_dtype: str = "float16") -> Bench:
+            height: int, width: int, worst, cache_dtype: str = "float16", probe_epochs: int = 2) -> Bench:
     """Time the backbone's forward (the cache build's path: decoding workers, then the backbone) and, per head
     and batch size, `train`'s training step, eval pass and cold first epoch on random tokens of the real
     shape; then the peak memory of `worst` (the space's most demanding trial config) in a real trial."""
@@ -225,10 +226,10 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
         torch.set_num_threads(old_threads)
     # the trial that needs the most memory, run as the sweep runs it (Ray Tune's session, checkpoints, a reused
     # worker): `steps` of its largest batch per epoch
-    probe_cfg = worst.replace(epochs=2, device="cpu", image_height=height, image_width=width).to_dict()
+    probe_cfg = worst.replace(epochs=probe_epochs, device="cpu", image_height=height, image_width=width).to_dict()
     probe = trial_process(probe_cfg, n_train=worst.batch_size * steps, n_val=val_small, grid=grid,
                           embed_dim=backbone.embed_dim, height=height, width=width, dtype=cache_dtype,
-                          threads=threads)
+                          threads=threads, epochs=probe_epochs)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
                  cold_epoch_s=cold, trial_peak_mb=max((t["peak_private_mb"] for t in probe.get("trials", [])),
@@ -270,10 +271,11 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
         worst = space.to_config(memory_worst_point(space, in_channels=backbone.embed_dim, num_classes=NUM_CLASSES))
         bench = measure(backbone, splits["val"], device=str(device), threads=threads, heads=heads,
                         batches=batches, height=height, width=width, worst=worst,
-                        cache_dtype=str(args.cache_dtype))
+                        cache_dtype=str(args.cache_dtype), probe_epochs=probe_epochs(space))
     cores = available_cores()
     slowdown = contention(concurrent, threads, cores, bench.device)
     epoch_s = trial_epoch_seconds(bench, heads, batches, n_train, n_val, slowdown)
+    base_epoch_s = trial_epoch_seconds(bench, [str(base.head)], [int(base.batch_size)], n_train, n_val, slowdown)
     cold_s = cold_epoch_seconds(bench, heads, batches, slowdown)
     sims = asha_simulation(space, trials)
     e = trial_epoch_range(space, trials, sims)
@@ -285,13 +287,14 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
     start_s = bench.trial_probe.get("start_s")
     # expected: the simulated sweeps' trials in Tune's slots; lower: the lower bound's epochs packed perfectly;
     # upper: every trial at its longest, in the slots
-    timing = dict(epoch_s=epoch_s, cold_s=cold_s, concurrent=concurrent, start_s=start_s)
+    timing = dict(epoch_s=epoch_s, cold_s=cold_s, concurrent=concurrent, start_s=start_s,
+                  baseline_epoch_s=base_epoch_s)
     expected_s = simulated_sweep_seconds(sims, **timing)
     baseline = float(sims[0, 0])  # trial 0 is never stopped
     longest = np.array([[baseline] + [(e["upper"] - baseline) / max(1, trials - 1)] * (trials - 1)])
     upper_s = simulated_sweep_seconds(longest, **timing)
     lower_s = sweep_seconds(e["lower"], epoch_s=epoch_s, cold_s=cold_s, trials=trials, concurrent=concurrent,
-                            start_s=start_s)
+                            start_s=start_s, baseline=(baseline, base_epoch_s))
 
     store = sum(x.nbytes for x in entries)
     tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
@@ -311,7 +314,8 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
                     "cpus_per_trial": threads, "cache_dtype": str(args.cache_dtype), "trials": trials,
                     "gpu_memory_gib": args.gpu_memory},
         "bench": asdict(bench), "trial_epochs": e, "resources": resources,
-        "time": {"trial_epoch_seconds": round(epoch_s, 2), "cold_epoch_seconds": round(cold_s, 2),
+        "time": {"trial_epoch_seconds": round(epoch_s, 2), "baseline_epoch_seconds": round(base_epoch_s, 2),
+                 "cold_epoch_seconds": round(cold_s, 2),
                  "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
                  "contention": round(slowdown, 2),
                  "cache_seconds": round(cache_s, 1), "sweep_seconds": round(expected_s + cache_s, 1),

@@ -13,7 +13,7 @@ import pytest
 from conftest import make_dataset
 
 from sweeper.errors import SweeperError
-from sweeper.search import plan
+from sweeper.search import plan, plan_epochs
 from sweeper.search.space import AshaSettings, load_space
 
 GIB = 2**30
@@ -31,31 +31,40 @@ params:
 
 
 def test_asha_rungs_are_rays():
-    assert plan.asha_milestones(AshaSettings(max_epochs=10, grace_period=1, reduction_factor=3)) == [1, 3, 9]
-    assert plan.asha_milestones(AshaSettings(max_epochs=2, grace_period=1, reduction_factor=2)) == [1, 2]
+    assert plan_epochs.asha_milestones(AshaSettings(max_epochs=10, grace_period=1, reduction_factor=3)) == [1, 3, 9]
+    assert plan_epochs.asha_milestones(AshaSettings(max_epochs=2, grace_period=1, reduction_factor=2)) == [1, 2]
 
 
 def test_synchronous_survival_is_the_lower_bound_per_trial():
     # 10 planned epochs, rungs 1, 3, 9, a third passing each: 1 + 2/3 + 6/9 + 1/27
-    assert plan.synchronous_epochs(10, [1, 3, 9], 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 1 / 27)
-    assert plan.synchronous_epochs(2, [1, 3, 9], 3) == pytest.approx(1 + 1 / 3)  # ends before the second rung
+    assert plan_epochs.synchronous_epochs(10, [1, 3, 9], 3) == pytest.approx(1 + 2 / 3 + 6 / 9 + 1 / 27)
+    assert plan_epochs.synchronous_epochs(2, [1, 3, 9], 3) == pytest.approx(1 + 1 / 3)  # ends before the second rung
 
 
 def test_the_asynchronous_rule_stops_a_later_trial_below_the_recorded_quantile():
-    # two trials of 4 epochs, one rung at 1: the second stops there when its score is below the baseline's
-    # (the only score recorded): half the time, so 4 + (4 + 1) / 2 trial-epochs on average
-    sims = plan.simulate_asha(2, np.array([[4, 1.0]]), 4, [1], 2, runs=4000)
-    assert set(np.unique(sims)) == {5.0, 8.0}
-    assert sims.mean() == pytest.approx(6.5, abs=0.15)
-    assert plan.simulate_asha(1, np.array([[4, 1.0]]), 10, [1, 3, 9], 3, runs=10).tolist() == [10.0] * 10
+    # three trials of 4 epochs, one rung at 1 (factor 2: the median). The baseline's score is the lowest
+    # (next test), so trial 1 always passes; trial 2 is stopped when its score is below the median of the
+    # baseline's and trial 1's, i.e. below half of trial 1's: a quarter of the time
+    sims = plan_epochs.simulate_asha(3, np.array([[4, 1.0]]), 4, [1], 2, runs=4000)
+    assert set(np.unique(sims)) == {9.0, 12.0}
+    assert sims.mean() == pytest.approx(12 - 3 / 4, abs=0.12)
+    assert plan_epochs.simulate_asha(1, np.array([[4, 1.0]]), 10, [1, 3, 9], 3, runs=10).tolist() == [10.0] * 10
+
+
+def test_the_baseline_trial_scores_below_every_sampled_trial_at_each_rung():
+    # Trial 0 is phase 1 (SGD at a constant lr 1e-4), which the reference report finds underfitting and still
+    # climbing at epoch 10: at an early rung it is behind the sampled trials, so the first trial compared with
+    # it alone passes every time (the baseline drawn like any other trial stopped it half the time)
+    sims = plan_epochs.simulate_asha(2, np.array([[4, 1.0]]), 4, [1], 2, runs=500, per_trial=True)
+    assert sims[:, 1].tolist() == [4.0] * 500
 
 
 def test_the_default_space_trial_epoch_range():
     space = load_space(Path("search_spaces/phase2.yaml"))
-    e = plan.trial_epoch_range(space, 12)
-    dist = plan.epochs_distribution(space)
+    e = plan_epochs.trial_epoch_range(space, 12)
+    dist = plan_epochs.epochs_distribution(space)
     assert dist[:, 0].tolist() == list(range(4, 11)) and dist[:, 1].sum() == pytest.approx(1)
-    lower = 10 + 11 * np.mean([plan.synchronous_epochs(v, [1, 3, 9], 3) for v in range(4, 11)])
+    lower = 10 + 11 * np.mean([plan_epochs.synchronous_epochs(v, [1, 3, 9], 3) for v in range(4, 11)])
     assert e["lower"] == pytest.approx(lower, abs=0.05)
     assert e["upper"] == 10 + 11 * 10  # nothing stopped, every trial at the space's longest
     assert e["lower"] < e["expected"] < e["upper"]
@@ -80,6 +89,10 @@ def test_the_memory_probe_runs_the_spaces_most_demanding_trial(tmp_path):
     assert worst["batch_size"] == 16 and worst["optimizer"] == "sgd" and worst["momentum"] == 0.95
     assert worst["head"] == "convnext_phase1"
     assert [plan.optimizer_state(o, 0.9) for o in ("sgd", "adam", "adamw")] == [1, 2, 2]
+    # each probe trial runs 4 epochs (a trial's running peak climbs over its first epochs), fewer when the
+    # space's trials are shorter
+    assert plan.probe_epochs(load_space(Path("search_spaces/phase2.yaml"))) == plan.PROBE_EPOCHS == 4
+    assert plan.probe_epochs(load_space(Path("search_spaces/smoke.yaml"))) == 2
     assert plan.optimizer_state("sgd", 0.0) == 0
 
 
@@ -110,6 +123,23 @@ def test_trials_fill_the_slots_in_order_and_the_last_ones_can_run_alone():
     assert got == pytest.approx(want)
     # against trial-epochs packed perfectly (6 x 4 s / 2): the lone third trial costs a whole trial more
     assert want > plan.sweep_seconds(6, epoch_s=4.0, cold_s=1.0, trials=3, concurrent=2, start_s=10.0)
+
+
+def test_the_baseline_trial_pays_its_own_epochs():
+    # trial 0 at phase 1's batch 2 (0.2 s per training image), the others at the space's mean (batch 2 or 8)
+    bench = plan.Bench(device="cpu", threads=1, backbone_s_per_image=0.4, working_set_mb={},
+                       train_s_per_image={"convnext_phase1/2": 0.2, "convnext_phase1/8": 0.05},
+                       eval_s_per_image={"convnext_phase1": 0.01})
+    base = plan.trial_epoch_seconds(bench, ["convnext_phase1"], [2], 10, 5, 1.0)
+    mean = plan.trial_epoch_seconds(bench, ["convnext_phase1"], [2, 8], 10, 5, 1.0)
+    assert base == pytest.approx(2.05) and mean == pytest.approx((2.05 + 0.55) / 2)
+    sims = np.array([[10, 1, 3]])
+    got = plan.simulated_sweep_seconds(sims, epoch_s=mean, baseline_epoch_s=base, cold_s=0.0, concurrent=1,
+                                       start_s=0.0)
+    assert got == pytest.approx(10 * 2.05 + 4 * 1.3 + 3 * plan.TRIAL_SETUP_S)
+    # the lower bound packs the baseline's epochs at its cost, the others' at the mean
+    low = plan.sweep_seconds(14, epoch_s=mean, baseline=(10, base), cold_s=0.0, trials=3, concurrent=1, start_s=0.0)
+    assert low == pytest.approx(got)
 
 
 def test_a_trial_reading_more_cached_tokens_holds_more_private_memory():
@@ -235,6 +265,10 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     start = t["cache_seconds"] + 20.0
     assert start + trial_s - 0.2 <= t["sweep_seconds"] <= start + 2 * trial_s + 0.2
     assert t["sweep_seconds_range"][1] == pytest.approx(t["cache_seconds"] + 20.0 + 2 * trial_s, abs=0.2)
+    # trial 0 runs at its own config (phase 1's batch 2), not at the mean of the batches the space can choose
+    b = p["bench"]
+    assert t["baseline_epoch_seconds"] == pytest.approx(
+        4 * b["train_s_per_image"]["convnext_phase1/2"] + 2 * b["eval_s_per_image"]["convnext_phase1"], abs=0.01)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 

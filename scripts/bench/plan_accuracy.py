@@ -1,6 +1,6 @@
 """How close `sweeper plan` comes: plan, then run the same sweep, in one run on this machine.
 
-    PYTHONPATH=. python scripts/bench/plan_accuracy.py [--cases default,smoke1,smoke2,full] [--work DIR]
+    PYTHONPATH=. python scripts/bench/plan_accuracy.py [--cases default,smoke1,smoke2,bench1,bench2,bench,fullrun,full]
         [--full-data DIR]
 
 Cases (each with a fresh cache, so the plan's cache projection is tested too):
@@ -11,6 +11,8 @@ Cases (each with a fresh cache, so the plan's cache projection is tested too):
            images at 960x540, random_vits14), the space's 2 at once
   bench1   a bench-scale sweep: phase2, 12 trials, on the bench's set, --max-concurrent 1
   bench2   the same at --max-concurrent 2
+  fullrun  a full-size sweep short enough to run here: the synthetic set of the real size (--full-data), a fresh
+           float16 cache (3,174 images through the backbone), the rehearsal's space at 2 trials of 1 epoch, 2 at once
   full     plan only: the full-size rehearsal's sweep (scripts/bench/rehearsal.py --full: its space, 8 trials, ASHA max
            2 epochs, float16 cache, 2 at once) on a synthetic set of the real size (--full-data, made by
            `sweeper synth DIR --train 2857 --val 317 --test 1002`), against results/bench/full.json's measured
@@ -101,11 +103,16 @@ def bench_set(work: Path) -> Path:
     return root
 
 
-def run_case(name: str, extra: list[str], work: Path) -> dict[str, Any]:
+def run_case(name: str, extra: list[str], work: Path, full_data: Path) -> dict[str, Any]:
     import pandas as pd
 
     if BENCH_SET[0] in extra:
         extra = [*extra, "--data", str(bench_set(work))]
+    if name == "fullrun":
+        from rehearsal import write_space  # the rehearsal's own space recipe
+
+        extra = ["--data", str(full_data), "--space", str(write_space(work / "fullrun_space.yaml", 2, 1)),
+                 "--cache-dtype", "float16", "--max-concurrent", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "SWEEPER_CACHE": str(work / f"cache-{name}")}
     out = work / f"runs-{name}"
     load_before = os.getloadavg()
@@ -147,7 +154,7 @@ def run_case(name: str, extra: list[str], work: Path) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="default,smoke1,smoke2")
+    ap.add_argument("--cases", default="default,smoke1,smoke2,bench1,bench2,bench")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--full-data", type=Path, default=Path("/work/full/data"),
                     help="the full-size synthetic set (the full case)")
@@ -157,7 +164,8 @@ def main() -> int:
     with work_dir(args.work, prefix="plan_accuracy-") as work:
         for name in args.cases.split(","):
             log(f"plan_accuracy: {name}")
-            result[name] = run_full(work, args.full_data) if name == "full" else run_case(name, CASES[name], work)
+            result[name] = (run_full(work, args.full_data) if name == "full"
+                            else run_case(name, CASES.get(name, []), work, args.full_data))
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=1))

@@ -220,6 +220,13 @@ def recommend_cpu(trial_mb: float, available_mb: float, cores: int, threads: int
             "margin": round(available_mb / (n * trial_mb), 2)}
 
 
+def duration(seconds: float) -> str:
+    """Seconds as the table and summary print them: seconds under 90, minutes under 90, else hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def plan_summary(plan: dict[str, Any]) -> str:
     """The one line `search` prints at start."""
     t, e, r = plan.get("time", {}), plan.get("trial_epochs", {}), plan.get("resources", {})
@@ -227,7 +234,7 @@ def plan_summary(plan: dict[str, Any]) -> str:
     if e:
         parts.append(f"{e['expected']:.0f} trial-epochs expected ({e['lower']:.0f}-{e['upper']:.0f})")
     if t.get("sweep_seconds"):
-        parts.append(f"about {t['sweep_seconds'] / 60:.0f} min at {plan['options']['max_concurrent']} at once")
+        parts.append(f"about {duration(t['sweep_seconds'])} at {plan['options']['max_concurrent']} at once")
     if r.get("cache_missing_bytes") is not None:
         parts.append(f"cache to build {r['cache_missing_bytes'] / 1e9:.2f} GB "
                      f"({r['cache_free_bytes'] / 1e9:.1f} GB free)")
@@ -296,7 +303,6 @@ def format_plan(plan: dict[str, Any]) -> str:
     """The table `sweeper plan` prints: one line per question, readable at a glance."""
     d, o, b, e, t, r = (plan[k] for k in ("data", "options", "bench", "trial_epochs", "time", "resources"))
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
-    mins = lambda s: f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"  # noqa: E731
     train_ms, load = ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["train_s_per_image"].items()), b.get("load_average")
     rows = [
         ("data", f"{d['train_images']} train + {d['val_images']} val images {d['image_size'][0]}x{d['image_size'][1]}"
@@ -304,14 +310,15 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("measured here", f"{b['device']}, {b['threads']} thread(s), load {max(load or [0]):.1f}: backbone "
                           f"{1000 * b['backbone_s_per_image']:.0f} ms/image; train step ms/image {train_ms}; eval "
                           + ", ".join(f"{k} {1000 * v:.0f}" for k, v in b["eval_s_per_image"].items()) + " ms/image"),
-        ("cache", f"{gb(r['cache_bytes'])} in all, {gb(r['cache_missing_bytes'])} to build (~{mins(t['cache_seconds'])}); "
+        ("cache", f"{gb(r['cache_bytes'])} in all, {gb(r['cache_missing_bytes'])} to build "
+                  f"(~{duration(t['cache_seconds'])}); "
                   f"{gb(r['cache_free_bytes'])} free there"),
         ("trial-epochs", f"{e['expected']:.0f} expected (lower {e['lower']:.0f}, upper {e['upper']:.0f}) for "
                          f"{o['trials']} trials"),
         ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s (+{t.get('cold_epoch_seconds', 0):.1f} s a trial's "
                  f"first) x{t['contention']:g} contention; sweep ~"
-                 f"{mins(t['sweep_seconds'])} ({mins(t['sweep_seconds_range'][0])}-{mins(t['sweep_seconds_range'][1])}) "
-                 f"at {o['max_concurrent']} at once; one naive phase-1 run ~{mins(t['naive_phase1_seconds'])}"),
+                 f"{duration(t['sweep_seconds'])} ({' to '.join(duration(x) for x in t['sweep_seconds_range'])}) "
+                 f"at {o['max_concurrent']} at once; one naive phase-1 run ~{duration(t['naive_phase1_seconds'])}"),
         ("memory", f"trial ~{r['trial_host_mb']} MB host; object store {gb(r['object_store_bytes'])}; "
                    f"{r['available_memory_mb']} MB available"
                    + (f"; GPU working set {r['gpu_working_set_mb']} MB, cap {r['gpu_cap_mb']} MB at "

@@ -142,6 +142,15 @@ def test_the_baseline_trial_pays_its_own_epochs():
     assert low == pytest.approx(got)
 
 
+def test_durations_read_at_a_glance():
+    # the embedded set's cache builds in 12 s: "0 min" said nothing
+    assert [plan.duration(x) for x in (12.4, 89, 150, 5399, 5400, 20_000)] == [
+        "12 s", "89 s", "2 min", "90 min", "1.5 h", "5.6 h"]
+    p = {"trial_epochs": {"expected": 52, "lower": 33, "upper": 120}, "options": {"max_concurrent": 2},
+         "time": {"sweep_seconds": 45.0}, "resources": {}}
+    assert plan.plan_summary(p) == "plan: 52 trial-epochs expected (33-120); about 45 s at 2 at once"
+
+
 def test_a_trial_reading_more_cached_tokens_holds_more_private_memory():
     # the probe ran on 10 MB of tokens; the sweep's are 1,010 MB: 1,000 MB more, at STORE_PRIVATE_PER_MB each
     mb = 2**20

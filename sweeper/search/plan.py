@@ -84,8 +84,8 @@ def makespan(durations: Sequence[float], concurrent: int) -> float:
 def simulated_sweep_seconds(sims: np.ndarray, *, epoch_s: float, cold_s: float, concurrent: int,
                             start_s: float | None = None, baseline_epoch_s: float | None = None) -> float:
     """A sweep's expected wall time after its cache: its start, then the mean makespan over simulated sweeps
-    (`simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs; trial 0's
-    epochs at `baseline_epoch_s` (its own config's) when given."""
+    (`plan_epochs.simulate_asha(..., per_trial=True)`) of trials each taking its set-up, cold extra and epochs;
+    trial 0's epochs at `baseline_epoch_s` (its own config's) when given."""
     start = RAY_START_S if start_s is None else start_s
     per = np.full(sims.shape[1], float(epoch_s))
     per[0] = epoch_s if baseline_epoch_s is None else baseline_epoch_s

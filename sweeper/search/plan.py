@@ -8,7 +8,10 @@ The model, and what each projection rests on:
   space's mean batch size + val images x the eval step per image (both measured here with `train`, the
   product's own loop, on random tokens of the real shape, with the trial's thread count); the baseline
   trial's epochs at its own head and batch size (`baseline_epoch_s`), the others' at the space's; trials at once
-  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1. Each trial's
+  share the cores: a trial-epoch is slower by (trials x threads) / cores when that exceeds 1, and on a CPU by
+  what the memory probe below measured (`sweep_epoch_factor`: its trials, run at the sweep's concurrency up to
+  the cores, against the model's projection of the same epoch; two trials on two cores run about 15 % slower
+  than one alone, though they do not outnumber the cores). Each trial's
   first epoch is cold (lazy set-up of its head, optimiser and buffers): the same `train` runs measure what
   their first epoch took beyond a warm one, paid once per trial (`cold_epoch_seconds`). The sweep
   (`simulated_sweep_seconds`) = its start + the mean makespan of the simulated sweeps (`makespan`: trials
@@ -23,7 +26,8 @@ The model, and what each projection rests on:
   most parameters, the optimiser with the most state per parameter, train metrics on if it can turn them
   on), run as the sweep runs it: a local Ray started for it, random arrays of the real shape in its object
   store, the sweep's own trainable (`trial_main`) under Ray Tune's session with every epoch's checkpoint
-  persisted, twice in one reused worker, `probe_epochs` each (a trial's peak is a running maximum: it climbs
+  persisted, twice in each reused worker, as many workers at once as the sweep runs (`probe_concurrency`),
+  `probe_epochs` each (a trial's peak is a running maximum: it climbs
   over the first epochs, 2-epoch probes saw its low end); the peak is the trial's own sampler's
   (`sweeper.search.trial.PeakMemory`), plus `STORE_PRIVATE_PER_MB` for each MB of the sweep's tokens beyond
   the probe's (`trial_memory_mb`).
@@ -60,6 +64,7 @@ GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recom
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
 PROBE_EPOCHS = 4  # each memory-probe trial's epochs: a trial's running peak climbs over its first ~5 epochs
+PROBE_MAX_CONCURRENT = 4  # the probe runs at most this many trials at once (its memory and time on a big machine)
 # private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
 STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance); 0.19 by this probe at 24 and 800 images
 
@@ -70,6 +75,22 @@ STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance
 def probe_epochs(space) -> int:
     """Epochs of each memory-probe trial: `PROBE_EPOCHS`, fewer when no trial of the space runs that long."""
     return int(min(PROBE_EPOCHS, epochs_distribution(space)[:, 0].max()))
+
+
+def probe_concurrency(concurrent: int, threads: int, cores: int, device: str) -> int:
+    """Trials the memory probe runs at once: the sweep's, as many as the cores hold (beyond that `contention`
+    scales), at most `PROBE_MAX_CONCURRENT`; one for a GPU sweep (the probe runs on the CPU)."""
+    if device != "cpu":
+        return 1
+    return max(1, min(concurrent, cores // max(1, threads), PROBE_MAX_CONCURRENT))
+
+
+def sweep_epoch_factor(probe: dict[str, Any], projected_epoch_s: float) -> float:
+    """How much slower the probe's real trials ran an epoch (the sweep's trainable under Tune, at the sweep's
+    concurrency) than the model projects the same epoch from `train` alone: the median of their warm epochs
+    (each trial's first is cold) over `projected_epoch_s`; 1 when not measured."""
+    warm = [s for t in probe.get("trials", []) for s in t["epoch_seconds"][1:]]
+    return float(np.median(warm)) / projected_epoch_s if warm and projected_epoch_s > 0 else 1.0
 
 
 def makespan(durations: Sequence[float], concurrent: int) -> float:
@@ -316,7 +337,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("trial-epochs", f"{e['expected']:.0f} expected (lower {e['lower']:.0f}, upper {e['upper']:.0f}) for "
                          f"{o['trials']} trials"),
         ("time", f"trial-epoch {t['trial_epoch_seconds']:.1f} s (+{t.get('cold_epoch_seconds', 0):.1f} s a trial's "
-                 f"first) x{t['contention']:g} contention; sweep ~"
+                 f"first) x{t['contention']:g} slower in the sweep; sweep ~"
                  f"{duration(t['sweep_seconds'])} ({' to '.join(duration(x) for x in t['sweep_seconds_range'])}) "
                  f"at {o['max_concurrent']} at once; one naive phase-1 run ~{duration(t['naive_phase1_seconds'])}"),
         ("memory", f"trial ~{r['trial_host_mb']} MB host; object store {gb(r['object_store_bytes'])}; "

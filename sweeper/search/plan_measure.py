@@ -19,8 +19,9 @@ import numpy as np
 
 from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices,
                                  cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
-                                 probe_epochs, recommend_cpu, recommend_gpu, refusals, simulated_sweep_seconds,
-                                 sweep_seconds, trial_epoch_seconds, trial_memory_mb)
+                                 probe_concurrency, probe_epochs, recommend_cpu, recommend_gpu, refusals,
+                                 simulated_sweep_seconds, sweep_epoch_factor, sweep_seconds, trial_epoch_seconds,
+                                 trial_memory_mb)
 from sweeper.search.plan_epochs import asha_simulation, trial_epoch_range
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ def trial_process(config: dict[str, Any], **shape: Any) -> dict[str, Any]:
 
 def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tuple[int, int], embed_dim: int,
                  height: int, width: int, dtype: str = "float16", threads: int = 1, repeats: int = 2,
-                 epochs: int = 2) -> dict[str, Any]:
+                 epochs: int = 2, concurrent: int = 1) -> dict[str, Any]:
     """In this process: a local Ray started as `search` starts it, random arrays of the real shape put into its
     object store by the sweep's own trainable (`sweeper.search.driver.make_trainable`: `trial_main` itself), and
-    `repeats` trials of `config` one after the other in one reused worker (as the sweep reuses them), each
-    epoch reported to Ray Tune's session with its checkpoint persisted. Each trial's peak private MB (the
-    trial's own sampler) and epoch seconds."""
+    `concurrent` workers at once each running `repeats` trials of `config` one after the other (as the sweep
+    reuses them), each epoch reported to Ray Tune's session with its checkpoint persisted. Each trial's peak
+    private MB (the trial's own sampler) and epoch seconds."""
     import tempfile
 
     import ray
@@ -92,8 +93,9 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
     data = _random_data(n_train, n_val, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width,
                         dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="sweeper-plan-") as d:
-        opts = SearchOptions(name="plan", out_root=Path(d), trials=repeats, max_concurrent=1, gpus_per_trial=0.0,
-                             cpus_per_trial=threads, seed=0)
+        trials_n = repeats * concurrent
+        opts = SearchOptions(name="plan", out_root=Path(d), trials=trials_n, max_concurrent=concurrent,
+                             gpus_per_trial=0.0, cpus_per_trial=threads, seed=0)
         t0 = time.perf_counter()
         start_ray(opts, data_bytes=trial_bytes(data))
         t1 = time.perf_counter()
@@ -104,7 +106,7 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
                              **Objective().trial_keys()},
                 run_config=tune.RunConfig(name="probe", storage_path=d, verbose=0,
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-                tune_config=tune.TuneConfig(num_samples=repeats, reuse_actors=True, max_concurrent_trials=1))
+                tune_config=tune.TuneConfig(num_samples=trials_n, reuse_actors=True, max_concurrent_trials=concurrent))
             trials = []
             for r in tuner.fit():
                 if r.error is not None:
@@ -115,12 +117,12 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
             t2 = time.perf_counter()
         finally:
             ray.shutdown()
-    # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) worker's, which is the fit's time
-    # beyond its trials' epochs and each trial's set-up in a reused worker
-    epochs_s = sum(sum(t["epoch_seconds"]) for t in trials)
+    # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) workers', which is the fit's time
+    # beyond a worker's share of the trials' epochs and each trial's set-up in a reused worker
+    epochs_s = sum(sum(t["epoch_seconds"]) for t in trials) / concurrent
     return {"config": config, "trials": trials, "token_bytes": int(data.train.tokens.array.nbytes
                                                                      + data.val.tokens.array.nbytes),
-            "ray_start_s": round(t1 - t0, 2),
+            "n_train": n_train, "n_val": n_val, "concurrent": concurrent, "ray_start_s": round(t1 - t0, 2),
             "fit_s": round(t2 - t1, 2), "start_s": round(t1 - t0 + max(0.0, t2 - t1 - epochs_s
                                                                        - repeats * TRIAL_SETUP_S), 2)}
 
@@ -173,10 +175,12 @@ def _epoch_seconds(cfg, data) -> tuple[float, float, float, float]:
 
 
 def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
-            height: int, width: int, worst, cache_dtype: str = "float16", probe_epochs: int = 2) -> Bench:
+            height: int, width: int, worst, cache_dtype: str = "float16", probe_epochs: int = 2,
+            probe_concurrent: int = 1) -> Bench:
     """Time the backbone's forward (the cache build's path: decoding workers, then the backbone) and, per head
     and batch size, `train`'s training step, eval pass and cold first epoch on random tokens of the real
-    shape; then the peak memory of `worst` (the space's most demanding trial config) in a real trial."""
+    shape; then the peak memory of `worst` (the space's most demanding trial config) in real trials,
+    `probe_concurrent` at once."""
     import torch
 
     from sweeper.data.cache import image_batches
@@ -224,12 +228,12 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
                 train_s[key] = max(1e-6, (train_s[key] - val_small * eval_s[head]) / (int(b) * steps))
     finally:
         torch.set_num_threads(old_threads)
-    # the trial that needs the most memory, run as the sweep runs it (Ray Tune's session, checkpoints, a reused
-    # worker): `steps` of its largest batch per epoch
+    # the trial that needs the most memory, run as the sweep runs it (Ray Tune's session, checkpoints, reused
+    # workers, the sweep's trials at once): `steps` of its largest batch per epoch
     probe_cfg = worst.replace(epochs=probe_epochs, device="cpu", image_height=height, image_width=width).to_dict()
     probe = trial_process(probe_cfg, n_train=worst.batch_size * steps, n_val=val_small, grid=grid,
                           embed_dim=backbone.embed_dim, height=height, width=width, dtype=cache_dtype,
-                          threads=threads, epochs=probe_epochs)
+                          threads=threads, epochs=probe_epochs, concurrent=probe_concurrent)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
                  cold_epoch_s=cold, trial_peak_mb=max((t["peak_private_mb"] for t in probe.get("trials", [])),
@@ -265,15 +269,21 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
     threads = max(1, int(args.cpus_per_trial))
     heads = [str(h) for h in choices(space, "head")]
     batches = sorted(int(b) for b in choices(space, "batch_size"))
+    cores = available_cores()
     if bench is None:
         from sweeper.data.classes import NUM_CLASSES
 
         worst = space.to_config(memory_worst_point(space, in_channels=backbone.embed_dim, num_classes=NUM_CLASSES))
         bench = measure(backbone, splits["val"], device=str(device), threads=threads, heads=heads,
                         batches=batches, height=height, width=width, worst=worst,
-                        cache_dtype=str(args.cache_dtype), probe_epochs=probe_epochs(space))
-    cores = available_cores()
-    slowdown = contention(concurrent, threads, cores, bench.device)
+                        cache_dtype=str(args.cache_dtype), probe_epochs=probe_epochs(space),
+                        probe_concurrent=probe_concurrency(concurrent, threads, cores, device.type))
+    probe, factor = bench.trial_probe, 1.0
+    if bench.device == "cpu" and "n_train" in probe:  # the probe's trials against the model's same epoch
+        c = probe["config"]
+        factor = sweep_epoch_factor(probe, trial_epoch_seconds(bench, [str(c["head"])], [int(c["batch_size"])],
+                                                               int(probe["n_train"]), int(probe["n_val"]), 1.0))
+    slowdown = contention(concurrent, threads, cores, bench.device) * factor
     epoch_s = trial_epoch_seconds(bench, heads, batches, n_train, n_val, slowdown)
     base_epoch_s = trial_epoch_seconds(bench, [str(base.head)], [int(base.batch_size)], n_train, n_val, slowdown)
     cold_s = cold_epoch_seconds(bench, heads, batches, slowdown)
@@ -317,7 +327,7 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
         "time": {"trial_epoch_seconds": round(epoch_s, 2), "baseline_epoch_seconds": round(base_epoch_s, 2),
                  "cold_epoch_seconds": round(cold_s, 2),
                  "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
-                 "contention": round(slowdown, 2),
+                 "contention": round(slowdown, 2), "sweep_epoch_factor": round(factor, 3),
                  "cache_seconds": round(cache_s, 1), "sweep_seconds": round(expected_s + cache_s, 1),
                  "sweep_seconds_range": [round(min(lower_s, expected_s) + cache_s, 1),
                                          round(max(upper_s, expected_s) + cache_s, 1)],

@@ -142,6 +142,14 @@ def test_the_baseline_trial_pays_its_own_epochs():
     assert low == pytest.approx(got)
 
 
+def test_a_trial_epoch_in_the_sweep_against_the_models_own():
+    # the probe's warm epochs (each trial's first is cold) against the model's projection of the same epoch
+    probe = {"trials": [{"epoch_seconds": [5.0, 2.2, 2.0]}, {"epoch_seconds": [4.0, 2.4, 2.6]}]}
+    assert plan.sweep_epoch_factor(probe, 2.0) == pytest.approx(2.3 / 2.0)
+    assert plan.sweep_epoch_factor({}, 2.0) == 1.0  # not measured (a probe that could not run)
+    assert plan.sweep_epoch_factor({"trials": [{"epoch_seconds": [5.0]}]}, 2.0) == 1.0  # no warm epoch
+
+
 def test_durations_read_at_a_glance():
     # the embedded set's cache builds in 12 s: "0 min" said nothing
     assert [plan.duration(x) for x in (12.4, 89, 150, 5399, 5400, 20_000)] == [
@@ -230,9 +238,10 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
 
     def fake_trial(config, **shape):
         probed.append((config, shape))
-        return {"config": config, "trials": [{"peak_private_mb": 300.0, "epoch_seconds": [2.0, 1.0]},
-                                             {"peak_private_mb": 280.0, "epoch_seconds": [1.5, 1.0]}],
-                "start_s": 20.0}
+        return {"config": config, "trials": [{"peak_private_mb": 300.0, "epoch_seconds": [2.0, 1.0, 1.2]},
+                                             {"peak_private_mb": 280.0, "epoch_seconds": [1.5, 1.0, 1.1]}],
+                "start_s": 20.0, "n_train": shape["n_train"], "n_val": shape["n_val"],
+                "concurrent": shape["concurrent"]}
 
     monkeypatch.setattr(plan_measure, "trial_process", fake_trial)
 
@@ -262,6 +271,16 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     (config, shape), = probed
     assert config["batch_size"] == 4 and config["epochs"] == 2 and config["image_height"] == 56
     assert shape["n_train"] == 4 * 3 and shape["grid"] == (4, 8) and shape["dtype"] == "float16"
+    # at the sweep's 2 at once (as many as the cores hold): the probe's warm epochs against the model's own
+    # projection of the same epoch give how much slower a sweep's trial-epoch runs here
+    from sweeper.data.parallel import available_cores
+
+    assert shape["concurrent"] == min(2, available_cores())
+    b = p["bench"]
+    probe_epoch = 12 * b["train_s_per_image"]["convnext_phase1/4"] + 4 * b["eval_s_per_image"]["convnext_phase1"]
+    assert p["time"]["sweep_epoch_factor"] == pytest.approx(1.05 / probe_epoch, rel=0.02)
+    cores = plan.contention(p["options"]["max_concurrent"], 1, available_cores(), "cpu")  # 1 unless oversubscribed
+    assert p["time"]["contention"] == pytest.approx(cores * p["time"]["sweep_epoch_factor"], rel=0.02)
     assert set(p["bench"]["cold_epoch_s"]) == {"convnext_phase1/2", "convnext_phase1/4"}
     assert len(p["bench"]["load_average"]) == 2 and f"load {max(p['bench']['load_average']):.1f}" in table
     cold = np.mean(list(p["bench"]["cold_epoch_s"].values())) * p["time"]["contention"]
@@ -276,8 +295,8 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert t["sweep_seconds_range"][1] == pytest.approx(t["cache_seconds"] + 20.0 + 2 * trial_s, abs=0.2)
     # trial 0 runs at its own config (phase 1's batch 2), not at the mean of the batches the space can choose
     b = p["bench"]
-    assert t["baseline_epoch_seconds"] == pytest.approx(
-        4 * b["train_s_per_image"]["convnext_phase1/2"] + 2 * b["eval_s_per_image"]["convnext_phase1"], abs=0.01)
+    assert t["baseline_epoch_seconds"] == pytest.approx(t["contention"] * (
+        4 * b["train_s_per_image"]["convnext_phase1/2"] + 2 * b["eval_s_per_image"]["convnext_phase1"]), abs=0.01)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
 
 
@@ -335,12 +354,14 @@ def test_a_trial_process_is_measured_as_a_sweep_trial():
     from sweeper.search.plan_measure import trial_process
     from sweeper.training.config import TrainConfig
 
-    # a local Ray started and shut down in a child process; the sweep's trainable, twice in one worker, 2 epochs
-    # of the phase-1 head with Adam on a tiny grid
+    # a local Ray started and shut down in a child process; the sweep's trainable, twice in each of two workers
+    # at once, 2 epochs of the phase-1 head with Adam on a tiny grid
     config = TrainConfig(optimizer="adam", batch_size=2, epochs=2, train_metrics=False, image_height=56,
                          image_width=112).to_dict()
-    out = trial_process(config, n_train=4, n_val=2, grid=(4, 8), embed_dim=384, height=56, width=112)
-    assert len(out["trials"]) == 2 and all(len(t["epoch_seconds"]) == 2 for t in out["trials"])
+    out = trial_process(config, n_train=4, n_val=2, grid=(4, 8), embed_dim=384, height=56, width=112, concurrent=2)
+    # two at once, each worker reused once: 4 trials
+    assert len(out["trials"]) == 4 and all(len(t["epoch_seconds"]) == 2 for t in out["trials"])
+    assert (out["n_train"], out["n_val"], out["concurrent"]) == (4, 2, 2)
     assert 0 < out["ray_start_s"] <= out["start_s"] < out["ray_start_s"] + out["fit_s"]
     # torch, Ray and its Tune session imported: hundreds of MB, private
     assert all(100 < t["peak_private_mb"] < 2000 for t in out["trials"]), out

@@ -73,8 +73,9 @@ STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance
 
 
 def probe_epochs(space) -> int:
-    """Epochs of each memory-probe trial: `PROBE_EPOCHS`, fewer when no trial of the space runs that long."""
-    return int(min(PROBE_EPOCHS, epochs_distribution(space)[:, 0].max()))
+    """Epochs of each memory-probe trial: `PROBE_EPOCHS`, fewer when no trial of the space runs that long, but
+    never fewer than 2 (a trial's first epoch is cold: `sweep_epoch_factor` times the later ones)."""
+    return int(max(2, min(PROBE_EPOCHS, epochs_distribution(space)[:, 0].max())))
 
 
 def probe_concurrency(concurrent: int, threads: int, cores: int, device: str) -> int:

@@ -93,6 +93,11 @@ def test_the_memory_probe_runs_the_spaces_most_demanding_trial(tmp_path):
     # space's trials are shorter
     assert plan.probe_epochs(load_space(Path("search_spaces/phase2.yaml"))) == plan.PROBE_EPOCHS == 4
     assert plan.probe_epochs(load_space(Path("search_spaces/smoke.yaml"))) == 2
+    # never fewer than 2: a trial's first epoch is cold, its second times the sweep's epochs (1-epoch trials too)
+    one = tmp_path / "one.yaml"
+    one.write_text(TINY_SPACE.replace("max_epochs: 2", "max_epochs: 1").replace("epochs: 2}", "epochs: 1}"))
+    assert plan_epochs.epochs_distribution(load_space(one))[:, 0].tolist() == [1]
+    assert plan.probe_epochs(load_space(one)) == 2
     assert plan.optimizer_state("sgd", 0.0) == 0
 
 

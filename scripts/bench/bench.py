@@ -38,7 +38,7 @@ import bench_per_image  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_sweep  # noqa: E402
 import bench_trials  # noqa: E402
-from bench_setup import TARGETS, Bench, make_bench  # noqa: E402
+from bench_setup import DEFAULT_IMAGES, TARGETS, Bench, make_bench  # noqa: E402
 from common import REPO, log, work_dir  # noqa: E402
 
 OUT_FILE = REPO / "results" / "bench" / "bench.json"
@@ -161,7 +161,8 @@ def print_summary(r: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8, help="train images of the timed set; val gets half (default 8)")
+    ap.add_argument("--images", type=int, default=DEFAULT_IMAGES,
+                    help=f"train images of the timed set; val gets half (default {DEFAULT_IMAGES})")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run: fewer repeats and trials, "
                                                         "figures not fit for comparison")
     ap.add_argument("--only", nargs="+", choices=FIGURES, metavar="NAME",

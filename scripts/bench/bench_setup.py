@@ -18,6 +18,7 @@ PATCH, EMBED_DIM = 14, 384  # ViT-S/14: a token per 14x14 px patch, 384 channels
 GRID = (HEIGHT // PATCH, WIDTH // PATCH)  # tokens per image at the training size
 FULL_TRAIN, FULL_VAL = 2857, 317  # images in the real Duality train / val splits
 NAIVE_EPOCHS = 10  # phase 1 trains 10 epochs
+DEFAULT_IMAGES = 8  # train images of the timed set (bench.py --images); val gets half
 TARGETS = {  # the figures the cache and the search are meant to reach
     "epoch_ratio": ">= 10",  # naive epoch / cached search-trial epoch
     "sweep_ratio": "<= 1.0",  # 32-trial sweep incl. cache / one naive 10-epoch run
@@ -67,14 +68,20 @@ def private_ray(work: Path) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def make_bench(work: Path, images: int, quick: bool) -> Bench:
-    """The synthetic set (N train + N/2 val at 960x540) and the backbone, in `work`."""
+def make_set(root: Path, images: int = DEFAULT_IMAGES) -> tuple[Path, tuple[int, int]]:
+    """The benchmarks' synthetic set in `root`: N train + N/2 val images at 960x540; its root and counts."""
     from sweeper.data.synth import generate as synth
+
+    n = (images, max(1, images // 2))
+    log(f"synthetic set: {n[0]} train + {n[1]} val at 960x540")
+    return synth.generate(root, train=n[0], val=n[1], test=0, size=(960, 540)), n
+
+
+def make_bench(work: Path, images: int, quick: bool) -> Bench:
+    """The synthetic set (`make_set`) and the backbone, in `work`."""
     from sweeper.model.backbone import create_backbone
 
     private_ray(work)
-    n = (images, max(1, images // 2))
-    log(f"synthetic set: {n[0]} train + {n[1]} val at 960x540")
-    root = synth.generate(work / "set", train=n[0], val=n[1], test=0, size=(960, 540))
+    root, n = make_set(work / "set", images)
     return Bench(work=work, root=root, images=n, backbone=create_backbone(BACKBONE), plan=Plan.make(quick),
                  env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -42,7 +42,6 @@ CASES = {"default": [], "smoke1": ["--space", "smoke", "--max-concurrent", "1"],
          "bench": [*BENCH_SET, "--trials", "32"],
          "bench1": [*BENCH_SET, "--trials", "12", "--max-concurrent", "1"],
          "bench2": [*BENCH_SET, "--trials", "12", "--max-concurrent", "2"]}
-BENCH_IMAGES = (8, 4)  # scripts/bench/bench.py's default set: --images 8, val half
 OUT = REPO / "results" / "bench" / "plan_accuracy.json"
 FULL = REPO / "results" / "bench" / "full.json"
 FULL_MAX_EPOCHS = 2  # ASHA's max epochs in full.json's sweep (scripts/bench/rehearsal.py --full's default)
@@ -94,13 +93,11 @@ def run_full(work: Path, data: Path) -> dict[str, Any]:
 
 
 def bench_set(work: Path) -> Path:
-    """The bench's synthetic set (scripts/bench/bench_setup.make_bench's recipe), made once in `work`."""
-    from sweeper.data.synth.generate import generate
+    """The bench's synthetic set at bench.py's default size (`bench_setup.make_set`), made once in `work`."""
+    from bench_setup import make_set
 
     root = work / "bench-set"
-    if not (root / "val").is_dir():
-        generate(root, train=BENCH_IMAGES[0], val=BENCH_IMAGES[1], test=0, size=(960, 540))
-    return root
+    return root if (root / "val").is_dir() else make_set(root)[0]
 
 
 def run_case(name: str, extra: list[str], work: Path, full_data: Path) -> dict[str, Any]:

@@ -110,7 +110,8 @@ def simulated_sweep_seconds(sims: np.ndarray, *, epoch_s: float, cold_s: float, 
     trial 0's epochs at `baseline_epoch_s` (its own config's) when given."""
     start = RAY_START_S if start_s is None else start_s
     per = np.full(sims.shape[1], float(epoch_s))
-    per[0] = epoch_s if baseline_epoch_s is None else baseline_epoch_s
+    if baseline_epoch_s is not None:
+        per[0] = baseline_epoch_s
     return start + float(np.mean([makespan(row * per + cold_s + TRIAL_SETUP_S, concurrent) for row in sims]))
 
 

@@ -294,7 +294,7 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
                          n_val if x.path.parent.name == "tokens" else 0 for x in missing)
     cache_s = missing_images * bench.backbone_s_per_image
 
-    start_s = bench.trial_probe.get("start_s")
+    start_s = probe.get("start_s")
     # expected: the simulated sweeps' trials in Tune's slots; lower: the lower bound's epochs packed perfectly;
     # upper: every trial at its longest, in the slots
     timing = dict(epoch_s=epoch_s, cold_s=cold_s, concurrent=concurrent, start_s=start_s,
@@ -308,7 +308,7 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
 
     store = sum(x.nbytes for x in entries)
     tokens_bytes = sum(x.nbytes for x in entries if x.path.parent.name == "tokens")
-    host_mb = trial_memory_mb(bench.trial_peak_mb, tokens_bytes, int(bench.trial_probe.get("token_bytes", 0)))
+    host_mb = trial_memory_mb(bench.trial_peak_mb, tokens_bytes, int(probe.get("token_bytes", 0)))
     resources: dict[str, Any] = {
         "cache_bytes": store, "cache_missing_bytes": sum(x.nbytes for x in missing),
         "cache_free_bytes": free_bytes(cache_root), "out_free_bytes": free_bytes(Path(args.out)),
@@ -326,7 +326,7 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
         "bench": asdict(bench), "trial_epochs": e, "resources": resources,
         "time": {"trial_epoch_seconds": round(epoch_s, 2), "baseline_epoch_seconds": round(base_epoch_s, 2),
                  "cold_epoch_seconds": round(cold_s, 2),
-                 "start_seconds": bench.trial_probe.get("start_s", RAY_START_S),
+                 "start_seconds": probe.get("start_s", RAY_START_S),
                  "contention": round(slowdown, 2), "sweep_epoch_factor": round(factor, 3),
                  "cache_seconds": round(cache_s, 1), "sweep_seconds": round(expected_s + cache_s, 1),
                  "sweep_seconds_range": [round(min(lower_s, expected_s) + cache_s, 1),

@@ -26,6 +26,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's word elsewhere): timings name the machine they ran on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "unknown")
+    except OSError:
+        import platform
+        return platform.processor() or "unknown"
+
+
 def median(xs: list[float]) -> float:
     """The median as a plain float (JSON-ready): timings on a shared machine are reported as medians."""
     return float(statistics.median(xs))

@@ -1,4 +1,5 @@
-"""The docs and the code stay together: every `sweeper` command line in README.md and docs/*.md parses with
+"""The docs and the code stay together: every `sweeper` command line in README.md, docs/*.md and
+results/README.md parses with
 today's CLI (without running it), and every relative link and every repository path named in backticks exists.
 
 A command is a code line or an inline code span that starts with `sweeper`, `python -m sweeper` or
@@ -42,7 +43,7 @@ class Mention:
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "results" / "README.md"]
 
 
 def code_lines(path: Path) -> list[Mention]:

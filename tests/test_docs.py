@@ -179,17 +179,27 @@ def path_problems(mention: Mention, top: set[str]) -> list[str]:
     return problems
 
 
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as '-'."""
+    heads = re.findall(r"^#+\s+(.*)$", path.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def link_problems(path: Path) -> list[str]:
-    """Relative Markdown links (and images) whose target does not exist."""
+    """Relative Markdown links (and images) whose target, or the heading a `#anchor` names, does not exist."""
     problems = []
     text = path.read_text(encoding="utf-8")
     for n, line in enumerate(text.splitlines(), 1):
         for m in re.finditer(r"\]\(([^)\s]+)\)", line):
             target = m.group(1)
-            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"^[a-z]+:", target):
                 continue
-            if not (path.parent / target.split("#")[0]).exists():
+            file, _, anchor = target.partition("#")
+            file_path = path.parent / file if file else path
+            if not file_path.exists():
                 problems.append(f"{path.name}:{n}: link to {target}: no such file")
+            elif anchor and file_path.suffix == ".md" and anchor not in anchors(file_path):
+                problems.append(f"{path.name}:{n}: link to {target}: no such heading in {file_path.name}")
     return problems
 
 
@@ -244,9 +254,10 @@ def test_commands_are_found_after_env_settings_and_chains(tmp_path):
 
 def test_missing_paths_and_links_are_named(tmp_path):
     doc = tmp_path / "b.md"
-    doc.write_text("See [x](no/such.md), [y](#anchor) and [z](https://example.org).\n")
-    (problem,) = link_problems(doc)
-    assert "no/such.md" in problem
+    doc.write_text("# A `--seed` heading\n\nSee [x](no/such.md), [y](#a---seed-heading), [z](https://example.org) "
+                   "and [w](#no-such-heading).\n")
+    problems = link_problems(doc)
+    assert len(problems) == 2 and "no/such.md" in problems[0] and "no such heading" in problems[1]
     top = _tracked_top_level()
     assert path_problems(Mention("python scripts/bench/no_such_bench.py", doc, 1), top) != []
     assert path_problems(Mention("scripts/bench/bench.py", doc, 1), top) == []

@@ -181,7 +181,8 @@ def path_problems(mention: Mention, top: set[str]) -> list[str]:
 
 def anchors(path: Path) -> set[str]:
     """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces as '-'."""
-    heads = re.findall(r"^#+\s+(.*)$", path.read_text(encoding="utf-8"), re.M)
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)  # not code comments
+    heads = re.findall(r"^#+\s+(.*)$", text, re.M)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
 
 

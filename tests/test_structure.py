@@ -1,6 +1,6 @@
 """The package's shape, checked on its source: imports point one way between the sub-packages, no import circle,
 each sub-package says its concern, module sizes, no private names across modules, and which modules stay free of
-torch and Ray. These hold the structure the README's layout section describes."""
+torch and Ray. These hold the structure docs/layout.md describes."""
 
 from __future__ import annotations
 

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
-    add_data_options(p, cache_dtype="float16")  # same trial scores, half the memory: README "Running on a GPU"
+    add_data_options(p, cache_dtype="float16")  # same trial scores, half the memory: docs/cache.md
     p.add_argument("--space", type=Path, help="search space YAML, or the name of a shipped one: phase2 (default), "
                                               "smoke")
     p.add_argument("--trials", type=_positive_int, help="total trials incl. the baseline trial 0 (default: the space's)")

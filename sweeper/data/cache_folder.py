@@ -79,7 +79,7 @@ def default_cache_root() -> Path:
 
 
 def file_crc32(path: Path) -> int:
-    """CRC-32 of a file's bytes, read in 64 MiB chunks (about 1 s per GB here; see README, Reliability)."""
+    """CRC-32 of a file's bytes, read in 64 MiB chunks (about 1 s per GB here; see docs/reliability.md)."""
     crc, buf = 0, bytearray(CHECKSUM_CHUNK)
     view = memoryview(buf)
     with open(path, "rb") as f:

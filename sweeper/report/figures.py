@@ -93,19 +93,28 @@ def save_figure(fig: Figure, path: Path, *, dpi: float = DPI) -> Path:
     return path
 
 
-def plain_figure(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Axes]]:
-    """A figure in matplotlib's own default style, `panels` axes in a row: the organisers' figures are drawn so."""
-    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+def plain_style() -> contextlib.AbstractContextManager[None]:
+    """matplotlib's own default style, scoped: what the organisers' scripts drew with."""
+    return matplotlib.rc_context(matplotlib.rcParamsDefault)
+
+
+def plain_figure(width: float, height: float, panels: int = 1, *, columns: int = 0) -> tuple[Figure, list[Axes]]:
+    """A figure in matplotlib's own default style, `panels` axes in a row (or `columns` to a row): the
+    organisers' figures are drawn so."""
+    cols = columns or panels
+    with plain_style():
         fig = Figure(figsize=(width, height))
         FigureCanvasAgg(fig)
-        return fig, list(fig.subplots(1, panels, squeeze=False)[0])
+        return fig, list(fig.subplots((panels + cols - 1) // cols, cols, squeeze=False).flat)
 
 
-def save_plain(fig: Figure, path: Path, *, dpi: float) -> Path:
-    """Write a `plain_figure` as the organisers' scripts do: tight layout, tight bounding box, at `dpi`."""
-    with matplotlib.rc_context(matplotlib.rcParamsDefault):
+def save_plain(fig: Figure, path: Path, *, dpi: float, tight_box: bool = True) -> Path:
+    """Write a `plain_figure` as the organisers' scripts do: tight layout, at `dpi`; their test script also
+    crops to a tight bounding box, their train script does not (its PNGs are exactly figsize x dpi)."""
+    with plain_style():
         fig.tight_layout()
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
+                                                 **({"bbox_inches": "tight"} if tight_box else {})))
     return path
 
 

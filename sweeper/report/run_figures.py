@@ -1,4 +1,4 @@
-"""Figures of one run: phase 1's four training-curve figures, a baseline run's report figures, and the
+"""Figures of one run: phase 1's four training-curve figures (theirs, and ours for the report), a baseline run's report figures, and the
 figures `sweeper evaluate` draws (a test image next to its masks, per-class IoU on test vs validation).
 
 Drawn with the same helpers and style as the sweep figures (`figures.py`), so every PNG looks alike.
@@ -19,8 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from sweeper.data.classes import ORGANISERS_CLASS_NAMES
 from sweeper.errors import SweeperError
 from sweeper.files import read_jsonl
-from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure, save_figure, save_plain, styled,
-                                    val_iou_curves_axes)
+from sweeper.report.figures import (FigureSpec, NoData, new_figure, plain_figure, plain_style, save_figure, save_plain,
+                                    styled, val_iou_curves_axes)
 from sweeper.report.load import BaselineRun
 from sweeper.report.summary import fmt, synthetic_tag
 from sweeper.rundir.layout import METRICS_FILE
@@ -88,27 +88,51 @@ def curves_panel(ax: Any, history: Sequence[dict], panel: Panel) -> None:
     ax.legend(loc="best", fontsize="small")
 
 
-@styled
-def phase1_figure(history: Sequence[dict], name: str) -> Figure:
-    """One of phase 1's four figures (a PHASE1_FIGURES name) from epoch records, returned open."""
+def _panels(name: str) -> tuple[Panel, ...]:
     if name not in PHASE1_FIGURES:
         raise SweeperError(f"{name}: not one of phase 1's figures ({', '.join(PHASE1_FIGURES)})")
-    panels = PHASE1_FIGURES[name]
+    return PHASE1_FIGURES[name]
+
+
+@styled
+def phase1_figure(history: Sequence[dict], name: str) -> Figure:
+    """One of phase 1's four figures (a PHASE1_FIGURES name) from epoch records in the house style, epochs
+    1..n with markers (the report's version), returned open."""
+    panels = _panels(name)
     fig, axes = new_figure(len(panels), width=6.0, height=5.0)  # the organisers' 12x5 (two) and 12x10 (four)
     for ax, panel in zip(axes, panels):
         curves_panel(ax, history, panel)
     return fig
 
 
+def organisers_training_figure(history: Sequence[dict], name: str) -> Figure:
+    """One of phase 1's four figures drawn as their train script draws it: `plt.plot(history[key])`, so x is
+    the list index 0..n-1, no markers, grid on, 12x5 in (two panels) or 12x10 (four), matplotlib's default
+    style. The same panels as `phase1_figure`, which draws the report's version (epochs 1..n, markers)."""
+    panels = _panels(name)
+    fig, axes = plain_figure(12, 5 * ((len(panels) + 1) // 2), panels=len(panels), columns=2)
+    with plain_style():
+        for ax, panel in zip(axes, panels):
+            for key, label in panel.series:
+                ax.plot([np.nan if r.get(key) is None else r[key] for r in history], label=label)
+            ax.set_title(panel.title)
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(panel.ylabel)
+            ax.legend()
+            ax.grid(True)
+    return fig
+
+
 def phase1_plots(run_dir: Path) -> list[Path]:
-    """Phase 1's four training-curve figures for a single run, from its metrics.jsonl."""
+    """Phase 1's four training-curve figures for a single run, from its metrics.jsonl, as their script draws
+    them (under their names; the report holds our version)."""
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise SweeperError(f"{path}: no per-epoch metrics in this run folder")
     history = read_jsonl(path)
-    return [save_figure(phase1_figure(history, name), run_dir / name, dpi=ORGANISERS_TRAIN_DPI)
-            for name in PHASE1_FIGURES]
+    return [save_plain(organisers_training_figure(history, name), run_dir / name, dpi=ORGANISERS_TRAIN_DPI,
+                       tight_box=False) for name in PHASE1_FIGURES]
 
 
 # --------------------------------------------------------------------------- a baseline run's report
@@ -138,7 +162,7 @@ BASELINE_FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("val_iou_vs_phase1.png", "Validation IoU vs the published phase-1 curve",
                "This run's val IoU per epoch with the published phase-1 curve on the real data.",
                plot_baseline_val_iou),
-    FigureSpec("all_metrics_curves.png", "Training curves (phase 1's four panels)",
+    FigureSpec("metric_curves.png", "Training curves (phase 1's four panels)",
                "Loss, IoU, Dice and pixel accuracy per epoch, train and val, as phase 1 drew them.",
                plot_baseline_curves),
 )
@@ -248,8 +272,8 @@ def organisers_comparison(image: np.ndarray, target: np.ndarray, pred: np.ndarra
 
 def organisers_per_class(class_iou: Sequence[float | None], mean_iou: float, *, path: Path) -> Figure:
     """The organisers' per_class_metrics.png: one bar per class in the palette's colours (a class with no IoU
-    drawn at 0), a red dashed mean line, titled "Per-Class IoU (Mean: x)", 12x6 in at 150 dpi."""
-    fig, (ax,) = plain_figure(12, 6)
+    drawn at 0), a red dashed mean line labelled "Mean", titled "Per-Class IoU (Mean: x)", 10x6 in at 150 dpi."""
+    fig, (ax,) = plain_figure(10, 6)
     n = len(class_iou)
     ax.bar(range(n), [0.0 if v is None or np.isnan(v) else v for v in class_iou], color=list(PALETTE[:n] / 255),
            edgecolor="black")
@@ -258,7 +282,7 @@ def organisers_per_class(class_iou: Sequence[float | None], mean_iou: float, *, 
     ax.set_ylabel("IoU")
     ax.set_title(f"Per-Class IoU (Mean: {mean_iou:.4f})")
     ax.set_ylim(0, 1)
-    ax.axhline(y=mean_iou, color="red", linestyle="--", label="Mean IoU")
+    ax.axhline(y=mean_iou, color="red", linestyle="--", label="Mean")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     save_plain(fig, path, dpi=ORGANISERS_TEST_DPI)

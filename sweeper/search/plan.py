@@ -66,7 +66,7 @@ NAIVE_EPOCHS = 10  # phase 1's run
 PROBE_EPOCHS = 4  # each memory-probe trial's epochs: a trial's running peak climbs over its first ~5 epochs
 PROBE_MAX_CONCURRENT = 4  # the probe runs at most this many trials at once (its memory and time on a big machine)
 # private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
-STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (README, Performance); 0.19 by this probe at 24 and 800 images
+STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (docs/performance.md); 0.19 by this probe at 24 and 800 images
 
 
 # --------------------------------------------------------------------------- the model (pure)

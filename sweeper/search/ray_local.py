@@ -64,7 +64,7 @@ def start_ray(opts: SearchOptions, data_bytes: int = 0) -> None:
 
 AUTH_FIX = ("give this driver the cluster's token: run the sweep with RAY_AUTH_MODE=token and the token in "
             "~/.ray/auth_token, in a file named by RAY_AUTH_TOKEN_PATH or in RAY_AUTH_TOKEN (`ray get-auth-token` "
-            "on the head prints it); README: On a Ray cluster")
+            "on the head prints it); docs/cluster.md")
 
 
 @contextlib.contextmanager

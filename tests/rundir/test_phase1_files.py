@@ -72,7 +72,47 @@ def test_their_per_class_chart_is_one_palette_bar_per_class_and_a_red_mean(tmp_p
     assert [b.get_facecolor() for b in bars] == [to_rgba(c / 255) for c in PALETTE]
     assert ax.get_title() == "Per-Class IoU (Mean: 0.3125)"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Background", *CLASS_NAMES[1:]]
-    (mean,) = [ln for ln in ax.get_lines() if ln.get_label() == "Mean IoU"]
+    (mean,) = [ln for ln in ax.get_lines() if ln.get_label() == "Mean"]  # their legend text
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Mean"]
     assert mean.get_color() == "red" and list(mean.get_ydata()) == [0.3125, 0.3125]
-    assert tuple(fig.get_size_inches()) == (12.0, 6.0) and ax.get_ylim() == (0.0, 1.0)
+    assert tuple(fig.get_size_inches()) == (10.0, 6.0) and ax.get_ylim() == (0.0, 1.0)  # their figsize=(10, 6)
     assert Image.open(path).info["dpi"] == pytest.approx((150, 150), abs=0.1)
+
+
+@pytest.mark.parametrize("name, size, panels", [
+    ("training_curves.png", (12.0, 5.0), 2), ("iou_curves.png", (12.0, 5.0), 2),
+    ("dice_curves.png", (12.0, 5.0), 2), ("all_metrics_curves.png", (12.0, 10.0), 4),
+])
+def test_their_training_curves_are_drawn_as_their_script_draws_them(name, size, panels):
+    """plt.plot(history[key]): x is the list index 0..n-1, no markers, matplotlib's default style and colours."""
+    from matplotlib import rcParamsDefault
+
+    from sweeper.report.run_figures import organisers_training_figure
+
+    three = RECORDS + [{**RECORDS[1], "epoch": 3}]
+    fig = organisers_training_figure(three, name)
+    assert tuple(fig.get_size_inches()) == size and len(fig.axes) == panels
+    default_colours = rcParamsDefault["axes.prop_cycle"].by_key()["color"]
+    for ax in fig.axes:
+        lines = ax.get_lines()
+        assert lines
+        for k, line in enumerate(lines):
+            assert list(line.get_xdata()) == [0, 1, 2]
+            assert line.get_marker() in ("None", "", None)
+            assert line.get_color() == default_colours[k]  # C0, C1: not seaborn's 'deep' palette
+        assert ax.get_facecolor() == (1.0, 1.0, 1.0, 1.0) and ax.get_xlabel() == "Epoch"
+        assert all(g.get_visible() for g in ax.get_xgridlines())  # their plt.grid(True)
+
+
+def test_phase1_plots_writes_their_figures_under_their_names(tmp_path):
+    """The files in the run folder are the organisers' drawing; ours (epochs 1..n, markers) is the report's."""
+    from sweeper.report.run_figures import phase1_plots
+
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in RECORDS)
+    paths = phase1_plots(tmp_path)
+    plain = Image.open(tmp_path / "training_curves.png").convert("RGB")
+    colours = {c for _, c in plain.getcolors(1 << 20)}
+    assert (0x1F, 0x77, 0xB4) in colours  # matplotlib's default C0 line
+    assert (0x4C, 0x72, 0xB0) not in colours  # seaborn's 'deep' blue, the house style
+    assert len(paths) == 4

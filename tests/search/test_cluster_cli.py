@@ -1,4 +1,4 @@
-"""A Ray cluster started as the README says, with the `ray start` CLI, token authentication on (Ray >= 2.59's
+"""A Ray cluster started as docs/cluster.md says, with the `ray start` CLI, token authentication on (Ray >= 2.59's
 default), joined by `sweeper search --address`: without the token, one line naming the fix; with it, a sweep.
 
 The cluster is one head node bound to 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). A second node

@@ -64,6 +64,7 @@ GPU_SHARES = (1 / 8, 1 / 6, 1 / 5, 1 / 4, 1 / 3, 1 / 2, 1.0)  # shares the recom
 MARGIN = 1.2  # a peak must fit this many times over to be recommended
 NAIVE_EPOCHS = 10  # phase 1's run
 PROBE_EPOCHS = 4  # each memory-probe trial's epochs: a trial's running peak climbs over its first ~5 epochs
+EPOCH_GROWTH_WARN = 1.5  # a probe trial's later warm epochs this much slower than its first: warned (issue 26)
 PROBE_MAX_CONCURRENT = 4  # the probe runs at most this many trials at once (its memory and time on a big machine)
 # private MB a trial gains per MB of cached tokens it reads from the object store (shared, not copied): 0.2 by
 STORE_PRIVATE_PER_MB = 0.2  # scripts/bench/bench_trials.py (docs/performance.md); 0.19 by this probe at 24 and 800 images
@@ -322,6 +323,25 @@ def check_share_fits(plan: dict[str, Any] | None, gpus_per_trial: float, card_by
                            f"on this card: {hint}")
 
 
+def epoch_growth_warnings(probe: dict[str, Any]) -> list[str]:
+    """Warnings for probe trials whose epochs got slower as they trained (the plan assumes a steady cost).
+
+    A trial's last warm epoch against its fastest earlier warm one (the first epoch is cold): load from other work
+    slows single epochs at random, so an earlier slow epoch is noise, while growth shows at the end. Subnormal
+    floats did this to AdamW trials (2.9 s, 4.0 s, then 13.6-19.3 s) until `train` flushed them.
+    """
+    out = []
+    for t in probe.get("trials", []):
+        warm = [float(x) for x in t["epoch_seconds"][1:]]
+        if len(warm) >= 2 and warm[-1] > EPOCH_GROWTH_WARN * min(warm[:-1]):
+            c, first = probe.get("config", {}), min(warm[:-1])
+            named = ", ".join(f"{k} {c[k]:g}" if isinstance(c[k], float) else f"{k} {c[k]}"
+                              for k in ("optimizer", "lr", "batch_size", "class_weights") if k in c)
+            out.append(f"a probe trial's epochs grew from {first:.1f} s to {warm[-1]:.1f} s ({warm[-1] / first:.1f}x) "
+                       f"as it trained ({named}): trials like it may take longer than planned")
+    return out
+
+
 def format_plan(plan: dict[str, Any]) -> str:
     """The table `sweeper plan` prints: one line per question, readable at a glance."""
     d, o, b, e, t, r = (plan[k] for k in ("data", "options", "bench", "trial_epochs", "time", "resources"))
@@ -352,5 +372,6 @@ def format_plan(plan: dict[str, Any]) -> str:
                  f"--max-concurrent {rec['max_concurrent']} --gpus-per-trial {rec['gpus_per_trial']:g} "
                  f"(margin {rec['margin']}x" + (f", limited by {rec['limited_by']})" if "limited_by" in rec else ")")))
     rows.append(("search would refuse", "; ".join(plan["refusals"]) or "nothing"))
+    rows += [("warning", w) for w in plan.get("warnings", [])]
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {v}" for a, v in rows)

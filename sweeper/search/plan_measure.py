@@ -1,6 +1,7 @@
 """`sweeper plan` on this machine: micro-benchmarks through the product's own code paths (`train` on random
 tokens of the real shape, the cache build's decoding and backbone), the memory the system and a trial
-process have, and `make_plan`, which hands them to the model in `sweeper.search.plan`.
+process have (its probe trials on the sweep's own cached tokens where they exist: a trial on real tokens can
+grow confident, random ones never do), and `make_plan`, which hands them to the model in `sweeper.search.plan`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from sweeper.search.plan import (GPU_SHARES, NAIVE_EPOCHS, RAY_START_S, TRIAL_SETUP_S, Bench, choices,
-                                 cold_epoch_seconds, contention, memory_worst_point, naive_epoch_seconds, plan_key,
+                                 cold_epoch_seconds, contention, epoch_growth_warnings, memory_worst_point,
+                                 naive_epoch_seconds, plan_key,
                                  probe_concurrency, probe_epochs, recommend_cpu, recommend_gpu, refusals,
                                  simulated_sweep_seconds, sweep_epoch_factor, sweep_seconds, trial_epoch_seconds,
                                  trial_memory_mb)
@@ -73,12 +75,12 @@ def trial_process(config: dict[str, Any], **shape: Any) -> dict[str, Any]:
 
 def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tuple[int, int], embed_dim: int,
                  height: int, width: int, dtype: str = "float16", threads: int = 1, repeats: int = 2,
-                 epochs: int = 2, concurrent: int = 1) -> dict[str, Any]:
+                 epochs: int = 2, concurrent: int = 1, cached: dict[str, str] | None = None) -> dict[str, Any]:
     """In this process: a local Ray started as `search` starts it, random arrays of the real shape put into its
     object store by the sweep's own trainable (`sweeper.search.driver.make_trainable`: `trial_main` itself), and
     `concurrent` workers at once each running `repeats` trials of `config` one after the other (as the sweep
     reuses them), each epoch reported to Ray Tune's session with its checkpoint persisted. Each trial's peak
-    private MB (the trial's own sampler) and epoch seconds."""
+    private MB (the trial's own sampler) and epoch seconds. `cached`: the sweep's cache entries (`probe_data`)."""
     import tempfile
 
     import ray
@@ -90,8 +92,8 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
     from sweeper.search.trial import trial_bytes
     from sweeper.training.objective import Objective
 
-    data = _random_data(n_train, n_val, grid=tuple(grid), embed_dim=embed_dim, height=height, width=width,
-                        dtype=dtype)
+    data, tokens = probe_data(cached, n_train, n_val, grid=tuple(grid), embed_dim=embed_dim, height=height,
+                              width=width, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="sweeper-plan-") as d:
         trials_n = repeats * concurrent
         opts = SearchOptions(name="plan", out_root=Path(d), trials=trials_n, max_concurrent=concurrent,
@@ -120,11 +122,30 @@ def probe_trials(config: dict[str, Any], *, n_train: int, n_val: int, grid: tupl
     # a sweep's start: Ray's (start_ray), then Tune's and the first (fresh) workers', which is the fit's time
     # beyond a worker's share of the trials' epochs and each trial's set-up in a reused worker
     epochs_s = sum(sum(t["epoch_seconds"]) for t in trials) / concurrent
-    return {"config": config, "trials": trials, "token_bytes": int(data.train.tokens.array.nbytes
+    return {"config": config, "tokens": tokens, "trials": trials, "token_bytes": int(data.train.tokens.array.nbytes
                                                                      + data.val.tokens.array.nbytes),
             "n_train": n_train, "n_val": n_val, "concurrent": concurrent, "ray_start_s": round(t1 - t0, 2),
             "fit_s": round(t2 - t1, 2), "start_s": round(t1 - t0 + max(0.0, t2 - t1 - epochs_s
                                                                        - repeats * TRIAL_SETUP_S), 2)}
+
+
+def probe_data(cached: dict[str, str] | None, n_train: int, n_val: int, **shape: Any) -> tuple[Any, str]:
+    """The probe's train data and where it came from: the first images of the sweep's cached tokens and labels
+    (`cached`: paths of train_tokens, train_labels, val_tokens, val_labels) when the cache holds enough of them,
+    else random tokens of the same shape."""
+    from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
+    from sweeper.data.tokens import ArrayTokens, SplitData, TrainData
+
+    arrays = {k: np.load(v, mmap_mode="r") for k, v in (cached or {}).items()}
+    if not arrays or len(arrays["train_tokens"]) < n_train or len(arrays["val_tokens"]) < n_val:
+        return _random_data(n_train, n_val, **shape), "random"
+
+    def split(name: str, n: int) -> SplitData:
+        tokens = ArrayTokens(np.array(arrays[f"{name}_tokens"][:n]))
+        return SplitData(name, np.array(arrays[f"{name}_labels"][:n]), tokens)
+
+    return TrainData(train=split("train", n_train), val=split("val", n_val), embed_dim=shape["embed_dim"],
+                     class_names=CLASS_NAMES[:NUM_CLASSES]), "cached"
 
 
 def _random_data(n_train: int, n_val: int, *, grid: tuple[int, int], embed_dim: int, height: int, width: int,
@@ -176,7 +197,7 @@ def _epoch_seconds(cfg, data) -> tuple[float, float, float, float]:
 
 def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str], batches: Sequence[int],
             height: int, width: int, worst, cache_dtype: str = "float16", probe_epochs: int = 2,
-            probe_concurrent: int = 1) -> Bench:
+            probe_concurrent: int = 1, cached: dict[str, str] | None = None) -> Bench:
     """Time the backbone's forward (the cache build's path: decoding workers, then the backbone) and, per head
     and batch size, `train`'s training step, eval pass and cold first epoch on random tokens of the real
     shape; then the peak memory of `worst` (the space's most demanding trial config) in real trials,
@@ -233,7 +254,7 @@ def measure(backbone, split, *, device: str, threads: int, heads: Sequence[str],
     probe_cfg = worst.replace(epochs=probe_epochs, device="cpu", image_height=height, image_width=width).to_dict()
     probe = trial_process(probe_cfg, n_train=worst.batch_size * steps, n_val=val_small, grid=grid,
                           embed_dim=backbone.embed_dim, height=height, width=width, dtype=cache_dtype,
-                          threads=threads, epochs=probe_epochs, concurrent=probe_concurrent)
+                          threads=threads, epochs=probe_epochs, concurrent=probe_concurrent, cached=cached)
     return Bench(device=device, threads=threads, backbone_s_per_image=backbone_s, train_s_per_image=train_s,
                  eval_s_per_image=eval_s, working_set_mb=working, gpu_reserved_mb=reserved,
                  cold_epoch_s=cold, trial_peak_mb=max((t["peak_private_mb"] for t in probe.get("trials", [])),
@@ -277,7 +298,8 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
         bench = measure(backbone, splits["val"], device=str(device), threads=threads, heads=heads,
                         batches=batches, height=height, width=width, worst=worst,
                         cache_dtype=str(args.cache_dtype), probe_epochs=probe_epochs(space),
-                        probe_concurrent=probe_concurrency(concurrent, threads, cores, device.type))
+                        probe_concurrent=probe_concurrency(concurrent, threads, cores, device.type),
+                        cached=_cached_entries(entries))
     probe, factor = bench.trial_probe, 1.0
     if bench.device == "cpu" and "n_train" in probe:  # the probe's trials against the model's same epoch
         c = probe["config"]
@@ -351,4 +373,11 @@ def make_plan(args, space, *, source, backbone, bench: Bench | None = None) -> d
     else:
         out["recommendation"] = recommend_cpu(host_mb, available_memory_mb(), cores, threads)
     out["refusals"] = refusals(out)
+    out["warnings"] = epoch_growth_warnings(probe)
     return out
+
+
+def _cached_entries(entries) -> dict[str, str] | None:
+    """The sweep's plain train and val tokens and labels in the cache (`cache_entries`' first four), when all exist."""
+    named = {f"{x.path.name.split('-')[0]}_{x.path.parent.name}": str(x.path) for x in entries[:4]}
+    return named if all(x.exists for x in entries[:4]) and len(named) == 4 else None

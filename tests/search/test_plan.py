@@ -303,6 +303,24 @@ def test_plan_command_on_a_tiny_set(tiny, tmp_path, capsys, monkeypatch):
     assert t["baseline_epoch_seconds"] == pytest.approx(t["contention"] * (
         4 * b["train_s_per_image"]["convnext_phase1/2"] + 2 * b["eval_s_per_image"]["convnext_phase1"]), abs=0.01)
     assert plan.plan_summary(p).startswith("plan: ") and "trial-epochs expected" in plan.plan_summary(p)
+    # steady probe epochs: no warning; one that grew is printed as a row of its own
+    assert p["warnings"] == [] and "warning" not in table
+    grown = plan.format_plan({**p, "warnings": ["trial-epochs grew 2.9 s -> 13.6 s"]})
+    assert any(ln.startswith("warning") and ln.endswith("2.9 s -> 13.6 s") for ln in grown.splitlines())
+    # no cache yet: the probe trains on random tokens; once the sweep's cache exists, on its tokens
+    assert shape["cached"] is None
+    from sweeper.data.cache import load_train_data
+    from sweeper.data.classes import LabelMode
+    from sweeper.model.backbone import create_backbone
+
+    load_train_data(data, create_backbone("random_vits14"), height=56, width=112, label_mode=LabelMode.PHASE1,
+                    cache_root=tmp_path / "cache", dtype="float16", show_progress=False)
+    probed.clear()
+    assert main(["-q", "plan", "--data", str(data), "--backbone", "random_vits14", "--space", str(space),
+                 "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--out", str(out)]) == 0
+    (_, shape), = probed
+    assert sorted(shape["cached"]) == ["train_labels", "train_tokens", "val_labels", "val_tokens"]
+    assert all(Path(v).is_file() for v in shape["cached"].values())
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_any_entry_is_built(tiny, tmp_path, monkeypatch, capsys):
@@ -370,3 +388,46 @@ def test_a_trial_process_is_measured_as_a_sweep_trial():
     assert 0 < out["ray_start_s"] <= out["start_s"] < out["ray_start_s"] + out["fit_s"]
     # torch, Ray and its Tune session imported: hundreds of MB, private
     assert all(100 < t["peak_private_mb"] < 2000 for t in out["trials"]), out
+
+
+def probe_with(*epoch_seconds, config=None):
+    """A memory probe's result (`probe_trials`) whose trials took these epoch seconds."""
+    return {"config": config or {"optimizer": "adamw", "lr": 8.2e-4, "batch_size": 2},
+            "trials": [{"peak_private_mb": 500.0, "epoch_seconds": list(s)} for s in epoch_seconds]}
+
+
+def test_a_trial_epoch_that_grows_over_the_probe_is_warned_about_naming_the_config():
+    # issue 26: AdamW trials stalled on subnormals from their third epoch (2.9, 4.0, then 13.6-19.3 s)
+    warnings = plan.epoch_growth_warnings(probe_with([6.0, 2.9, 4.0, 13.6], [6.1, 3.0, 3.1, 3.0]))
+    assert len(warnings) == 1
+    assert "2.9 s" in warnings[0] and "13.6 s" in warnings[0] and "4.7x" in warnings[0]
+    assert "adamw" in warnings[0] and "lr 0.00082" in warnings[0] and "batch_size 2" in warnings[0]
+
+
+def test_steady_or_noisy_probe_epochs_give_no_warning():
+    assert plan.epoch_growth_warnings(probe_with([6.0, 2.9, 3.0, 3.1])) == []
+    assert plan.epoch_growth_warnings(probe_with([6.0, 2.9, 9.0, 3.1])) == []  # one epoch slowed by other work
+    assert plan.epoch_growth_warnings(probe_with([6.0, 2.9])) == []  # no later warm epoch to compare
+    assert plan.epoch_growth_warnings({}) == []  # the probe could not run
+
+
+def test_the_probe_trains_on_the_sweeps_cached_tokens_where_they_exist(tmp_path):
+    from sweeper.search.plan_measure import probe_data
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 5), ("val", 3)):
+        paths[f"{split}_tokens"] = tmp_path / f"{split}-tokens.npy"
+        paths[f"{split}_labels"] = tmp_path / f"{split}-labels.npy"
+        np.save(paths[f"{split}_tokens"], rng.normal(size=(n, 2, 3, 4)).astype(np.float16))
+        np.save(paths[f"{split}_labels"], rng.integers(0, 10, (n, 28, 42), dtype=np.uint8))
+    shape = dict(grid=(2, 3), embed_dim=4, height=28, width=42, dtype="float16")
+    data, source = probe_data({k: str(v) for k, v in paths.items()}, 4, 2, **shape)
+    assert source == "cached"
+    assert np.array_equal(data.train.tokens.array, np.load(paths["train_tokens"])[:4])
+    assert np.array_equal(data.val.labels, np.load(paths["val_labels"])[:2])
+    # fewer cached images than the probe needs, or no cache: random tokens of the same shape
+    data, source = probe_data({k: str(v) for k, v in paths.items()}, 6, 2, **shape)
+    assert source == "random" and data.train.tokens.array.shape == (6, 2, 3, 4)
+    data, source = probe_data(None, 4, 2, **shape)
+    assert source == "random" and data.val.labels.shape == (2, 28, 42)

@@ -24,6 +24,7 @@ from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, wri
 from sweeper.search.options import SearchOptions
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.ray_local import disk_full, ray_environment, start_ray
+from sweeper.search.recovery import NODE_LOSSES_RETRIED, node_loss_callback
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
@@ -284,9 +285,11 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     printer = ProgressPrinter(space, total=opts.trials)
     run_config = tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
-        callbacks=[end_recorder(), *([printer.callback()] if progress else [])],
+        callbacks=[node_loss_callback(trial_error), end_recorder(), *([printer.callback()] if progress else [])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch: enough to resume
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failing trial is recorded, the sweep goes on
+        # a trial whose node is lost continues from its checkpoint elsewhere; one that fails for its own reasons
+        # is recorded and not retried (sweeper.search.recovery); the sweep goes on either way
+        failure_config=tune.FailureConfig(max_failures=NODE_LOSSES_RETRIED, fail_fast=False),
     )
     with optuna_experimental_ok():  # the searcher is built, or restored, and used inside
         return _fit(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)

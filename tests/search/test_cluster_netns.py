@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,8 +267,10 @@ def test_a_node_added_mid_sweep_runs_trials_and_a_lost_node_loses_none(namespace
     assert walls == sorted(walls)  # its wall time summed over both nodes
     row = trials.set_index("trial").loc[moved]
     assert row.node_id == head_node and row.epochs_run == EPOCHS
-    assert (f"trial {moved} moved to another node after its node was lost, from epoch {lost_after}"
-            in progress), progress[-3000:]
+    assert row.node_ids == f"{worker_node} {head_node}" and row.node_losses == 1  # trials.csv says it moved
+    assert (trials.node_losses > 0).sum() == 1
+    assert re.search(rf"trial +{moved} moved to another node after its node was lost, from epoch {lost_after} ",
+                     progress), progress[-3000:]
     # trial 0 is the phase-1 point: what a local baseline run of the same data gives, epoch by epoch
     history = pd.read_csv(run / "history.csv")
     reference = [json.loads(x) for x in (tmp_path / "baseline" / "metrics.jsonl").read_text().splitlines()]

@@ -93,10 +93,12 @@ def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) ->
                                       "started": time.time()})
 
 
-def write_trial_end(folder: Path, status: str, error: str | None = None) -> None:
-    """The driver's record of how a trial ended (see TRIAL_END)."""
+def write_trial_end(folder: Path, status: str, error: str | None = None, *, node_lost: bool = False) -> None:
+    """The driver's record of how a trial ended (see TRIAL_END); `node_lost`: it failed because its node or
+    process was lost (too often), not for its own reasons, so a resume continues it."""
     if folder.is_dir():
-        write_json(folder / TRIAL_END, {"status": status, "error": error, "ended": time.time()})
+        write_json(folder / TRIAL_END, {"status": status, "error": error, "node_lost": node_lost,
+                                        "ended": time.time()})
 
 
 def write_trial_move(folder: Path, *, after_epoch: int, node_id: str | None, error: str | None) -> None:

@@ -24,7 +24,7 @@ from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, wri
 from sweeper.search.options import SearchOptions
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.ray_local import disk_full, ray_environment, start_ray
-from sweeper.search.recovery import NODE_LOSSES_RETRIED, node_loss_callback
+from sweeper.search.recovery import KEPT_MARK, NODE_LOSSES_RETRIED, node_loss_callback
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
@@ -45,7 +45,11 @@ def end_recorder():
             write_trial_end(Path(trial.path), "TERMINATED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            write_trial_end(Path(trial.path), "ERROR", trial_error(trial))
+            error = trial_error(trial)
+            if KEPT_MARK in error:  # a resume left it as it ended: its record stays as it was
+                return
+            write_trial_end(Path(trial.path), "ERROR", error,
+                            node_lost=bool(getattr(trial.temporary_state, "node_lost", False)))
 
     return _End()
 
@@ -305,8 +309,10 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
         # the searcher it would restore from tuner.pkl is the one the sweep started with, so it is replaced
         # by one restored from this folder with this folder's study.db (Ray's restore_from_dir then repeats
         # the restore on it: the same state). Ray 2.60 offers no public setter for it.
+        # errored trials too: one its lost node ended continues, one its own error ended stays as it was
+        # (sweeper.search.recovery.kept_error)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, param_space=None)
+                                   resume_errored=True, param_space=None)
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
                                  exp_dir=exp_dir, restore_dir=exp_dir)
         restored = tuner._local_tuner._tune_config

@@ -120,9 +120,10 @@ class ProgressPrinter:
 
     def on_moved(self, trials, trial) -> None:
         """A trial that lost its node continues from its checkpoint (its last reported epoch) elsewhere."""
-        epoch = (trial.last_result or {}).get("epoch")
+        epoch = (trial.last_result or {}).get("epoch")  # the checkpoint Ray knows: none before its first report
+        where = f"from epoch {epoch}" if epoch else "from its start"
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {trial_index(trial):>3} moved to "
-                          f"another node after its node was lost, from epoch {epoch or 0} | {self._counts(trials)}\n")
+                          f"another node after its node was lost, {where} | {self._counts(trials)}\n")
         self.stream.flush()
 
     def on_end(self, trials, trial, what: str) -> None:

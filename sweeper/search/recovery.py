@@ -9,17 +9,34 @@ killed it. Ray 2.60 has no public hook for that choice: its Trial.should_recover
 trial the controller holds (new or restored from a snapshot) is given `node_loss_trial()`'s class, which adds
 only that rule. A retried trial continues in the same trial folder from its checkpoint (`trial_main`), each
 epoch recorded once; the move is written to its folder (TRIAL_MOVES) and printed by the progress lines.
+
+`search --resume` continues what a crash left unfinished: a trial still running when the driver died, and a
+trial that ended ERROR because its node or process was lost (once more than NODE_LOSSES_RETRIED allows, or
+with a sweeper before this rule). A trial that ended ERROR for its own reasons is left as it ended: Ray
+restarts every errored trial, and `trial_main` ends such a one at once with `KeptAsEndedError`, its
+record (TRIAL_END, epochs, study entry) untouched.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
+from sweeper.errors import SweeperError
+from sweeper.files import read_json
+from sweeper.rundir.layout import TRIAL_END
 from sweeper.rundir.records import write_trial_move
 
 NODE_LOSSES_RETRIED = 3  # lost nodes a trial survives: each continues from its checkpoint; one more ends it ERROR
 _MEMORY_KILL = ("OutOfMemoryError", "memory monitor", "low on memory")  # Ray's memory monitor: the trial's own
+# an error line (TRIAL_END) of a lost process, written before TRIAL_END said `node_lost`: Ray's actor errors
+_LOST_LINE = re.compile(r"^The actor \w+ (is unavailable|died)|ActorDiedError|ActorUnavailableError|RayActorError")
+KEPT_MARK = "left as it ended (its own error), not resumed"  # starts KeptAsEndedError's message
+
+
+class KeptAsEndedError(SweeperError):
+    """Raised by a trial that a resume restarted although it had ended ERROR for its own reasons."""
 
 
 def lost_process(error: BaseException | None) -> bool:
@@ -72,3 +89,20 @@ def node_loss_callback(describe_error):
                              error=describe_error(trial))
 
     return _NodeLoss()
+
+
+def ended_by_lost_node(end: dict) -> bool:
+    """Whether a trial's TRIAL_END is an ERROR its lost node or process caused (a resume continues it)."""
+    if "node_lost" in end:
+        return bool(end["node_lost"])
+    return bool(_LOST_LINE.search(str(end.get("error") or "")))
+
+
+def kept_error(folder: Path) -> str | None:
+    """The error a trial folder's TRIAL_END records when the trial ended ERROR for its own reasons (a resume
+    leaves it as it ended), else None."""
+    path = Path(folder) / TRIAL_END
+    end = read_json(path) if path.is_file() else None
+    if not end or end.get("status") != "ERROR" or ended_by_lost_node(end):
+        return None
+    return str(end.get("error") or "error")

@@ -228,7 +228,9 @@ def test_a_node_added_mid_sweep_runs_trials_and_a_lost_node_loses_none(namespace
 
             def worker_checkpointed():
                 for folder, r in epoch_lines(exp):
-                    if r.get("node_id") != head_node and list(folder.glob("checkpoint_*/state.pt")):
+                    # the driver's logger wrote its result (result.json): Ray knows that epoch's checkpoint
+                    result = folder / "result.json"
+                    if r.get("node_id") != head_node and result.is_file() and result.stat().st_size > 0:
                         return folder, r["node_id"]
                 return None
 
@@ -240,8 +242,10 @@ def test_a_node_added_mid_sweep_runs_trials_and_a_lost_node_loses_none(namespace
         worker.wait(timeout=30)
         assert driver.wait(timeout=600) == 0, logs["driver"].read_text()[-5000:]
         sweep_s = time.time() - started
-        baseline = subprocess.run([sys.executable, "-m", "sweeper", "-q", "baseline", *common, "--epochs", "2",
-                                   "--out", str(tmp_path / "baseline")], env=head_env, cwd=ROOT,
+        # the same cached tokens as the sweep (its default cache type, float16)
+        baseline = subprocess.run([sys.executable, "-m", "sweeper", "-q", "baseline", *common, "--epochs",
+                                   str(EPOCHS), "--cache-dtype", "float16", "--out", str(tmp_path / "baseline")],
+                                  env=head_env, cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)
         assert baseline.returncode == 0, baseline.stderr[-3000:]
     finally:

@@ -10,8 +10,9 @@ the namespaces, so `ip netns pids` names exactly what to kill (never `ray stop`:
 instance on the machine), and the namespaces are deleted at the end, whatever happened.
 
 One sweep shows three things (each Ray start costs tens of seconds on a small machine):
-- a node joining mid-sweep gets trials: the sweep starts on the head alone, the worker is added once trial
-  0 has run an epoch, and the pending trial runs on the worker;
+- a node joining mid-sweep gets trials: the sweep (2 trials at once) starts on a 1-CPU head alone, the worker
+  is added once trial 0 has run an epoch, and the waiting trial runs on the worker (trial 0's process is
+  paused meanwhile: see the comment there);
 - a node lost mid-trial loses nothing: once the worker's trial has checkpointed, every process of namespace
   B is killed with SIGKILL (a lost machine); the trial continues from that checkpoint on the head, each epoch
   recorded once;

@@ -47,6 +47,8 @@ CONFIRM_SUMMARY_CSV = "confirm_summary.csv"  # one row per config: mean, spread,
 TRIAL_CONFIG = "config.json"  # written by the trial when it starts: number, Ray trial id, config as run, start time
 TRIAL_EPOCHS = "epochs.jsonl"  # written by the trial: one JSON line per reported epoch, before its checkpoint
 TRIAL_END = "end.json"  # written by the driver when the trial ends: status (TERMINATED or ERROR) and error line
+TRIAL_MOVES = "moves.jsonl"  # written by the driver each time the trial lost its node (or process) and continued
+#                              from its checkpoint elsewhere: one line {after_epoch, node_id, error, time}
 CONFIRM_KEY = "confirm_of"  # config key naming the sweep trial a confirm run repeats
 TRIAL_KEY = "trial_number"  # config key: the trial's number in the Optuna study, which the tables use too
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from sweeper import __version__
 from sweeper.errors import SweeperError
-from sweeper.files import dumps, read_json, read_jsonl, write_json, write_text_atomic
+from sweeper.files import append_jsonl, dumps, read_json, read_jsonl, write_json, write_text_atomic
 from sweeper.rundir.layout import (EXPERIMENT_DIR, STATE_FILE, SWEEP_FILE, TRIAL_CONFIG, TRIAL_END, TRIAL_EPOCHS,
-                                   TRIAL_KEY)
+                                   TRIAL_KEY, TRIAL_MOVES)
 from sweeper.training.objective import Objective
 
 
@@ -46,6 +46,11 @@ class TrialRecord:
     def epochs(self) -> list[dict[str, Any]]:
         """The epochs this folder's trial reported (TRIAL_EPOCHS)."""
         return read_epochs(self.path)
+
+    def moves(self) -> list[dict[str, Any]]:
+        """Each time this folder's trial lost its node and continued from its checkpoint (TRIAL_MOVES)."""
+        path = self.path / TRIAL_MOVES
+        return read_jsonl(path) if path.is_file() else []
 
     def torn(self) -> bool:
         """Whether this folder's TRIAL_EPOCHS ends in a torn line (a write or copy cut short): an epoch the
@@ -88,10 +93,19 @@ def write_trial_start(folder: Path, config: dict[str, Any], *, trial_id: str) ->
                                       "started": time.time()})
 
 
-def write_trial_end(folder: Path, status: str, error: str | None = None) -> None:
-    """The driver's record of how a trial ended (see TRIAL_END)."""
+def write_trial_end(folder: Path, status: str, error: str | None = None, *, node_lost: bool = False) -> None:
+    """The driver's record of how a trial ended (see TRIAL_END); `node_lost`: it failed because its node or
+    process was lost (too often), not for its own reasons, so a resume continues it."""
     if folder.is_dir():
-        write_json(folder / TRIAL_END, {"status": status, "error": error, "ended": time.time()})
+        write_json(folder / TRIAL_END, {"status": status, "error": error, "node_lost": node_lost,
+                                        "ended": time.time()})
+
+
+def write_trial_move(folder: Path, *, after_epoch: int, node_id: str | None, error: str | None) -> None:
+    """The driver's record of a trial continued elsewhere after losing its node (see TRIAL_MOVES)."""
+    if folder.is_dir():
+        append_jsonl(folder / TRIAL_MOVES, {"after_epoch": after_epoch, "node_id": node_id, "error": error,
+                                            "time": time.time()})
 
 
 def read_trial_records(exp_dir: Path) -> list[TrialRecord]:

@@ -24,6 +24,7 @@ from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, wri
 from sweeper.search.options import SearchOptions
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.ray_local import disk_full, ray_environment, start_ray
+from sweeper.search.recovery import KEPT_MARK, NODE_LOSSES_RETRIED, node_loss_callback
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
@@ -44,7 +45,11 @@ def end_recorder():
             write_trial_end(Path(trial.path), "TERMINATED")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            write_trial_end(Path(trial.path), "ERROR", trial_error(trial))
+            error = trial_error(trial)
+            if KEPT_MARK in error:  # a resume left it as it ended: its record stays as it was
+                return
+            write_trial_end(Path(trial.path), "ERROR", error,
+                            node_lost=bool(getattr(trial.temporary_state, "node_lost", False)))
 
     return _End()
 
@@ -284,9 +289,11 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
     printer = ProgressPrinter(space, total=opts.trials)
     run_config = tune.RunConfig(
         name=EXPERIMENT_DIR, storage_path=str(run_dir), verbose=0,
-        callbacks=[end_recorder(), *([printer.callback()] if progress else [])],
+        callbacks=[node_loss_callback(trial_error), end_recorder(), *([printer.callback()] if progress else [])],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch: enough to resume
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failing trial is recorded, the sweep goes on
+        # a trial whose node is lost continues from its checkpoint elsewhere; one that fails for its own reasons
+        # is recorded and not retried (sweeper.search.recovery); the sweep goes on either way
+        failure_config=tune.FailureConfig(max_failures=NODE_LOSSES_RETRIED, fail_fast=False),
     )
     with optuna_experimental_ok():  # the searcher is built, or restored, and used inside
         return _fit(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)
@@ -302,8 +309,10 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
         # the searcher it would restore from tuner.pkl is the one the sweep started with, so it is replaced
         # by one restored from this folder with this folder's study.db (Ray's restore_from_dir then repeats
         # the restore on it: the same state). Ray 2.60 offers no public setter for it.
+        # errored trials too: one its lost node ended continues, one its own error ended stays as it was
+        # (sweeper.search.recovery.kept_error)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, param_space=None)
+                                   resume_errored=True, param_space=None)
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
                                  exp_dir=exp_dir, restore_dir=exp_dir)
         restored = tuner._local_tuner._tune_config

@@ -73,8 +73,11 @@ class ProgressPrinter:
             def on_trial_complete(self, iteration, trials, trial, **info):
                 printer.on_end(trials, trial, "done")
 
-            def ontrial_error(self, iteration, trials, trial, **info):
+            def on_trial_error(self, iteration, trials, trial, **info):
                 printer.on_end(trials, trial, "FAILED")
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                printer.on_moved(trials, trial)
 
         return _Cb()
 
@@ -113,6 +116,14 @@ class ProgressPrinter:
         self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {idx:>3} epoch "
                           f"{result.get('epoch')}/{trial.config.get('epochs')}: {self.space.metric} "
                           f"{'-' if score is None else f'{score:.4f}'}  | {self._best()} | {self._counts(trials)}\n")
+        self.stream.flush()
+
+    def on_moved(self, trials, trial) -> None:
+        """A trial that lost its node continues from its checkpoint (its last reported epoch) elsewhere."""
+        epoch = (trial.last_result or {}).get("epoch")  # the checkpoint Ray knows: none before its first report
+        where = f"from epoch {epoch}" if epoch else "from its start"
+        self.stream.write(f"[{time.perf_counter() - self.started:6.0f}s] trial {trial_index(trial):>3} moved to "
+                          f"another node after its node was lost, {where} | {self._counts(trials)}\n")
         self.stream.flush()
 
     def on_end(self, trials, trial, what: str) -> None:

@@ -72,6 +72,9 @@ def collect(run_dir: Path, space: SearchSpace) -> tuple[pd.DataFrame, pd.DataFra
                "peak_private_mb": epochs[-1].get("peak_private_mb") if epochs else None,
                "peak_shared_mb": epochs[-1].get("peak_shared_mb") if epochs else None,
                "node_id": epochs[-1].get("node_id") if epochs else None,
+               # the nodes its epochs ran on, in order, and how often it lost its node and continued elsewhere
+               "node_ids": " ".join(dict.fromkeys(str(r["node_id"]) for r in epochs if r.get("node_id"))) or None,
+               "node_losses": sum(len(rec.moves()) for rec in records),
                "device": epochs[-1].get("device") if epochs else None,
                "gpu_share": epochs[-1].get("gpu_share") if epochs else None,
                "gpu_peak_reserved_mb": max((r["gpu_peak_reserved_mb"] for r in epochs

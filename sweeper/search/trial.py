@@ -26,6 +26,7 @@ from sweeper.data.tokens import TrainData
 from sweeper.files import append_jsonl
 from sweeper.rundir.layout import BEST_KEY, CONFIRM_KEY, STATE_FILE, TRIAL_EPOCHS, TRIAL_KEY
 from sweeper.rundir.records import trial_groups, truncate_epochs, write_trial_start
+from sweeper.search.recovery import KEPT_MARK, KeptAsEndedError, kept_error
 from sweeper.training.config import TrainConfig
 from sweeper.training.device import release_memory, trial_device
 from sweeper.training.objective import METRIC_KEY, MODE_KEY, Objective, best_index
@@ -118,6 +119,9 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     # zero-copy views of the object store's shared memory; train/val labels are those of the sweep's label mode
     data = TrainData.from_arrays(**arrays, label_mode=str(config.get("label_mode", "phase1")))
     folder = Path(tune.get_context().get_storage().trial_fs_path)  # this trial's folder under ray/ (storage)
+    kept = kept_error(folder)
+    if kept is not None:  # a resume restarts every errored trial; this one failed for its own reasons
+        raise KeptAsEndedError(f"{KEPT_MARK}: {kept}")
     write_trial_start(folder, config, trial_id=tune.get_context().get_trial_id())
     number = config.get(TRIAL_KEY)  # the study's number; none in a confirm run
     objective = Objective.from_config(config)  # what its best epoch is: the sweep's metric and mode
@@ -138,8 +142,9 @@ def trial_main(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if state_file is not None:
             resume = load_checkpoint(state_file)
             log.info("trial %d continues from %s (epoch %d)", number, state_file, len(resume.get("history", [])))
-    if resume is not None:  # lines written after that checkpoint (the driver stopped in between) go
-        truncate_epochs(folder, len(resume.get("history") or []))
+    # lines written after the checkpoint it continues from (all of them when it starts afresh) go: the driver
+    # stopped, or the trial's node was lost, after they were written and before Ray knew their checkpoint
+    truncate_epochs(folder, len((resume or {}).get("history") or []))
     extra = {"gpu_ids": ",".join(str(i) for i in gpu_ids), "gpu_share": share, "node_id": node_id}
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:

@@ -267,6 +267,10 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     failed = table[table.status == "ERROR"]
     assert len(failed) >= 1 and (failed.lr == 1e6).all()
     assert failed.error.str.contains("training loss became").all()
+    assert (failed.node_losses == 0).all()  # its own error: never retried (sweeper.search.recovery)
+    for trial_id in failed.trial_id:  # Ray's record of the trial's failures: one each
+        (error,) = (tmp_path / "fail" / "ray").glob(f"*_{trial_id}_*/error.txt")
+        assert error.read_text().count("Failure # ") == 1
     assert (table[table.status == "TERMINATED"].lr == 1e-4).all() and len(table) == 4
     with sqlite3.connect(tmp_path / "fail" / "study.db") as db:
         states = [r[0] for r in db.execute("select state from trials order by number")]

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     data = sweep_data()
     load_before = os.getloadavg()
     log(f"CPU {cpu_model()}, {torch.get_num_threads()} threads, load {load_before[0]:.1f}")
-    sgd_before, _ = epochs(SGD, data, args.sgd_epochs)
+    sgd_before, sgd_state = epochs(SGD, data, args.sgd_epochs)
     log(f"SGD epochs: {[round(s, 2) for s in sgd_before]}")
     flushed, unflushed, counts, state = [], [], [], None
     for e in range(1, args.adamw_epochs + 1):
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"AdamW epoch {e}: {on[0]:.2f} s flushed, {off[0]:.2f} s not; {counts[-1]} subnormals in one step's "
             f"gradients without the flush")
     sgd_after, _ = epochs(SGD, data, args.sgd_epochs)
+    sgd_counts = [subnormals_in_a_step(SGD, data, None), subnormals_in_a_step(SGD, data, sgd_state)]
     log(f"SGD epochs: {[round(s, 2) for s in sgd_after]}")
 
     sgd = median(sgd_before + sgd_after)
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_model": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "sgd": {"config": "phase 1 (SGD lr 1e-4, batch 2), train metrics off", "epoch_seconds_before": sgd_before,
-                "epoch_seconds_after": sgd_after, "median_s": sgd},
+                "epoch_seconds_after": sgd_after, "median_s": sgd,
+                "subnormals_per_step_unflushed_first_and_last_epoch": sgd_counts},
         "adamw": {"config": "issue 26's trial 6: AdamW lr 8.2e-4, batch 2, inverse weights",
                   "epoch_seconds_flushed": flushed, "epoch_seconds_unflushed": unflushed,
                   "subnormals_per_step_unflushed": counts},
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median epoch: SGD {sgd:.2f} s, AdamW {median(flushed):.2f} s flushed, {median(unflushed):.2f} s not")
     print(f"AdamW/SGD: {r['flushed']:.2f}x flushed (target <= {TARGET}: {'met' if out['met'] else 'MISSED'}), "
           f"{r['unflushed']:.2f}x without the flush; subnormals per step without it: {counts}")
+    print(f"subnormals per SGD step without the flush, at its start and after {args.sgd_epochs} epochs: {sgd_counts}")
     print("each AdamW epoch without the flush / with it: "
           + ", ".join(f"{x:.2f}" for x in out["ratio_unflushed_over_flushed_per_epoch"]))
     print(f"wrote {args.out}")

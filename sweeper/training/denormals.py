@@ -121,13 +121,10 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    before: dict[int, bool] = {}
-    lock = threading.Lock()
+    before: dict[int, bool] = {}  # each team thread's own setting (the callbacks hold the GIL: no lock needed)
 
     def flush_on() -> None:
-        was = thread_flushes()
-        with lock:
-            before[threading.get_ident()] = was
+        before[threading.get_ident()] = thread_flushes()
         torch.set_flush_denormal(True)
 
     supported = torch.set_flush_denormal(thread_flushes())  # False: this CPU has no FTZ/DAZ (changes nothing)

@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 0  # head initialisation and shuffling
     device: str = "auto"  # 'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'
     amp: bool = False  # bfloat16/float16 autocast for the head; CUDA only, ignored on CPU
+    # CPU: flush subnormal floats to zero while training (sweeper.training.denormals); False only to measure the stall
+    flush_denormals: bool = True
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     gpu_share: float = 1.0  # part of the GPU's memory this run may use (a trial's --gpus-per-trial), capped on CUDA
     gpu_memory_gib: float = 0.0  # GiB of the card the shares divide (--gpu-memory: a smaller or shared card); 0 = all

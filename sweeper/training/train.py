@@ -1,15 +1,13 @@
 """The one training function: baseline, every search trial and the tests call `train`.
 
-Per epoch it does what the phase-1 script does: a shuffled training pass
-over the head, a validation-loss pass, then phase-1 metrics over the whole
-train split (optional: search trials skip it) and the val split, all in eval
-mode with batches of `eval_batch_size`. With cached tokens the validation
-loss and metrics come from one forward pass (the same logits, so the same
-numbers); with the backbone in the loop they are separate passes, as in
-phase 1. Every eval pass, and `sweeper.evaluate.predict`, runs the head
-through `eval_logits`, the one inference loop. No Ray import here: the
-search adapter lives in `sweeper.search.trial`. `train` changes no process-wide
-state: the caller that owns the process sets torch's thread count.
+Per epoch it does what the phase-1 script does: a shuffled training pass over the head, a validation-loss
+pass, then phase-1 metrics over the whole train split (optional: search trials skip it) and the val split,
+all in eval mode with batches of `eval_batch_size`. With cached tokens the validation loss and metrics come
+from one forward pass (the same logits, so the same numbers); with the backbone in the loop they are separate
+passes, as in phase 1. Every eval pass, and `sweeper.evaluate.predict`, runs the head through `eval_logits`,
+the one inference loop. No Ray import here: the search adapter lives in `sweeper.search.trial`. `train`
+leaves no process-wide state changed: the caller owning the process sets torch's thread count; the CPU
+flush-to-zero it trains under is undone after.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from sweeper.data.tokens import ArrayTokens, SplitData, TokenSource, TrainData
 from sweeper.errors import SweeperError
 from sweeper.model.head import create_head
 from sweeper.training.config import ClassWeighting, TrainConfig
+from sweeper.training.denormals import flush_denormals
 from sweeper.training.device import (GpuOutOfMemoryError, autocast, cap_memory, grad_scaler, oom_message,
                                      resolve_device, tokens_fit)
 from sweeper.training.losses import config_class_weights
@@ -260,8 +259,8 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
     where set; `sweeper.training.device.memory_budget`), and running out
     of it raises `GpuOutOfMemoryError` naming the share. `config.threads` is for the caller that owns
     the process (the CLI, a trial's worker) to apply: `train` leaves torch's thread count alone.
-    The one process-wide setting made here is CUDA's (the allocator cap and cuDNN's benchmark mode): the
-    run's GPU share is known only here, and every trial runs in a process of its own.
+    CUDA's allocator cap and cuDNN's benchmark mode are process-wide (each trial has its own process). CPU threads
+    flush subnormals to zero while training (`config.flush_denormals`) and get their own setting back after.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -270,7 +269,8 @@ def train(config: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | Non
         # cuDNN's benchmark tries workspace-hungry kernels: only worth it with the whole GPU to oneself
         torch.backends.cudnn.benchmark = config.gpu_share >= 1
     try:
-        return _train(config, data, device=device, budget=cap, on_epoch=on_epoch, resume=resume, started=started)
+        with flush_denormals(config.flush_denormals):
+            return _train(config, data, device=device, budget=cap, on_epoch=on_epoch, resume=resume, started=started)
     except torch.cuda.OutOfMemoryError:
         raise GpuOutOfMemoryError(oom_message(config.gpu_share, cap, "training")) from None
 

@@ -118,7 +118,7 @@ def ray_sweep(name: str, method: Method, seed: int, ctx: dict[str, Any], p) -> d
     run_search(space, p.data, opts, trial_overrides=ctx["overrides"], progress=False, method=method.search,
                stop=stopper)
     out = {"seed": seed, "wall_seconds": round(time.perf_counter() - started, 1), "trials_at_once": ctx["concurrent"],
-           **anytime(stopper.events, budget)}
+           "load_average_after": list(os.getloadavg()), **anytime(stopper.events, budget)}
     if out["winner"] is not None:
         out["winner_config"] = trial_configs(opts.run_dir)[out["winner"]]
     return out
@@ -185,7 +185,7 @@ def optuna_sweep(args: argparse.Namespace, pruner: str, seed: int, budget: int,
             except (optuna.TrialPruned, BudgetSpent):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     out = {"seed": seed, "wall_seconds": round(time.perf_counter() - started, 1), "trials_at_once": 1,
-           **anytime(events, budget)}
+           "load_average_after": list(os.getloadavg()), **anytime(events, budget)}
     if out["winner"] is not None:
         out["winner_config"] = configs[out["winner"]]
     return out

@@ -17,6 +17,7 @@ A run folder is a sweep (`python -m sweeper search`: sweep.json, trials.csv, ...
     sweep_figures.py  the sweep report's figures (add one: a plot_* function and its FigureSpec there)
     run_figures.py    phase 1's training curves, a baseline run's figures, the figures `evaluation.py` draws
     evaluation.py     `sweeper evaluate`'s colour masks and figures, from what it scored
+    bench_figures.py  figures of scripts/bench/'s results files (search_efficiency.json)
     summary.py        words and numbers shared by the page and summary.md; summary.md itself
     page.py           index.html: layout, CSS, the sortable table
 

@@ -80,9 +80,6 @@ def summarise_confirm(runs: pd.DataFrame, baseline_trial: int, objective: Object
 def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: SearchOptions, *, top: int,
                 seeds: int, progress: bool = True) -> pd.DataFrame:
     """Re-train the baseline and the top-K configs with `seeds` seeds each, as Ray trials (no early stopping)."""
-    ray_environment()
-    from ray import tune
-
     run_dir = Path(run_dir).resolve()
     trials_path = run_dir / TRIALS_CSV
     if not trials_path.is_file():
@@ -93,8 +90,22 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
     if missing:
         raise SweeperError(f"{run_dir / EXPERIMENT_DIR}: no {TRIAL_CONFIG} for trial(s) "
                            f"{', '.join(map(str, missing))}: their configs are unknown")
+    runs = retrain(run_dir, {t: configs[t] for t in picks}, space, data, opts, seeds=seeds)
+    write_text_atomic(run_dir / CONFIRM_CSV, runs.to_csv(index=False))
+    summary = summarise_confirm(runs, picks[0], space.objective)
+    write_text_atomic(run_dir / CONFIRM_SUMMARY_CSV, summary.to_csv(index=False))
+    return summary
+
+
+def retrain(run_dir: Path, configs: dict[int, dict], space: SearchSpace, data: TrainData, opts: SearchOptions, *,
+            seeds: int) -> pd.DataFrame:
+    """Train each config (by its number) with seeds 0..seeds-1, as Ray trials without early stopping, into
+    RUN_DIR/confirm/ (replaced whole); one row per run: its number, seed, status, epochs and best scores."""
+    ray_environment()
+    from ray import tune
+
     grid = [{**configs[t], **space.objective.trial_keys(), "seed": s, CONFIRM_KEY: t}
-            for t in picks for s in range(seeds)]
+            for t in configs for s in range(seeds)]
     start_ray(opts, data_bytes=trial_bytes(data))
     trainable = make_trainable(data, opts)
     shutil.rmtree(run_dir / CONFIRM_DIR, ignore_errors=True)  # a confirm is re-run whole, never mixed with an old one
@@ -117,8 +128,4 @@ def run_confirm(run_dir: Path, space: SearchSpace, data: TrainData, opts: Search
                      **{f"best_{m}": best_value([h.get(m) for h in hist]) for m in ("val_iou", "val_miou")},
                      space.objective.column: best_value(vals, mode=space.mode),
                      "error": str(r.error).splitlines()[0] if r.error else None})
-    runs = pd.DataFrame(rows).sort_values(["trial", "seed"])
-    write_text_atomic(run_dir / CONFIRM_CSV, runs.to_csv(index=False))
-    summary = summarise_confirm(runs, picks[0], space.objective)
-    write_text_atomic(run_dir / CONFIRM_SUMMARY_CSV, summary.to_csv(index=False))
-    return summary
+    return pd.DataFrame(rows).sort_values(["trial", "seed"])

@@ -21,7 +21,7 @@ from sweeper.data.tokens import TrainData
 from sweeper.errors import SweeperError
 from sweeper.rundir.layout import EXPERIMENT_DIR, STUDY_FILE, TRIAL_KEY
 from sweeper.rundir.records import is_baseline, merged_epochs, trial_groups, write_trial_end
-from sweeper.search.options import SearchOptions
+from sweeper.search.options import SearchMethod, SearchOptions
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.ray_local import disk_full, ray_environment, start_ray
 from sweeper.search.recovery import KEPT_MARK, NODE_LOSSES_RETRIED, node_loss_callback
@@ -119,8 +119,10 @@ def optuna_experimental_ok() -> Iterator[None]:
 
 
 def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed: int,
-                  exp_dir: Path | None = None, max_concurrent: int = 1, restore_dir: Path | None = None):
+                  exp_dir: Path | None = None, max_concurrent: int = 1, restore_dir: Path | None = None,
+                  method: SearchMethod = SearchMethod()):
     """Seeded TPE over the space, trial 0 the phase-1 point, study in SQLite; the study sees what the report ranks.
+    (`method` may ask for random sampling or no phase-1 trial instead: `make_sampler`.)
 
     Ray's OptunaSearch tells the study a trial's *last* value and marks a trial that ASHA stopped COMPLETE
     with that partial score. Here every epoch is an intermediate value (step = epoch, the stopping epoch
@@ -242,21 +244,30 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             self._completed_trials.add(trial_id)
             self._values.pop(trial_id, None)
 
-    with optuna_experimental_ok():  # multivariate and group
-        sampler = optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
-            multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
-            constant_liar=max_concurrent > 1,  # suggestions made while others run know they run
-        )
+    sampler = make_sampler(space, seed=seed, max_concurrent=max_concurrent, kind=method.sampler)
     if restore_dir is not None:  # resume: the searcher's state from the folder, its study from study_path
         searcher = BestEpochOptunaSearch.__new__(BestEpochOptunaSearch)
         searcher.restore_from_dir(str(restore_dir))
         return searcher
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
-                                 points_to_evaluate=[space.baseline_point()], study_name=study_name,
-                                 storage=storage)
+                                 points_to_evaluate=[space.baseline_point()] if method.baseline_trial else None,
+                                 study_name=study_name, storage=storage)
+
+
+def make_sampler(space: SearchSpace, *, seed: int, max_concurrent: int = 1, kind: str = "tpe"):
+    """The study's seeded sampler: sweeper's TPE, or plain random sampling ('random', to measure TPE against)."""
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with optuna_experimental_ok():  # multivariate and group
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=max(2, min(10, space.trials // 3)),  # small sweeps: let TPE model early
+            multivariate=True, group=True,  # the space is conditional (momentum only for sgd, ...)
+            constant_liar=max_concurrent > 1,  # suggestions made while others run know they run
+        )
 
 
 def make_trainable(data: TrainData, opts: SearchOptions):
@@ -276,8 +287,11 @@ def make_trainable(data: TrainData, opts: SearchOptions):
 
 def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
                trial_overrides: dict[str, Any] | None = None,
-               progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) a sweep into opts.run_dir and return the trials table."""
+               progress: bool = True, method: SearchMethod = SearchMethod(), stop=None) -> pd.DataFrame:
+    """Run (or resume) a sweep into opts.run_dir and return the trials table.
+
+    `method` chooses the sampler, early stopping and the phase-1 trial of a new sweep (sweeper's by default);
+    `stop` is a Ray Tune stopper (e.g. a budget of epochs), passed to Ray as it is."""
     ray_environment()
     from ray import tune
 
@@ -294,13 +308,14 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
         # a trial whose node is lost continues from its checkpoint elsewhere; one that fails for its own reasons
         # is recorded and not retried (sweeper.search.recovery); the sweep goes on either way
         failure_config=tune.FailureConfig(max_failures=NODE_LOSSES_RETRIED, fail_fast=False),
+        stop=stop,
     )
     with optuna_experimental_ok():  # the searcher is built, or restored, and used inside
-        return _fit(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)
+        return _fit(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides, method)
 
 
 def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
-         run_config, trial_overrides: dict[str, Any] | None) -> pd.DataFrame:
+         run_config, trial_overrides: dict[str, Any] | None, method: SearchMethod) -> pd.DataFrame:
     """`run_search`'s Tuner, new or restored, run to its end; a full disk is one line."""
     from ray import tune
 
@@ -323,12 +338,13 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
         constants = {"threads": max(1, int(opts.cpus_per_trial)), **space.objective.trial_keys(),
                      **(trial_overrides or {})}
         searcher = make_searcher(space, study_path=run_dir / STUDY_FILE, study_name=opts.name, seed=opts.seed,
-                                 exp_dir=exp_dir, max_concurrent=opts.max_concurrent)
+                                 exp_dir=exp_dir, max_concurrent=opts.max_concurrent, method=method)
         tuner = tune.Tuner(
             trainable, param_space=constants, run_config=run_config,
             tune_config=tune.TuneConfig(search_alg=search_generator(searcher, max_concurrent=opts.max_concurrent,
                                                                            run_dir=run_dir),
-                                        scheduler=make_scheduler(space), num_samples=opts.trials,
+                                        scheduler=make_scheduler(space) if method.early_stopping else None,
+                                        num_samples=opts.trials,
                                         reuse_actors=True),
         )
     try:

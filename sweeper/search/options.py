@@ -1,11 +1,14 @@
 """How a sweep runs (`SearchOptions`), apart from what it searches (the space file): read by the driver, Ray's
-set-up (`ray_local`) and confirm alike, so none of them imports another for it.
+set-up (`ray_local`) and confirm alike, so none of them imports another for it. `SearchMethod` is what proposes
+and what stops trials: sweeper's default, or the alternatives scripts/bench/search_efficiency.py measures it against.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from sweeper.errors import SweeperError
 
 
 @dataclass(frozen=True)
@@ -26,3 +29,19 @@ class SearchOptions:
     @property
     def run_dir(self) -> Path:
         return self.out_root / self.name
+
+
+SAMPLERS = ("tpe", "random")  # SearchMethod.sampler's choices
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """What proposes trials and what stops them. The default is sweeper's: TPE, ASHA, the phase-1 trial first."""
+
+    sampler: str = "tpe"  # 'tpe' (seeded multivariate TPE, constant liar with trials at once) or 'random'
+    early_stopping: bool = True  # ASHA on the epoch counter (the space's asha:); False: every trial runs its epochs
+    baseline_trial: bool = True  # trial 0 is the phase-1 point, which ASHA never stops
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SweeperError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")

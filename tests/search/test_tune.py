@@ -241,6 +241,58 @@ params:
         assert all(torch.equal(last.state[k], state["head"][k]) for k in last.state)
 
 
+STOP_SPACE = """
+metric: val_iou
+mode: max
+trials: 2
+max_concurrent: 1
+asha: {max_epochs: 3, grace_period: 1, reduction_factor: 2}
+fixed: {epochs: 3, train_metrics: false, optimizer: adam}
+params:
+  lr: {type: categorical, choices: [1.0e-4, 1.0e-9, 1.0e-8, 1.0e-7]}
+"""
+
+
+@pytest.mark.slow
+def test_without_early_stopping_the_trial_asha_would_stop_runs_its_epochs(tmp_path):
+    # the sweep of test_asha_stopped_trial_is_pruned_and_best_heads_are_kept, ASHA off (SearchMethod): trial 1
+    # (lr 1e-9), which ASHA stops at epoch 2 there, runs all 3 epochs and its study entry is COMPLETE
+    from sweeper.search.options import SearchMethod
+
+    space = load_space(write_text(tmp_path / "stop.yaml", STOP_SPACE))
+    table = run_search(space, learnable_data(n_train=64), options(tmp_path, "full", trials=2, max_concurrent=1, seed=0),
+                       trial_overrides=SMALL, progress=False, method=SearchMethod(early_stopping=False))
+    assert table.lr.tolist() == [1e-4, 1e-9]
+    assert table.stopped_early.tolist() == [False, False] and table.epochs_run.tolist() == [3, 3]
+    assert_study_matches_tables(tmp_path / "full", table, pd.read_csv(tmp_path / "full" / "history.csv"))
+
+
+def test_random_sampling_without_the_phase1_trial_draws_what_optunas_random_sampler_draws(tmp_path):
+    import optuna
+
+    from sweeper.errors import SweeperError
+    from sweeper.search.driver import make_searcher
+    from sweeper.search.options import SearchMethod
+
+    space = load_space(ROOT / "search_spaces" / "phase2.yaml")
+    method = SearchMethod(sampler="random", baseline_trial=False)
+    searcher = make_searcher(space, study_path=tmp_path / "study.db", study_name="r", seed=3, method=method)
+    drawn = [searcher.suggest(f"t{i}") for i in range(3)]
+    alone = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    expected = [space.suggest(alone.ask()) for _ in range(3)]
+    assert [d["lr"] for d in drawn] == [e["lr"] for e in expected]  # the seed reaches the sampler; no trial 0 first
+    assert [d["optimizer"] for d in drawn] == [e["optimizer"] for e in expected]
+    default = make_searcher(space, study_path=tmp_path / "study2.db", study_name="d", seed=3)
+    assert default.suggest("t0")["lr"] == 1e-4  # sweeper's own: the phase-1 point first
+    with pytest.raises(SweeperError, match="sampler must be one of tpe, random, got 'grid'"):
+        SearchMethod(sampler="grid")
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.slow
 def test_trial0_metrics_equal_a_direct_train_call(tmp_path):
     from sweeper.training.train import train

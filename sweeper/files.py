@@ -87,9 +87,16 @@ def _os_error(e: BaseException | None) -> OSError | None:
     return None
 
 
+def shown(text: str) -> str:
+    """`text` fit for a UTF-8 file, a figure or a terminal. A Linux file name is bytes, and Python keeps the bytes
+    of one that are not UTF-8 as lone surrogates (`os.fsdecode`), which no UTF-8 writer accepts: they become
+    `\\xNN` escapes here (b'\\xff.png' is shown as '\\xff.png')."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (see `write_atomic`)."""
-    write_atomic(path, lambda f: f.write(text.encode()))
+    """Write a text file atomically (see `write_atomic`); file names that are not UTF-8 as `shown` has them."""
+    write_atomic(path, lambda f: f.write(shown(text).encode()))
 
 
 def _json_default(v: Any) -> Any:

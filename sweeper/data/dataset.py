@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -218,7 +219,7 @@ def files_digest(paths: Iterable[Path], *, extra: Sequence[str] = ()) -> str:
     for s in extra:
         h.update(s.encode() + b"\0")
     for p in paths:
-        h.update(p.name.encode() + b"\0")
+        h.update(os.fsencode(p.name) + b"\0")  # a name's bytes: Linux names need not be UTF-8
         with open(p, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)

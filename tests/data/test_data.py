@@ -131,3 +131,21 @@ def test_unknown_ids_can_be_allowed_as_phase1_did(tmp_path):
     labels = load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56,
                          mode=LabelMode.NEAREST, allow_unknown=True)
     assert (labels == 0).all()
+
+
+def test_a_file_name_that_is_not_utf8_is_hashed_as_its_bytes(tmp_path):
+    """Linux file names are bytes: b'\\xff\\xfe.png' is a valid name that has no UTF-8 text."""
+    import hashlib
+    import os
+
+    from sweeper.data.dataset import files_digest
+
+    odd = tmp_path / os.fsdecode(b"\xff\xfe.png")
+    plain = tmp_path / "a.png"
+    odd.write_bytes(b"same bytes")
+    plain.write_bytes(b"same bytes")
+    assert files_digest([odd]) != files_digest([plain])  # the name counts
+    assert files_digest([odd]) == hashlib.sha256(b"\xff\xfe.png\0" + b"same bytes").hexdigest()[:16]
+    # a UTF-8 name hashes as before (cache keys of existing caches stay valid)
+    expect = hashlib.sha256(b"a.png\0" + b"same bytes").hexdigest()[:16]
+    assert files_digest([plain]) == expect

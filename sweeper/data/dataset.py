@@ -13,6 +13,7 @@ included, except where a `LabelMode` other than `phase1` is asked for.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -65,18 +66,23 @@ def find_split(root: str | Path, name: str, *, warn: bool = True) -> Split:
 def list_split(folder: Path, name: str, *, warn: bool = True) -> Split:
     """List a folder's image/mask pairs (sorted by name); every image must have its mask.
 
-    Images other than .png and masks without an image are left out, with one warning giving their count."""
+    Images other than .png and masks without an image are left out, with one warning giving their count; a .png
+    that is a link to nowhere is an error, as an unreadable image is."""
     img_dir, mask_dir = folder / IMAGE_DIR, folder / MASK_DIR
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise SweeperError(f"{d}: folder is missing (expected {folder}/{IMAGE_DIR} and {folder}/{MASK_DIR})")
     # Phase 1 used an unsorted os.listdir; sorting makes runs repeatable across file systems.
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    pngs = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png")
+    for p in pngs:
+        check_not_broken_link(p)
+    images = [p for p in pngs if p.is_file()]
     if not images:
         raise SweeperError(f"{img_dir}: no .png images in folder")
     masks = []
     for p in images:
         m = mask_dir / p.name
+        check_not_broken_link(m)
         if not m.is_file():
             raise SweeperError(f"{p}: image has no mask (expected {m})")
         masks.append(m)
@@ -88,6 +94,20 @@ def list_split(folder: Path, name: str, *, warn: bool = True) -> Split:
             log.warning("%s: left out %d image file(s) that are not .png and %d mask(s) without an image; "
                         "%d image/mask pairs used", folder, other, orphans, len(images))
     return Split(name=name, root=folder, image_paths=tuple(images), mask_paths=tuple(masks))
+
+
+def check_not_broken_link(path: Path) -> None:
+    """A symbolic link that leads to no file (its target missing, or a loop of links) is an image that cannot be
+    opened: one line naming it, not a file silently left out."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise SweeperError(f"{path}: a symbolic link to a missing file ({os.readlink(path)})") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SweeperError(f"{path}: a loop of symbolic links, not a readable PNG") from None
+        raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _open(path: Path) -> Image.Image:

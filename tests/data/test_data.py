@@ -149,3 +149,32 @@ def test_a_file_name_that_is_not_utf8_is_hashed_as_its_bytes(tmp_path):
     # a UTF-8 name hashes as before (cache keys of existing caches stay valid)
     expect = hashlib.sha256(b"a.png\0" + b"same bytes").hexdigest()[:16]
     assert files_digest([plain]) == expect
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("dangling image", r"symbolic link to a missing file \(.*gone\.png\)"),
+    ("image loop", "loop of symbolic links"),
+    ("dangling mask", r"symbolic link to a missing file \(.*gone\.png\)"),
+])
+def test_a_broken_png_link_is_named_like_an_unreadable_image(tmp_path, case, pattern):
+    """A .png that is a link to nowhere (a dangling link, loopA.png <-> loopB.png) is not silently dropped: it is
+    one line naming it, as an image that cannot be opened is."""
+    import os
+
+    write_pair(tmp_path / "train", "0000.png")
+    images, masks = tmp_path / "train" / "Color_Images", tmp_path / "train" / "Segmentation"
+    if case == "dangling image":
+        target = images / "0001.png"
+        os.symlink(tmp_path / "gone.png", target)
+    elif case == "image loop":
+        target = images / "loopA.png"
+        os.symlink(images / "loopB.png", target)
+        os.symlink(target, images / "loopB.png")
+    else:
+        write_pair(tmp_path / "train", "0001.png")
+        target = masks / "0001.png"
+        target.unlink()
+        os.symlink(tmp_path / "gone.png", target)
+    with pytest.raises(SweeperError, match=pattern) as e:
+        find_split(tmp_path, "train")
+    assert str(e.value).startswith(f"{target}:") and "\n" not in str(e.value)

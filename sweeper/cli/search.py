@@ -143,7 +143,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     else:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
-                    "max_concurrent": concurrent}
+                    "max_concurrent": concurrent, "study_name": name}  # the study keeps it on a resume
     data_bytes = trial_bytes(p.data)
     start_ray(opts, data_bytes=data_bytes)
     term.install()  # over the handler Ray's driver installed

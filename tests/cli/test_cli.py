@@ -248,3 +248,25 @@ def test_a_file_name_that_is_not_utf8_goes_through_every_command(tmp_path, capsy
     for path in [*run.rglob("*.json"), *run.rglob("*.txt"), *run.rglob("*.md"), *run.rglob("*.html"),
                  *run.rglob("*.jsonl"), *run.rglob("*.csv")]:
         path.read_text(encoding="utf-8")  # strict: a name written as its raw bytes would fail here
+
+
+@pytest.mark.parametrize("layout", ["empty folder", "splits without images"])
+def test_data_without_images_is_refused_before_the_backbone_is_resolved(tmp_path, capsys, monkeypatch, layout):
+    """A --data folder without synth.json picks dinov2_vits14 (weights downloaded, 85 MB): a folder with no
+    images must say so first, not report a failed download (or download first)."""
+    import sweeper.model.backbone as backbone
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "splits without images":
+        for split in ("train", "val"):
+            (data / split / "Color_Images").mkdir(parents=True)
+            (data / split / "Segmentation").mkdir(parents=True)
+    built = []
+    real = backbone.create_backbone
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    code, _, err = run_cli(capsys, "baseline", "--data", str(data), "--out", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache"))
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(line) == 1 and str(data) in line[0], err
+    assert "weights" not in line[0] and built == []

@@ -46,9 +46,13 @@ def file_sha256(path: Path) -> str:
 
 
 def _cannot_write(path: Path, e: OSError, hint: str = "") -> SweeperError:
-    full = "; the disk is full: free some space and run the command again" if e.errno == errno.ENOSPC else ""
-    return SweeperError(f"{path}: cannot write ({e.strerror or e}){full}; what was there before is unchanged"
-                        + (f"; {hint}" if hint else ""))
+    """One line for a failed write; on a full disk the advice is `hint` (say 'free some space' once), else the
+    default advice."""
+    advice = hint
+    if e.errno == errno.ENOSPC:
+        advice = f"the disk is full: {hint or 'free some space and run the command again'}"
+    return SweeperError(f"{path}: cannot write ({e.strerror or e}); what was there before is unchanged"
+                        + (f"; {advice}" if advice else ""))
 
 
 @contextlib.contextmanager

@@ -31,7 +31,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # before the sweep started: nothing to resume yet
             if not term.received:
                 raise
-            print("terminated (SIGTERM) before the sweep started", file=sys.stderr)
+            again = f"sweeper search {'--resume ' if args.resume else ''}--name {name} --out {args.out}"
+            print(f"terminated (SIGTERM) before the sweep started: nothing ran; the same command starts it: {again}",
+                  file=sys.stderr)
             return 143
 
 

@@ -191,9 +191,10 @@ def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, m
     classes, unknown = map_classes(raw)
     if unknown and not allow_unknown:
         total = sum(unknown.values())
-        ids = ", ".join(f"{i} ({c} px)" for i, c in sorted(unknown.items())[:5])
+        ids = (f"id {next(iter(unknown))}" if len(unknown) == 1 else  # its count is the total
+               "ids " + ", ".join(f"{i} ({c} px)" for i, c in sorted(unknown.items())[:5]))
         raise SweeperError(
-            f"{mask_path}: {total} pixels have unknown raw ids {ids}; phase 1 maps them to class 0 "
+            f"{mask_path}: {total} pixels have unknown raw {ids}; phase 1 maps them to class 0 "
             f"(pass --allow-unknown-ids to accept that)")
     if unknown:
         log.warning("%s: %d pixels with unknown ids %s mapped to class 0", mask_path, sum(unknown.values()), sorted(unknown))

@@ -83,7 +83,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         raw = np.full((54, 96), 100, np.uint16)
         raw[:3, :5] = 4242
         Image.fromarray(raw).save(mask)
-        return args, f"{mask}: 15 pixels have unknown raw ids 4242 (15 px)"
+        return args, f"{mask}: 15 pixels have unknown raw id 4242;"
     if case == "wrong_weights":
         from sweeper.model.backbone import BACKBONES
         from sweeper.model.vit import build_vit

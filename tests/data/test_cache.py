@@ -287,3 +287,21 @@ def test_a_truncated_training_image_is_named_as_damaged_not_blamed_on_the_cache(
     assert code == 2 and line.startswith(f"error: {image}: not a readable PNG, the file is damaged ("), line
     assert "cache" not in line and "free some space" not in line and "cannot write" not in line
     assert partials(cache) == []
+
+
+# --------------------------------------------------------------------------- the full cache's message
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_cache_that_does_not_fit_says_mb_below_a_gb_and_suggests_float16_only_for_float32(small_tmpfs, dtype):
+    from sweeper.data.cache import CacheEntry, check_cache_fits
+    from sweeper.errors import SweeperError
+
+    entries = [CacheEntry(small_tmpfs / "tokens" / "train.npy", 100 * 10**6, False, dtype),
+               CacheEntry(small_tmpfs / "labels" / "train.npy", 10**6, False)]
+    with pytest.raises(SweeperError) as e:
+        check_cache_fits(entries, small_tmpfs)
+    msg = str(e.value)
+    free = shutil.disk_usage(small_tmpfs).free
+    assert f"needs 101.0 MB more and its disk has {free / 1e6:.1f} MB free" in msg, msg  # was "0.01 GB free"
+    assert ("--cache-dtype float16" in msg) == (dtype == "float32"), msg

@@ -92,7 +92,7 @@ def test_class_counts_and_frequencies():
     ("no_mask", "has no mask"),
     ("mask_size", "mask is 48x27 but its image is 96x54"),
     ("corrupt", "not a readable PNG"),
-    ("unknown_ids", "unknown raw ids 42"),
+    ("unknown_ids", "unknown raw id 42"),
 ])
 def test_bad_inputs_name_the_file(tmp_path, case, pattern):
     root = tmp_path / "data"
@@ -178,3 +178,18 @@ def test_a_broken_png_link_is_named_like_an_unreadable_image(tmp_path, case, pat
     with pytest.raises(SweeperError, match=pattern) as e:
         find_split(tmp_path, "train")
     assert str(e.value).startswith(f"{target}:") and "\n" not in str(e.value)
+
+
+def test_unknown_ids_give_each_pixel_count_once(tmp_path):
+    raw = np.full((54, 96), 100, np.uint16)
+    raw[:3, :5] = 4242
+    write_pair(tmp_path, "0000.png", raw=raw)
+    s = find_split(tmp_path, "test")
+    with pytest.raises(SweeperError) as e:
+        load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56, mode=LabelMode.NEAREST)
+    assert f"{s.mask_paths[0]}: 15 pixels have unknown raw id 4242; phase 1" in str(e.value)  # not "(15 px)" again
+    raw[10, :2] = 99
+    write_pair(tmp_path, "0000.png", raw=raw)
+    with pytest.raises(SweeperError) as e:
+        load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56, mode=LabelMode.NEAREST)
+    assert "17 pixels have unknown raw ids 99 (2 px), 4242 (15 px); phase 1" in str(e.value)

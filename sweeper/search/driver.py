@@ -27,6 +27,7 @@ from sweeper.search.ray_local import disk_full, ray_environment, start_ray
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
+from sweeper.search.study_db import is_locked, locked_error, open_storage, settle
 from sweeper.search.tables import write_tables
 from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
 from sweeper.training.config import TrainConfig
@@ -164,8 +165,9 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             write_searcher_state(checkpoint_path, portable_state(self))
 
         def restore(self, checkpoint_path: str) -> None:
+            previous = getattr(self, "_storage", None)  # Ray restores twice: the first study's connections close
             self.__setstate__(read_searcher_state(checkpoint_path))
-            attach_study(self, study_path)
+            attach_study(self, study_path, previous=previous)
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -248,10 +250,12 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
         searcher = BestEpochOptunaSearch.__new__(BestEpochOptunaSearch)
         searcher.restore_from_dir(str(restore_dir))
         return searcher
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    storage = open_storage(study_path)  # WAL, and a busy timeout: readers never stop the sweep
+    # a study already there (a sweep stopped before Ray saved its state) holds its baseline trial already
+    started = study_name in optuna.get_all_study_names(storage)
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
-                                 points_to_evaluate=[space.baseline_point()], study_name=study_name,
-                                 storage=storage)
+                                 points_to_evaluate=[] if started else [space.baseline_point()],
+                                 study_name=study_name, storage=storage)
 
 
 def make_trainable(data: TrainData, opts: SearchOptions):
@@ -294,7 +298,30 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 
 def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
          run_config, trial_overrides: dict[str, Any] | None) -> pd.DataFrame:
-    """`run_search`'s Tuner, new or restored, run to its end; a full disk is one line."""
+    """`run_search`'s Tuner, new or restored, run to its end; a full disk or a study database locked past its
+    busy timeout is one line."""
+    study = run_dir / STUDY_FILE
+    resume = f"sweeper search --resume --name {opts.name} --out {opts.out_root}"
+    searcher = None
+    try:
+        tuner, searcher = _tuner(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)
+        tuner.fit()
+    except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
+        if is_locked(e):
+            raise locked_error(study, resume) from None
+        reason = disk_full(e)
+        if reason is None:
+            raise
+        raise SweeperError(f"{run_dir}: the disk is full ({reason}); the sweep stopped with its finished trials "
+                           f"kept: free some space and continue with: {resume}") from None
+    finally:
+        settle(getattr(searcher, "_storage", None), study)
+    return write_tables(run_dir, space)
+
+
+def _tuner(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
+           run_config, trial_overrides: dict[str, Any] | None):
+    """The sweep's Tuner, new or restored from `exp_dir`, and its searcher."""
     from ray import tune
 
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -322,13 +349,4 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
                                         scheduler=make_scheduler(space), num_samples=opts.trials,
                                         reuse_actors=True),
         )
-    try:
-        tuner.fit()
-    except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
-        reason = disk_full(e)
-        if reason is None:
-            raise
-        raise SweeperError(f"{run_dir}: the disk is full ({reason}); the sweep stopped with its finished trials "
-                           f"kept: free some space and continue with: sweeper search --resume --name {opts.name} "
-                           f"--out {opts.out_root}") from None
-    return write_tables(run_dir, space)
+    return tuner, searcher

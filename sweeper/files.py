@@ -91,6 +91,13 @@ def _os_error(e: BaseException | None) -> OSError | None:
     return None
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes for a message, in the unit that shows them: '1.25 GB', '2.1 MB' (not '0.00 GB'), '10.0 kB'."""
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
+
+
 def shown(text: str) -> str:
     """`text` fit for a UTF-8 file, a figure or a terminal. A Linux file name is bytes, and Python keeps the bytes
     of one that are not UTF-8 as lone surrogates (`os.fsdecode`), which no UTF-8 writer accepts: they become

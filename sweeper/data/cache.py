@@ -33,7 +33,7 @@ from sweeper.data.dataset import Split, files_digest, find_split, load_image, lo
 from sweeper.data.parallel import default_workers
 from sweeper.data.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 from sweeper.errors import SweeperError
-from sweeper.files import atomic_path
+from sweeper.files import atomic_path, size_text
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +314,6 @@ def check_cache_fits(entries: Sequence[CacheEntry], cache_root: Path) -> None:
                            f"{size_text(free)} free: free some space"
                            + (", point --cache-dir at a larger disk, or use --cache-dtype float16" if halve else
                               " or point --cache-dir at a larger disk"))
-
-
-def size_text(nbytes: int) -> str:
-    """Bytes for a message: in GB from 1 GB up, else in MB ('2.1 MB', not '0.00 GB')."""
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 def free_bytes(path: Path) -> int:

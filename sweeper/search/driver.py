@@ -27,7 +27,8 @@ from sweeper.search.ray_local import disk_full, ray_environment, start_ray
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
-from sweeper.search.study_db import is_locked, locked_error, open_storage, settle
+from sweeper.search.study_db import (defer_tell, is_locked, locked_error, open_storage, settle, stop_sweep,
+                                     tell_deferred)
 from sweeper.search.tables import write_tables
 from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
 from sweeper.training.config import TrainConfig
@@ -168,6 +169,7 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             previous = getattr(self, "_storage", None)  # Ray restores twice: the first study's connections close
             self.__setstate__(read_searcher_state(checkpoint_path))
             attach_study(self, study_path, previous=previous)
+            tell_deferred(self)
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -206,7 +208,12 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             if value is None or step in seen:  # an epoch re-run after a resume is already in the study
                 return
             seen[step] = float(value)
-            self._ot_trials[trial_id].report(float(value), step)
+            try:
+                self._ot_trials[trial_id].report(float(value), step)
+            except Exception as e:  # study.db locked past its busy timeout: this epoch's value stays out
+                if not is_locked(e):
+                    raise
+                stop_sweep(self)
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if trial_id in self._completed_trials:
@@ -236,6 +243,10 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
                 self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
             except (ValueError, RuntimeError) as e:  # e.g. a NaN best value: Optuna fails the trial itself
                 log.warning("study: trial %s: %s", trial_id, e)
+            except Exception as e:  # study.db locked past its busy timeout: told on the resume (study_db)
+                if not is_locked(e):
+                    raise
+                defer_tell(self, self._ot_trials[trial_id].number, value, state)
             self._completed_trials.add(trial_id)
             self._values.pop(trial_id, None)
 
@@ -306,9 +317,11 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
     try:
         tuner, searcher = _tuner(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides)
         tuner.fit()
+        if getattr(searcher, "study_locked", False):  # stopped as Ctrl-C stops it, its state saved
+            raise locked_error(study, resume)
     except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
-        if is_locked(e):
-            raise locked_error(study, resume) from None
+        if is_locked(e) or isinstance(e, SweeperError):
+            raise (e if isinstance(e, SweeperError) else locked_error(study, resume)) from None
         reason = disk_full(e)
         if reason is None:
             raise

@@ -88,6 +88,32 @@ def is_locked(error: BaseException) -> bool:
     return False
 
 
+def defer_tell(searcher, number: int, value, state) -> None:
+    """A trial's end the study could not take (locked past the busy timeout): kept in the searcher's saved state
+    and told on the resume (`tell_deferred`); the sweep stops as Ctrl-C stops it (Ray saves its state, the
+    trial stays finished), and the driver then ends in `locked_error`'s line. Raised from here, Ray would mark
+    the finished trial ERROR instead."""
+    searcher.__dict__.setdefault("untold", []).append((number, value, state))
+    stop_sweep(searcher)
+
+
+def stop_sweep(searcher) -> None:
+    """Stop the sweep as Ctrl-C does (Ray Tune's own handler saves the experiment and the trials' checkpoints);
+    `study_locked` tells the driver to end in `locked_error`'s line."""
+    import signal
+
+    if not getattr(searcher, "study_locked", False):
+        searcher.study_locked = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def tell_deferred(searcher) -> None:
+    """Tell the study the trial ends `defer_tell` kept (a resume, once the study is attached again)."""
+    for number, value, state in searcher.__dict__.pop("untold", []):
+        searcher._ot_study.tell(number, value, state=state, skip_if_finished=True)  # Ray restores twice
+    searcher.study_locked = False
+
+
 def holders(path: Path) -> list[str]:
     """'pid N (name)' of the other processes that have the database (or its WAL files) open, as far as this
     user may see them."""

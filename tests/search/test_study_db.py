@@ -30,18 +30,21 @@ params:
 """
 
 
-def sweep_args(tmp_path: Path, name: str) -> list[str]:
+def sweep_args(tmp_path: Path, name: str, epochs: int = 3) -> list[str]:
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data, train=4, val=2)
-        (tmp_path / "space.yaml").write_text(SPACE)
+        (tmp_path / "space.yaml").write_text(SPACE.replace("max_epochs: 3, grace_period: 3",
+                                                           f"max_epochs: {epochs}, grace_period: {epochs}")
+                                              .replace("{epochs: 3,", f"{{epochs: {epochs},"))
     return [sys.executable, "-m", "sweeper", "-q", "search", "--data", str(data), "--backbone", "random_vits14",
             "--space", str(tmp_path / "space.yaml"), "--name", name, "--out", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
 
 
-def start_sweep(tmp_path: Path, name: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(sweep_args(tmp_path, name), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def start_sweep(tmp_path: Path, name: str, epochs: int = 3, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(sweep_args(tmp_path, name, epochs), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "SWEEPER_CACHE": str(tmp_path / "cache"), **env})
 
 
@@ -67,14 +70,15 @@ def study_states(db: Path) -> list[str]:
         return [s for (s,) in con.execute("select state from trials order by number")]
 
 
-def assert_finished(run: Path) -> None:
+def assert_finished(run: Path, epochs: int = 3) -> None:
     """All 3 trials ran all their epochs, in the tables and in the study, each once."""
     table = pd.read_csv(run / "trials.csv")
     assert table.trial.tolist() == [0, 1, 2] and set(table.status) == {"TERMINATED"}
-    assert (table.epochs_run == 3).all()
+    assert (table.epochs_run == epochs).all()
     assert not pd.read_csv(run / "history.csv").duplicated(["trial", "epoch"]).any()
     assert study_states(run / "study.db") == ["COMPLETE"] * 3
-    with contextlib.closing(sqlite3.connect(run / "study.db")) as con:  # back to one file at rest: readable from a read-only folder
+    # back to one file at rest: readable from a read-only folder
+    with contextlib.closing(sqlite3.connect(run / "study.db")) as con:
         assert con.execute("pragma journal_mode").fetchone()[0] == "delete"
     assert json.loads((run / "sweep.json").read_text())["started_with"]["study_name"] == run.name
 
@@ -112,15 +116,17 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 240) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["mid-trial", "at the start"])
+@pytest.mark.parametrize("when", ["mid-trial", "at a trial's end", "at the start"])
 def test_a_lock_held_past_the_busy_timeout_is_one_line_with_the_resume_command(tmp_path, when):
-    """Locked while trial 0 runs (Ray's state saved), or as soon as study.db appears (before Ray saved anything):
-    either way one line, exit 2, and `--resume` finishes the sweep within its budget."""
+    """Locked while trial 0 runs (Ray's state saved), when trial 0 of 2 epochs ends (its last epoch reaches the
+    study with its end: Ray must not call it failed), or as soon as study.db appears (before Ray saved anything):
+    each way one line, exit 2, and `--resume` finishes the sweep within its budget."""
     run = tmp_path / "results" / "held"
-    proc = start_sweep(tmp_path, "held", SWEEPER_STUDY_TIMEOUT="2")
+    epochs = 2 if when == "at a trial's end" else 3
+    proc = start_sweep(tmp_path, "held", epochs, SWEEPER_STUDY_TIMEOUT="2")
     holder = None
     try:
-        if when == "mid-trial":
+        if when != "at the start":
             wait_for_first_trial(run / "study.db", proc)
         else:
             wait_for_file(run / "study.db", proc)
@@ -143,10 +149,10 @@ def test_a_lock_held_past_the_busy_timeout_is_one_line_with_the_resume_command(t
     assert f"sweeper search --resume --name held --out {tmp_path / 'results'}" in line
 
     # nothing lost: the same command with --resume finishes the sweep within its budget
-    resumed = subprocess.run(sweep_args(tmp_path, "held") + ["--resume"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=400, env={**os.environ, "SWEEPER_CACHE": str(tmp_path / "cache")})
+    resumed = subprocess.run(sweep_args(tmp_path, "held", epochs) + ["--resume"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=400, env={**os.environ, "SWEEPER_CACHE": str(tmp_path / "cache")})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_finished(run)
+    assert_finished(run, epochs)
 
 
 def test_the_busy_timeout_is_generous_by_default_and_read_from_the_environment(monkeypatch):

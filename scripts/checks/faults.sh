@@ -437,7 +437,9 @@ from pathlib import Path
 bad = 0
 for root in sys.argv[1:]:
     for p in Path(root).rglob("*"):
-        if p.suffix in (".json", ".jsonl", ".txt", ".md", ".html", ".csv") and p.is_file():
+        # Ray's search_gen_state-*.json is a pickle (binary in any sweep): not a text file of sweeper's
+        if p.suffix in (".json", ".jsonl", ".txt", ".md", ".html", ".csv") and p.is_file() \
+                and not p.name.startswith("search_gen_state-"):
             try:
                 p.read_text(encoding="utf-8")
             except UnicodeDecodeError:

@@ -46,9 +46,13 @@ def file_sha256(path: Path) -> str:
 
 
 def _cannot_write(path: Path, e: OSError, hint: str = "") -> SweeperError:
-    full = "; the disk is full: free some space and run the command again" if e.errno == errno.ENOSPC else ""
-    return SweeperError(f"{path}: cannot write ({e.strerror or e}){full}; what was there before is unchanged"
-                        + (f"; {hint}" if hint else ""))
+    """One line for a failed write; on a full disk the advice is `hint` (say 'free some space' once), else the
+    default advice."""
+    advice = hint
+    if e.errno == errno.ENOSPC:
+        advice = f"the disk is full: {hint or 'free some space and run the command again'}"
+    return SweeperError(f"{path}: cannot write ({e.strerror or e}); what was there before is unchanged"
+                        + (f"; {advice}" if advice else ""))
 
 
 @contextlib.contextmanager
@@ -87,9 +91,23 @@ def _os_error(e: BaseException | None) -> OSError | None:
     return None
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes for a message, in the unit that shows them: '1.25 GB', '2.1 MB' (not '0.00 GB'), '10.0 kB'."""
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
+
+
+def shown(text: str) -> str:
+    """`text` fit for a UTF-8 file, a figure or a terminal. A Linux file name is bytes, and Python keeps the bytes
+    of one that are not UTF-8 as lone surrogates (`os.fsdecode`), which no UTF-8 writer accepts: they become
+    `\\xNN` escapes here (b'\\xff.png' is shown as '\\xff.png')."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (see `write_atomic`)."""
-    write_atomic(path, lambda f: f.write(text.encode()))
+    """Write a text file atomically (see `write_atomic`); file names that are not UTF-8 as `shown` has them."""
+    write_atomic(path, lambda f: f.write(shown(text).encode()))
 
 
 def _json_default(v: Any) -> Any:

@@ -2,7 +2,8 @@
 # Fault injection on a tiny dataset (a few minutes on 2 CPUs): twin runs on one folder, a resume with other
 # inputs, a corrupt feature cache, kill -9 of the driver mid-trial then --resume, SIGTERM then --resume, a run
 # folder moved or copied then resumed, a full disk (a tmpfs, as root; the cache's full disk injected elsewhere),
-# kill -9 during a cache build (its orphan partial file), a non-editable install. Prints a table: case, outcome,
+# kill -9 during a cache build (its orphan partial file), a study.db held by another connection (a reader, a
+# short and a long write lock), file names that are not UTF-8, a non-editable install. Prints a table: case, outcome,
 # trials in trials.csv vs in the study, and anything lost. Everything happens under a temporary folder (kept
 # with --keep).
 #
@@ -353,6 +354,101 @@ else
   kill -9 "$BUILDER" 2>/dev/null; wait "$BUILDER" 2>/dev/null
   row "orphan partial (kill -9)" "no partial file seen during the build: not run" "-" "-"
 fi
+
+# 8. study.db held by another connection once trial 0 reported an epoch (what a user's sqlite3 session or a
+#    dashboard does): a plain read transaction and an exclusive lock held 8 s (beyond SQLite's 5 s default) are
+#    waited out; an exclusive lock held past the busy timeout ($SWEEPER_STUDY_TIMEOUT, 2 s here) is one line with
+#    the resume command and exit 2, and --resume then finishes the sweep.
+hold() {  # hold DB MODE SECONDS PID: hold DB (read | exclusive) for SECONDS, or with 0 until PID has ended
+  "$PY" - "$@" <<'EOF'
+import os, sqlite3, sys, time
+db, mode, seconds, pid = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+deadline = time.time() + 300
+while time.time() < deadline:
+    try:
+        if os.path.exists(db):  # each check's connection closed: one left open keeps study.db in WAL mode
+            c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+            try:
+                if c.execute("select count(*) from trial_intermediate_values").fetchone()[0]:
+                    break
+            finally:
+                c.close()
+    except sqlite3.Error:
+        pass
+    time.sleep(0.05)
+con = sqlite3.connect(db, timeout=30, isolation_level=None)
+con.execute("begin" if mode == "read" else "begin exclusive")
+con.execute("select count(*) from trials").fetchone()
+end = time.time() + seconds if seconds else deadline
+while time.time() < end:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(0.1)
+con.execute("rollback")
+con.close()
+EOF
+}
+for mode in read exclusive; do
+  search "busy-$mode" >/dev/null 2>"$WORK/busy.err" &
+  DRIVER=$!
+  hold "$WORK/results/busy-$mode/study.db" "$mode" 8 "$DRIVER"
+  wait "$DRIVER"; RC=$?
+  row "study.db: $mode held 8 s" "rc $RC (expected 0); tracebacks $(grep -c Traceback "$WORK/busy.err")" \
+    "$(counts "$WORK/results/busy-$mode")" "$(sweep_state "$WORK/results/busy-$mode")"
+done
+SWEEPER_STUDY_TIMEOUT=2 search held >/dev/null 2>"$WORK/held.err" &
+DRIVER=$!
+hold "$WORK/results/held/study.db" exclusive 0 "$DRIVER"
+wait "$DRIVER"; RC=$?
+LINES=$(grep -c "^error: .*study.db: the study database stayed locked by pid .*--resume --name held" "$WORK/held.err")
+AT_LOCK=$(counts "$WORK/results/held")
+search held --resume >/dev/null 2>"$WORK/held-resume.err"
+RC2=$?
+row "study.db: locked past timeout" "rc $RC, then $RC2 (expected 2, 0); one line naming holder: $LINES" \
+  "$(counts "$WORK/results/held")" "$(sweep_state "$WORK/results/held"); $AT_LOCK at the lock"
+
+# 9. File names that are not UTF-8 (bytes \xff\xfe, valid on Linux): one image/mask pair of each split so named;
+#    baseline, report, evaluate, export and a search run, and every text file they write is UTF-8.
+"$PY" - "$WORK" <<'EOF'
+import os, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from conftest import make_dataset, write_pair
+work = Path(sys.argv[1])
+root = make_dataset(work / "odd", train=4, val=2)
+for i in range(2):
+    write_pair(root / "test", f"{i:04d}.png", seed=900 + i)
+for split in ("train", "val", "test"):
+    for sub in ("Color_Images", "Segmentation"):
+        os.rename(root / split / sub / "0000.png", root / split / sub / os.fsdecode(b"\xff\xfe-odd.png"))
+EOF
+odd() { "$PY" -m sweeper -q "$@" >/dev/null 2>>"$WORK/odd.err"; echo -n "$?"; }
+STEPS="baseline $(odd baseline --data "$WORK/odd" --backbone random_vits14 --epochs 1 --out "$WORK/odd-base")"
+STEPS="$STEPS, report $(odd report "$WORK/odd-base")"
+STEPS="$STEPS, evaluate $(odd evaluate "$WORK/odd-base" --samples 2)"
+STEPS="$STEPS, export $(odd export "$WORK/odd-base" --out "$WORK/odd-export")"
+STEPS="$STEPS, search $(odd search --data "$WORK/odd" --backbone random_vits14 --space "$WORK/space.yaml" \
+  --name odd --out "$WORK/results" --trials 2)"
+NOT_UTF8=$("$PY" - "$WORK/odd-base" "$WORK/odd-export" "$WORK/results/odd" <<'EOF'
+import sys
+from pathlib import Path
+bad = 0
+for root in sys.argv[1:]:
+    for p in Path(root).rglob("*"):
+        # Ray's search_gen_state-*.json is a pickle (binary in any sweep): not a text file of sweeper's
+        if p.suffix in (".json", ".jsonl", ".txt", ".md", ".html", ".csv") and p.is_file() \
+                and not p.name.startswith("search_gen_state-"):
+            try:
+                p.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+print(bad)
+EOF
+)
+row "file names not UTF-8" "rc $STEPS; tracebacks $(grep -c Traceback "$WORK/odd.err")" \
+  "$(counts "$WORK/results/odd")" "text files not UTF-8: $NOT_UTF8"
 
 # 7. A non-editable install (the wheel, as `pip install .` installs it) in a fresh venv that sees this venv's
 #    torch and Ray, run from another folder: synth, baseline, report, evaluate, export.

@@ -73,9 +73,12 @@ def prepare(args: argparse.Namespace, *, height: int, width: int, label_mode, us
     """
     from sweeper.data.cache import load_train_data
     from sweeper.data.cache_folder import default_cache_root
+    from sweeper.data.dataset import find_split
     from sweeper.training.device import release_memory, resolve_device
 
     source = resolve_data(args)
+    for split in ("train", "val"):  # images and masks there before the backbone (maybe an 85 MB download)
+        find_split(source.root, split, warn=False)
     device = resolve_device(getattr(args, "device", "auto"))  # checked before the backbone loads
     backbone = resolve_backbone(args, source).to(device)
     cache_root = args.cache_dir or default_cache_root()

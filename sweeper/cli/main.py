@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeper {synth,baseline,search,confirm,report,evaluate,export,cache}`.
+"""Command line: `python -m sweeper COMMAND`, one sub-command per job (`sweeper -h` lists them).
 
 The CLI is the only place that prints. Input errors (`SweeperError`) become
 one line on stderr and exit code 2, with no traceback.
@@ -115,8 +115,10 @@ def add_gpu_memory_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-command per job."""
     from sweeper import __version__
+    from sweeper.search.space import shipped_spaces
 
-    parser = _Parser(prog="sweeper", description=__doc__.splitlines()[0])
+    spaces = ", ".join(shipped_spaces())  # what exists, so the help cannot fall behind
+    parser = _Parser(prog="sweeper")
     parser.add_argument("--version", action="version", version=f"sweeper {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -143,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="phase 2: Ray Tune trials, Optuna TPE proposals, ASHA early stopping")
     add_data_options(p, cache_dtype="float16")  # same trial scores, half the memory: docs/cache.md
-    p.add_argument("--space", type=Path, help="search space YAML, or the name of a shipped one: phase2 (default), "
-                                              "smoke")
+    p.add_argument("--space", type=Path, help=f"search space YAML, or the name of a shipped one: {spaces} "
+                                              f"(default: phase2)")
     p.add_argument("--trials", type=_positive_int, help="total trials incl. the baseline trial 0 (default: the space's)")
     p.add_argument("--name", help="run name: results go to OUT/NAME (default: sweep-<time>)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default: results)")
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="what a search will cost on this machine (time, memory, disk), before it runs")
     add_data_options(p, cache_dtype="float16")  # the search's defaults
-    p.add_argument("--space", type=Path, help="search space YAML, or a shipped one's name (default: phase2)")
+    p.add_argument("--space", type=Path, help=f"search space YAML, or a shipped one's name: {spaces} (default: phase2)")
     p.add_argument("--trials", type=_positive_int, help="total trials (default: the space's)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial (default: as search)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0, help="CPUs per trial (default 1)")
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     add_cache_parser(sub)
+    parser.description = f"Command line: `python -m sweeper {{{','.join(sub.choices)}}}`."  # every command added
     return parser
 
 

@@ -31,7 +31,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # before the sweep started: nothing to resume yet
             if not term.received:
                 raise
-            print("terminated (SIGTERM) before the sweep started", file=sys.stderr)
+            again = f"sweeper search {'--resume ' if args.resume else ''}--name {name} --out {args.out}"
+            print(f"terminated (SIGTERM) before the sweep started: nothing ran; the same command starts it: {again}",
+                  file=sys.stderr)
             return 143
 
 
@@ -143,7 +145,7 @@ def _search_in(args: argparse.Namespace, name: str, run_dir: Path, term: TermAsC
     else:
         recorded = {**inputs, "data_fingerprint": dataset_fingerprint(p.source.root),
                     "space": files.file_sha256(space.source), "trials": trials, "seed": seed,
-                    "max_concurrent": concurrent}
+                    "max_concurrent": concurrent, "study_name": name}  # the study keeps it on a resume
     data_bytes = trial_bytes(p.data)
     start_ray(opts, data_bytes=data_bytes)
     term.install()  # over the handler Ray's driver installed

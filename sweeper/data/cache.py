@@ -33,7 +33,7 @@ from sweeper.data.dataset import Split, files_digest, find_split, load_image, lo
 from sweeper.data.parallel import default_workers
 from sweeper.data.tokens import ArrayTokens, BackboneTokens, SplitData, TokenSource, TrainData, variant_key
 from sweeper.errors import SweeperError
-from sweeper.files import atomic_path
+from sweeper.files import atomic_path, size_text
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class CacheEntry:
     path: Path
     nbytes: int
     exists: bool
+    dtype: str | None = None  # a tokens entry's dtype (None: labels)
 
 
 def cache_entries(splits, backbone, *, cache_root: Path, height: int, width: int, label_mode: LabelMode,
@@ -294,10 +295,10 @@ def cache_entries(splits, backbone, *, cache_root: Path, height: int, width: int
                                    allow_unknown=allow_unknown, flip=flip), len(split) * height * width),
                  (token_entry_path(split, backbone, cache_root=cache_root, height=height, width=width, dtype=dtype,
                                    flip=flip), len(split) * token_bytes)]
-        for path, nbytes in paths:
+        for (path, nbytes), kind in zip(paths, (None, dtype)):
             if path not in seen:
                 seen.add(path)
-                out.append(CacheEntry(path, nbytes + NPY_HEADER_BYTES, path.exists()))
+                out.append(CacheEntry(path, nbytes + NPY_HEADER_BYTES, path.exists(), kind))
     return out
 
 
@@ -308,9 +309,11 @@ def check_cache_fits(entries: Sequence[CacheEntry], cache_root: Path) -> None:
         return
     free = free_bytes(cache_root)
     if need > free:
-        raise SweeperError(f"{cache_root}: the feature cache needs {need / 1e9:.2f} GB more and its disk has "
-                           f"{free / 1e9:.2f} GB free: free some space, point --cache-dir at a larger disk, or use "
-                           f"--cache-dtype float16")
+        halve = any(e.dtype == "float32" for e in entries if not e.exists)  # float16 tokens take half
+        raise SweeperError(f"{cache_root}: the feature cache needs {size_text(need)} more and its disk has "
+                           f"{size_text(free)} free: free some space"
+                           + (", point --cache-dir at a larger disk, or use --cache-dtype float16" if halve else
+                              " or point --cache-dir at a larger disk"))
 
 
 def free_bytes(path: Path) -> int:

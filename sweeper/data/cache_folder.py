@@ -51,12 +51,26 @@ def mark_used(entry: Path) -> None:
 
 
 def last_used(entry: Path) -> float:
-    """When an entry was written or last used (seconds since the epoch)."""
-    times = []
-    for p in (entry, checksum_path(entry)):
-        with contextlib.suppress(OSError):
-            times.append(p.stat().st_mtime)
-    return max(times, default=0.0)
+    """When an entry was last used (seconds since the epoch), kept in one place: its checksum file's time (written
+    with the entry, set by each use), else the .npy's. A time in the future (clock skew, a cache copied from
+    another machine) counts as now: a date ahead must not keep an entry for ever."""
+    with contextlib.suppress(OSError):
+        return min(_use_record(entry).stat().st_mtime, time.time())
+    return 0.0
+
+
+def _use_record(entry: Path) -> Path:
+    """The file whose time is the entry's last use: its checksum file, else (an entry without one) the .npy."""
+    check = checksum_path(entry)
+    return check if check.exists() else entry
+
+
+def _record_now_if_ahead(entry: Path) -> None:
+    """A last use recorded in the future is set to now (`last_used` counts it as now), so the entry ages."""
+    with contextlib.suppress(OSError):
+        record = _use_record(entry)
+        if record.stat().st_mtime > time.time():
+            os.utime(record)
 
 
 def process_start(pid: int) -> float | None:
@@ -168,6 +182,7 @@ def prune(root: Path, *, days: float) -> str:
     cutoff = time.time() - days * DAY_SECONDS
     gone = gone_bytes = 0
     for e in entries(root):
+        _record_now_if_ahead(e.path)
         if e.used >= cutoff:
             continue
         for p in (e.path, checksum_path(e.path), e.path.with_suffix(".json")):

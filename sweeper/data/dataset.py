@@ -13,8 +13,10 @@ included, except where a `LabelMode` other than `phase1` is asked for.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -64,18 +66,23 @@ def find_split(root: str | Path, name: str, *, warn: bool = True) -> Split:
 def list_split(folder: Path, name: str, *, warn: bool = True) -> Split:
     """List a folder's image/mask pairs (sorted by name); every image must have its mask.
 
-    Images other than .png and masks without an image are left out, with one warning giving their count."""
+    Images other than .png and masks without an image are left out, with one warning giving their count; a .png
+    that is a link to nowhere is an error, as an unreadable image is."""
     img_dir, mask_dir = folder / IMAGE_DIR, folder / MASK_DIR
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise SweeperError(f"{d}: folder is missing (expected {folder}/{IMAGE_DIR} and {folder}/{MASK_DIR})")
     # Phase 1 used an unsorted os.listdir; sorting makes runs repeatable across file systems.
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    pngs = sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".png")
+    for p in pngs:
+        check_not_broken_link(p)
+    images = [p for p in pngs if p.is_file()]
     if not images:
         raise SweeperError(f"{img_dir}: no .png images in folder")
     masks = []
     for p in images:
         m = mask_dir / p.name
+        check_not_broken_link(m)
         if not m.is_file():
             raise SweeperError(f"{p}: image has no mask (expected {m})")
         masks.append(m)
@@ -87,6 +94,20 @@ def list_split(folder: Path, name: str, *, warn: bool = True) -> Split:
             log.warning("%s: left out %d image file(s) that are not .png and %d mask(s) without an image; "
                         "%d image/mask pairs used", folder, other, orphans, len(images))
     return Split(name=name, root=folder, image_paths=tuple(images), mask_paths=tuple(masks))
+
+
+def check_not_broken_link(path: Path) -> None:
+    """A symbolic link that leads to no file (its target missing, or a loop of links) is an image that cannot be
+    opened: one line naming it, not a file silently left out."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise SweeperError(f"{path}: a symbolic link to a missing file ({os.readlink(path)})") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SweeperError(f"{path}: a loop of symbolic links, not a readable PNG") from None
+        raise SweeperError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _open(path: Path) -> Image.Image:
@@ -170,9 +191,10 @@ def load_labels(mask_path: Path, *, image_path: Path, height: int, width: int, m
     classes, unknown = map_classes(raw)
     if unknown and not allow_unknown:
         total = sum(unknown.values())
-        ids = ", ".join(f"{i} ({c} px)" for i, c in sorted(unknown.items())[:5])
+        ids = (f"id {next(iter(unknown))}" if len(unknown) == 1 else  # its count is the total
+               "ids " + ", ".join(f"{i} ({c} px)" for i, c in sorted(unknown.items())[:5]))
         raise SweeperError(
-            f"{mask_path}: {total} pixels have unknown raw ids {ids}; phase 1 maps them to class 0 "
+            f"{mask_path}: {total} pixels have unknown raw {ids}; phase 1 maps them to class 0 "
             f"(pass --allow-unknown-ids to accept that)")
     if unknown:
         log.warning("%s: %d pixels with unknown ids %s mapped to class 0", mask_path, sum(unknown.values()), sorted(unknown))
@@ -218,7 +240,7 @@ def files_digest(paths: Iterable[Path], *, extra: Sequence[str] = ()) -> str:
     for s in extra:
         h.update(s.encode() + b"\0")
     for p in paths:
-        h.update(p.name.encode() + b"\0")
+        h.update(os.fsencode(p.name) + b"\0")  # a name's bytes: Linux names need not be UTF-8
         with open(p, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)

@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from sweeper.data.classes import CLASS_NAMES, NUM_CLASSES
+from sweeper.files import shown
 from sweeper.report.run_figures import (PALETTE, colorize, comparison_figure, organisers_comparison,
                                         organisers_per_class, per_class_figure)
 from sweeper.report.summary import synthetic_tag
@@ -29,10 +30,10 @@ def draw_evaluation(ev: Any) -> None:
     tag = synthetic_tag(ev.synthetic)
     for i in range(ev.comparisons):
         image = ev.image(i)
-        organisers_comparison(image, ev.labels[i], ev.pred[i], name=ev.image_paths[i].name,
+        organisers_comparison(image, ev.labels[i], ev.pred[i], name=shown(ev.image_paths[i].name),
                               path=out / COMPARISONS_DIR / COMPARISON_NAME.format(i))
         comparison_figure(image, ev.labels[i], ev.pred[i], path=out / COMPARISONS_DIR / DETAIL_NAME.format(i),
-                          title=f"{ev.label}: test image {ev.image_paths[i].stem}{tag}", class_names=CLASS_NAMES)
+                          title=f"{ev.label}: test image {shown(ev.image_paths[i].stem)}{tag}", class_names=CLASS_NAMES)
     phase1 = ev.metrics["phase1"]
     organisers_per_class(list(phase1["class_iou"].values()), phase1["iou"], path=out / BAR_CHART)
     per_class_figure(ev.metrics, out / BAR_CHART_DETAIL)

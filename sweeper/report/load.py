@@ -62,7 +62,7 @@ class SweepRun(RunFacts):
     """A sweep folder's saved results; `missing` says, one line each, what a complete run would also have."""
 
     run_dir: Path
-    name: str  # sweep name = Optuna study name (sweep.json options.name, else the folder name)
+    name: str  # sweep name (sweep.json options.name, else the folder name); the study's: study_name
     info: dict[str, Any]  # sweep.json ({} when missing)
     trials: pd.DataFrame  # one row per trial (trials.csv, or rebuilt from the trial records under ray/)
     history: pd.DataFrame  # one row per trial and epoch (history.csv, or rebuilt likewise)
@@ -71,6 +71,12 @@ class SweepRun(RunFacts):
     confirm: pd.DataFrame | None = None  # confirm_summary.csv of `sweeper confirm`, when it has been run
     objective: Objective = Objective()  # what ranks the trials (the metric and mode sweep.json records)
     dims: tuple[str, ...] = ("head",)  # what a trial's description names (`sweeper.search.tables.describe_trial`)
+
+    @property
+    def study_name(self) -> str:
+        """The Optuna study's name: the one the sweep was created with (sweep.json started_with; a resume under
+        another --name keeps it), else the sweep's name."""
+        return (self.info.get("started_with") or {}).get("study_name") or self.name
 
     @property
     def score(self) -> str:

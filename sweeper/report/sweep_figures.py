@@ -266,8 +266,8 @@ class Importance:
 
 
 def param_importances(study_path: Path, study_name: str) -> Importance:
-    """Importances of the params every completed trial has, from an Optuna SQLite study (read-only);
-    NoData when there are too few trials or nothing varied."""
+    """Importances of the params every completed trial has, from an Optuna SQLite study (read-only): the study
+    `study_name`, or the one study the database holds; NoData when there are too few trials or nothing varied."""
     import optuna
 
     if not study_path.is_file():
@@ -277,9 +277,13 @@ def param_importances(study_path: Path, study_name: str) -> Importance:
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # for this load only: the caller's setting stays
     try:
+        names = optuna.get_all_study_names(storage)
+        if study_name not in names and len(names) == 1:  # a folder from before started_with.study_name
+            study_name = names[0]
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        raise NoData(f"{STUDY_FILE} holds no study named '{study_name}'") from None
+        raise NoData(f"{STUDY_FILE} holds no study named '{study_name}' (it holds {', '.join(names) or 'none'})") \
+            from None
     finally:
         optuna.logging.set_verbosity(level)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -315,7 +319,7 @@ def param_importances(study_path: Path, study_name: str) -> Importance:
 @styled
 def plot_param_importance(run: SweepRun) -> Figure:
     """f. Hyperparameter importance for the study's objective, from the Optuna study in study.db."""
-    imp = param_importances(run.run_dir / STUDY_FILE, run.name)
+    imp = param_importances(run.run_dir / STUDY_FILE, run.study_name)
     s = pd.Series(imp.values).sort_values(ascending=True)
     fig, (ax,) = new_figure(width=9.0, height=1.8 + 0.42 * len(s))
     ax.barh(s.index, s.to_numpy(), color="#4c72b0", edgecolor="0.25", linewidth=0.5)

@@ -74,7 +74,8 @@ def check_trusted(run_dir: Path) -> None:
     there, so it trusts the folder as much as running its code."""
     uid = os.getuid()
     exp_dir = Path(run_dir) / EXPERIMENT_DIR
-    for path in (Path(run_dir), exp_dir, *sorted(exp_dir.iterdir() if exp_dir.is_dir() else [])):
+    # no experiment folder: the sweep stopped before Ray wrote anything (a study database locked at the start)
+    for path in (Path(run_dir), *([exp_dir, *sorted(exp_dir.iterdir())] if exp_dir.is_dir() else [])):
         st = path.lstat()
         if st.st_uid != uid:
             raise SweeperError(f"{path}: owned by another user (uid {st.st_uid}); --resume loads Ray's pickled "

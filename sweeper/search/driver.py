@@ -28,6 +28,8 @@ from sweeper.search.recovery import KEPT_MARK, NODE_LOSSES_RETRIED, node_loss_ca
 from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
                                      write_searcher_state)
 from sweeper.search.space import SearchSpace
+from sweeper.search.study_db import (defer_tell, is_locked, locked_error, open_storage, settle, stop_sweep,
+                                     tell_deferred)
 from sweeper.search.tables import write_tables
 from sweeper.search.trial import trial_arrays, trial_bytes, trial_main
 from sweeper.training.config import TrainConfig
@@ -171,8 +173,10 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             write_searcher_state(checkpoint_path, portable_state(self))
 
         def restore(self, checkpoint_path: str) -> None:
+            previous = getattr(self, "_storage", None)  # Ray restores twice: the first study's connections close
             self.__setstate__(read_searcher_state(checkpoint_path))
-            attach_study(self, study_path)
+            attach_study(self, study_path, previous=previous)
+            tell_deferred(self)
 
         def suggest(self, trial_id: str):
             if trial_id not in self._ot_trials:
@@ -211,7 +215,12 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
             if value is None or step in seen:  # an epoch re-run after a resume is already in the study
                 return
             seen[step] = float(value)
-            self._ot_trials[trial_id].report(float(value), step)
+            try:
+                self._ot_trials[trial_id].report(float(value), step)
+            except Exception as e:  # study.db locked past its busy timeout: this epoch's value stays out
+                if not is_locked(e):
+                    raise
+                stop_sweep(self)
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             if trial_id in self._completed_trials:
@@ -241,6 +250,10 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
                 self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
             except (ValueError, RuntimeError) as e:  # e.g. a NaN best value: Optuna fails the trial itself
                 log.warning("study: trial %s: %s", trial_id, e)
+            except Exception as e:  # study.db locked past its busy timeout: told on the resume (study_db)
+                if not is_locked(e):
+                    raise
+                defer_tell(self, self._ot_trials[trial_id].number, value, state)
             self._completed_trials.add(trial_id)
             self._values.pop(trial_id, None)
 
@@ -249,10 +262,12 @@ def make_searcher(space: SearchSpace, *, study_path: Path, study_name: str, seed
         searcher = BestEpochOptunaSearch.__new__(BestEpochOptunaSearch)
         searcher.restore_from_dir(str(restore_dir))
         return searcher
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    storage = open_storage(study_path)  # WAL, and a busy timeout: readers never stop the sweep
+    # a study already there (a sweep stopped before Ray saved its state) holds its baseline trial already
+    started = study_name in optuna.get_all_study_names(storage)
+    first = [] if started or not method.baseline_trial else [space.baseline_point()]
     return BestEpochOptunaSearch(space=space.suggest, metric=space.metric, mode=space.mode, sampler=sampler,
-                                 points_to_evaluate=[space.baseline_point()] if method.baseline_trial else None,
-                                 study_name=study_name, storage=storage)
+                                 points_to_evaluate=first, study_name=study_name, storage=storage)
 
 
 def make_sampler(space: SearchSpace, *, seed: int, max_concurrent: int = 1, kind: str = "tpe"):
@@ -316,7 +331,32 @@ def run_search(space: SearchSpace, data: TrainData, opts: SearchOptions, *,
 
 def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
          run_config, trial_overrides: dict[str, Any] | None, method: SearchMethod) -> pd.DataFrame:
-    """`run_search`'s Tuner, new or restored, run to its end; a full disk is one line."""
+    """`run_search`'s Tuner, new or restored, run to its end; a full disk or a study database locked past its
+    busy timeout is one line."""
+    study = run_dir / STUDY_FILE
+    resume = f"sweeper search --resume --name {opts.name} --out {opts.out_root}"
+    searcher = None
+    try:
+        tuner, searcher = _tuner(run_dir, exp_dir, space, opts, trainable, run_config, trial_overrides, method)
+        tuner.fit()
+        if getattr(searcher, "study_locked", False):  # stopped as Ctrl-C stops it, its state saved
+            raise locked_error(study, resume)
+    except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
+        if is_locked(e) or isinstance(e, SweeperError):
+            raise (e if isinstance(e, SweeperError) else locked_error(study, resume)) from None
+        reason = disk_full(e)
+        if reason is None:
+            raise
+        raise SweeperError(f"{run_dir}: the disk is full ({reason}); the sweep stopped with its finished trials "
+                           f"kept: free some space and continue with: {resume}") from None
+    finally:
+        settle(getattr(searcher, "_storage", None), study)
+    return write_tables(run_dir, space)
+
+
+def _tuner(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
+           run_config, trial_overrides: dict[str, Any] | None, method: SearchMethod):
+    """The sweep's Tuner, new or restored from `exp_dir`, and its searcher."""
     from ray import tune
 
     if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -347,13 +387,4 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
                                         num_samples=opts.trials,
                                         reuse_actors=True),
         )
-    try:
-        tuner.fit()
-    except Exception as e:  # Ray raises what a trial or the searcher raised, wrapped in its own errors
-        reason = disk_full(e)
-        if reason is None:
-            raise
-        raise SweeperError(f"{run_dir}: the disk is full ({reason}); the sweep stopped with its finished trials "
-                           f"kept: free some space and continue with: sweeper search --resume --name {opts.name} "
-                           f"--out {opts.out_root}") from None
-    return write_tables(run_dir, space)
+    return tuner, searcher

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sweeper.errors import SweeperError
+from sweeper.files import size_text
 from sweeper.search.plan_epochs import epochs_distribution
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,7 @@ def plan_summary(plan: dict[str, Any]) -> str:
     if t.get("sweep_seconds"):
         parts.append(f"about {duration(t['sweep_seconds'])} at {plan['options']['max_concurrent']} at once")
     if r.get("cache_missing_bytes") is not None:
-        parts.append(f"cache to build {r['cache_missing_bytes'] / 1e9:.2f} GB "
-                     f"({r['cache_free_bytes'] / 1e9:.1f} GB free)")
+        parts.append(f"cache to build {size_text(r['cache_missing_bytes'])} ({size_text(r['cache_free_bytes'])} free)")
     if r.get("trial_host_mb"):
         parts.append(f"trial peak ~{r['trial_host_mb']:.0f} MB")
     return "plan: " + ("; ".join(parts) if parts else "nothing to project")
@@ -296,8 +296,8 @@ def refusals(plan: dict[str, Any]) -> list[str]:
     r, o = plan["resources"], plan["options"]
     out = []
     if r["cache_missing_bytes"] > r["cache_free_bytes"]:
-        out.append(f"the cache needs {r['cache_missing_bytes'] / 1e9:.2f} GB more and its disk has "
-                   f"{r['cache_free_bytes'] / 1e9:.2f} GB free")
+        out.append(f"the cache needs {size_text(r['cache_missing_bytes'])} more and its disk has "
+                   f"{size_text(r['cache_free_bytes'])} free")
     cap = r.get("gpu_cap_mb")
     if cap is not None and r.get("gpu_working_set_mb", 0) > cap:
         out.append(f"--gpus-per-trial {o['gpus_per_trial']:g}: a trial needs ~{r['gpu_working_set_mb']} MB of GPU "

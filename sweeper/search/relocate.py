@@ -44,11 +44,16 @@ def write_searcher_state(path: str | Path, state: dict[str, Any]) -> None:
         pickle.dump(state, f)
 
 
-def attach_study(searcher, study_path: Path) -> None:
-    """Open the searcher's study in `study_path` (the folder's own study.db) and rebind its trials to it."""
+def attach_study(searcher, study_path: Path, previous=None) -> None:
+    """Open the searcher's study in `study_path` (the folder's own study.db) and rebind its trials to it; the
+    connections of a `previous` storage are closed (the study database is switched back out of WAL at the end)."""
     import optuna
 
-    searcher._storage = optuna.storages.RDBStorage(f"sqlite:///{study_path}")
+    from sweeper.search.study_db import open_storage  # WAL, and a busy timeout
+
+    if previous is not None and getattr(previous, "engine", None) is not None:
+        previous.engine.dispose()
+    searcher._storage = open_storage(study_path)
     searcher._ot_study = optuna.load_study(study_name=searcher._ot_study_name, storage=searcher._storage,
                                            sampler=searcher._sampler)
     searcher._ot_trials = {tid: optuna.Trial(searcher._ot_study, i) for tid, i in searcher._ot_trial_ids.items()}

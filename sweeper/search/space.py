@@ -185,6 +185,11 @@ class SearchSpace:
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"  # the spaces shipped with the package
 
 
+def shipped_spaces() -> list[str]:
+    """The names of the spaces shipped with the package ('phase2', 'phase3', 'smoke'), for `--space`'s help."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
 def default_space_path() -> Path:
     """The phase-2 space shipped inside the package (found from any folder, installed or not)."""
     return SPACES_DIR / "phase2.yaml"
@@ -272,7 +277,9 @@ def _read_yaml(path: Path, src: str) -> Any:
         raise SweeperError(f"{src}: no such search-space file") from None
     except IsADirectoryError:
         raise SweeperError(f"{src}: is a directory, not a search-space file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise SweeperError(f"{src}: not a YAML text file (binary content at byte {e.start})") from None
+    except OSError as e:
         raise SweeperError(f"{src}: cannot read: {one_line(str(e))}") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
@@ -489,5 +496,6 @@ def _check_baseline(space: SearchSpace) -> None:
     for p in space.params:
         if p.name in point and not p.contains(point[p.name]):
             raise SweeperError(f"{space.source}: params.{p.name}: excludes the phase-1 baseline value "
-                               f"{point[p.name]!r} ({p.describe()}); widen it so trial 0 can re-run phase 1")
+                               f"{point[p.name]!r} ({p.describe()}); widen it so trial 0 can re-run phase 1, "
+                               f"or set {p.name} under fixed: (every trial, trial 0 too, then uses that value)")
     _build(point, space.source, "baseline point", base=space.to_config({}))

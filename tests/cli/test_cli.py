@@ -83,7 +83,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         raw = np.full((54, 96), 100, np.uint16)
         raw[:3, :5] = 4242
         Image.fromarray(raw).save(mask)
-        return args, f"{mask}: 15 pixels have unknown raw ids 4242 (15 px)"
+        return args, f"{mask}: 15 pixels have unknown raw id 4242;"
     if case == "wrong_weights":
         from sweeper.model.backbone import BACKBONES
         from sweeper.model.vit import build_vit
@@ -216,3 +216,57 @@ def test_search_caches_float16_by_default_and_baseline_float32():
     assert parser.parse_args(["search"]).cache_dtype == "float16"
     assert parser.parse_args(["baseline"]).cache_dtype == "float32"
     assert parser.parse_args(["search", "--cache-dtype", "float32"]).cache_dtype == "float32"
+
+
+ODD = b"\xff\xfe-odd.png"  # a valid Linux file name that is not UTF-8 text
+
+
+@pytest.mark.slow  # trains
+def test_a_file_name_that_is_not_utf8_goes_through_every_command(tmp_path, capsys):
+    """One image/mask pair of each split named with bytes that are not UTF-8 (a `synth` set renamed): baseline,
+    report, evaluate (its figures name the image) and export run, and every text file they write is UTF-8."""
+    import os
+
+    root = tmp_path / "set"
+    assert main(["-q", "synth", str(root), "--train", "2", "--val", "1", "--test", "2", "--size", "224x126"]) == 0
+    for split in ("train", "val", "test"):
+        for sub in ("Color_Images", "Segmentation"):
+            folder = root / split / sub
+            first = sorted(folder.iterdir())[0]
+            os.rename(first, folder / os.fsdecode(ODD))
+    run, cache = tmp_path / "base", tmp_path / "cache"
+    steps = [("baseline", "--data", str(root), "--epochs", "1", "--out", str(run), "--cache-dir", str(cache)),
+             ("report", str(run)),
+             ("evaluate", str(run), "--samples", "2", "--cache-dir", str(cache)),
+             ("export", str(run), "--out", str(tmp_path / "exported"))]
+    for step in steps:
+        code, out, err = run_cli(capsys, "-q", *step)
+        assert code == 0 and "Traceback" not in err, (step[0], err[-2000:])
+    evaluated = run / "evaluation" / "baseline"
+    assert (evaluated / "masks").is_dir() and any(os.fsencode(p.name).startswith(b"\xff\xfe")
+                                                  for p in (evaluated / "masks").iterdir())
+    for path in [*run.rglob("*.json"), *run.rglob("*.txt"), *run.rglob("*.md"), *run.rglob("*.html"),
+                 *run.rglob("*.jsonl"), *run.rglob("*.csv")]:
+        path.read_text(encoding="utf-8")  # strict: a name written as its raw bytes would fail here
+
+
+@pytest.mark.parametrize("layout", ["empty folder", "splits without images"])
+def test_data_without_images_is_refused_before_the_backbone_is_resolved(tmp_path, capsys, monkeypatch, layout):
+    """A --data folder without synth.json picks dinov2_vits14 (weights downloaded, 85 MB): a folder with no
+    images must say so first, not report a failed download (or download first)."""
+    import sweeper.model.backbone as backbone
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "splits without images":
+        for split in ("train", "val"):
+            (data / split / "Color_Images").mkdir(parents=True)
+            (data / split / "Segmentation").mkdir(parents=True)
+    built = []
+    real = backbone.create_backbone
+    monkeypatch.setattr(backbone, "create_backbone", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    code, _, err = run_cli(capsys, "baseline", "--data", str(data), "--out", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache"))
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(line) == 1 and str(data) in line[0], err
+    assert "weights" not in line[0] and built == []

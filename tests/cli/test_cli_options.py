@@ -58,3 +58,21 @@ def test_the_installed_entry_point_prints_one_line_too():
                          capture_output=True, text=True, timeout=120)
     assert got.returncode == 2 and got.stdout == ""
     assert got.stderr.splitlines() == ["error: --trials: expected a whole number >= 1, got 0; see sweeper search -h"]
+
+
+def test_help_lists_every_command_and_every_shipped_space(capsys):
+    """Derived from what exists, so a new command or space file cannot be left out."""
+    import argparse
+
+    from sweeper.cli.main import build_parser
+    from sweeper.search.space import SPACES_DIR
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "plan" in commands
+    assert f"{{{','.join(commands)}}}" in parser.format_help()
+    spaces = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    assert "phase3" in spaces
+    for command in ("search", "plan"):
+        text = " ".join(commands[command].format_help().split())
+        assert all(name in text for name in spaces), (command, text)

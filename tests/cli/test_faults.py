@@ -539,6 +539,32 @@ def test_ctrl_c_on_search_exits_130_and_prints_the_resume_command(tmp_path):
     assert not (tmp_path / "results" / "sw" / ".lock").exists()
 
 
+def test_sigterm_before_the_sweep_started_says_the_same_command_starts_it(tmp_path, capsys, monkeypatch):
+    """SIGTERM while the inputs are prepared (the cache builds): nothing ran, so the message says how to start
+    again, and the same command then does (the folder is not left behind to refuse it)."""
+    import signal
+
+    import sweeper.cli.search as search
+
+    data = make_dataset(tmp_path / "data", train=2, val=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    argv = search_args(data, space, tmp_path / "results", tmp_path / "cache")[3:]
+
+    def terminated(*a, **kw):  # a real SIGTERM to this process, as `timeout` or Slurm sends it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(search, "prepare", terminated)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 143
+    cmd = f"sweeper search --name sw --out {tmp_path / 'results'}"
+    assert err.strip().splitlines()[-1] == (f"terminated (SIGTERM) before the sweep started: nothing ran; "
+                                            f"the same command starts it: {cmd}"), err
+    assert not (tmp_path / "results" / "sw").exists()
+
+
 def test_synth_with_no_train_images_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["synth", str(tmp_path / "set"), "--train", "0"])

@@ -260,6 +260,30 @@ def test_a_cache_hit_marks_the_entry_used(tmp_path, capsys):
     assert code == 0 and entry.exists() and "0 entries unused" in out
 
 
+def test_an_entry_dated_in_the_future_still_ages(tmp_path, capsys):
+    """Clock skew, or a cache copied from another machine: an .npy dated a year ahead whose last use (its
+    .crc32) was 10 days ago is pruned at 7 days; a .crc32 dated ahead counts as used now, and ages from the
+    first prune that sees it."""
+    from sweeper.data.cache_folder import last_used
+
+    cache = tmp_path / "cache"
+    entry = label_build(tmp_path, cache)
+    check = entry.with_name(entry.name + ".crc32")
+    ahead, before = time.time() + 365 * DAY, time.time() - 10 * DAY
+    os.utime(entry, (ahead, ahead))
+    os.utime(check, (before, before))
+    assert last_used(entry) == pytest.approx(before, abs=1)
+    code, out, _ = run_cli(capsys, "cache", "--cache-dir", cache, "--prune", "--days", "7")
+    assert code == 0 and not entry.exists() and "1 entry unused for 7 days" in out  # kept for ever before
+
+    entry = label_build(tmp_path / "again", cache)
+    check = entry.with_name(entry.name + ".crc32")
+    os.utime(check, (ahead, ahead))
+    assert last_used(entry) <= time.time()
+    code, out, _ = run_cli(capsys, "cache", "--cache-dir", cache, "--prune", "--days", "7")
+    assert code == 0 and entry.exists() and check.stat().st_mtime <= time.time()  # now its recorded use
+
+
 def test_cache_on_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "cache", "--cache-dir", tmp_path / "nowhere")
     assert code == 2 and error_line(err) == f"error: {tmp_path / 'nowhere'}: no feature cache here (no such folder)"
@@ -287,3 +311,21 @@ def test_a_truncated_training_image_is_named_as_damaged_not_blamed_on_the_cache(
     assert code == 2 and line.startswith(f"error: {image}: not a readable PNG, the file is damaged ("), line
     assert "cache" not in line and "free some space" not in line and "cannot write" not in line
     assert partials(cache) == []
+
+
+# --------------------------------------------------------------------------- the full cache's message
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_cache_that_does_not_fit_says_mb_below_a_gb_and_suggests_float16_only_for_float32(small_tmpfs, dtype):
+    from sweeper.data.cache import CacheEntry, check_cache_fits
+    from sweeper.errors import SweeperError
+
+    entries = [CacheEntry(small_tmpfs / "tokens" / "train.npy", 100 * 10**6, False, dtype),
+               CacheEntry(small_tmpfs / "labels" / "train.npy", 10**6, False)]
+    with pytest.raises(SweeperError) as e:
+        check_cache_fits(entries, small_tmpfs)
+    msg = str(e.value)
+    free = shutil.disk_usage(small_tmpfs).free
+    assert f"needs 101.0 MB more and its disk has {free / 1e6:.1f} MB free" in msg, msg  # was "0.01 GB free"
+    assert ("--cache-dtype float16" in msg) == (dtype == "float32"), msg

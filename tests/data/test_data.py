@@ -92,7 +92,7 @@ def test_class_counts_and_frequencies():
     ("no_mask", "has no mask"),
     ("mask_size", "mask is 48x27 but its image is 96x54"),
     ("corrupt", "not a readable PNG"),
-    ("unknown_ids", "unknown raw ids 42"),
+    ("unknown_ids", "unknown raw id 42"),
 ])
 def test_bad_inputs_name_the_file(tmp_path, case, pattern):
     root = tmp_path / "data"
@@ -131,3 +131,65 @@ def test_unknown_ids_can_be_allowed_as_phase1_did(tmp_path):
     labels = load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56,
                          mode=LabelMode.NEAREST, allow_unknown=True)
     assert (labels == 0).all()
+
+
+def test_a_file_name_that_is_not_utf8_is_hashed_as_its_bytes(tmp_path):
+    """Linux file names are bytes: b'\\xff\\xfe.png' is a valid name that has no UTF-8 text."""
+    import hashlib
+    import os
+
+    from sweeper.data.dataset import files_digest
+
+    odd = tmp_path / os.fsdecode(b"\xff\xfe.png")
+    plain = tmp_path / "a.png"
+    odd.write_bytes(b"same bytes")
+    plain.write_bytes(b"same bytes")
+    assert files_digest([odd]) != files_digest([plain])  # the name counts
+    assert files_digest([odd]) == hashlib.sha256(b"\xff\xfe.png\0" + b"same bytes").hexdigest()[:16]
+    # a UTF-8 name hashes as before (cache keys of existing caches stay valid)
+    expect = hashlib.sha256(b"a.png\0" + b"same bytes").hexdigest()[:16]
+    assert files_digest([plain]) == expect
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("dangling image", r"symbolic link to a missing file \(.*gone\.png\)"),
+    ("image loop", "loop of symbolic links"),
+    ("dangling mask", r"symbolic link to a missing file \(.*gone\.png\)"),
+])
+def test_a_broken_png_link_is_named_like_an_unreadable_image(tmp_path, case, pattern):
+    """A .png that is a link to nowhere (a dangling link, loopA.png <-> loopB.png) is not silently dropped: it is
+    one line naming it, as an image that cannot be opened is."""
+    import os
+
+    write_pair(tmp_path / "train", "0000.png")
+    images, masks = tmp_path / "train" / "Color_Images", tmp_path / "train" / "Segmentation"
+    if case == "dangling image":
+        target = images / "0001.png"
+        os.symlink(tmp_path / "gone.png", target)
+    elif case == "image loop":
+        target = images / "loopA.png"
+        os.symlink(images / "loopB.png", target)
+        os.symlink(target, images / "loopB.png")
+    else:
+        write_pair(tmp_path / "train", "0001.png")
+        target = masks / "0001.png"
+        target.unlink()
+        os.symlink(tmp_path / "gone.png", target)
+    with pytest.raises(SweeperError, match=pattern) as e:
+        find_split(tmp_path, "train")
+    assert str(e.value).startswith(f"{target}:") and "\n" not in str(e.value)
+
+
+def test_unknown_ids_give_each_pixel_count_once(tmp_path):
+    raw = np.full((54, 96), 100, np.uint16)
+    raw[:3, :5] = 4242
+    write_pair(tmp_path, "0000.png", raw=raw)
+    s = find_split(tmp_path, "test")
+    with pytest.raises(SweeperError) as e:
+        load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56, mode=LabelMode.NEAREST)
+    assert f"{s.mask_paths[0]}: 15 pixels have unknown raw id 4242; phase 1" in str(e.value)  # not "(15 px)" again
+    raw[10, :2] = 99
+    write_pair(tmp_path, "0000.png", raw=raw)
+    with pytest.raises(SweeperError) as e:
+        load_labels(s.mask_paths[0], image_path=s.image_paths[0], height=28, width=56, mode=LabelMode.NEAREST)
+    assert "17 pixels have unknown raw ids 99 (2 px), 4242 (15 px); phase 1" in str(e.value)

@@ -275,6 +275,22 @@ def test_importance_ranks_the_param_that_drives_the_objective(tmp_path):
     assert again.values == imp.values  # deterministic: the figure is stable
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_sweep_resumed_under_another_name_keeps_its_importance_figure(tmp_path, recorded):
+    """A sweep copied to folder NEW and resumed with `--resume --name NEW`: sweep.json then says NEW, but the
+    study keeps the name it was created with, which sweep.json's started_with records (or, for a folder from
+    before that record, the one study the database holds)."""
+    run = make_sweep(tmp_path)
+    info = json.loads((run / "sweep.json").read_text())
+    info["options"]["name"] = "NEW"
+    if recorded:
+        info["started_with"] = {"study_name": "fake-sweep"}
+    (run / "sweep.json").write_text(json.dumps(info))
+    fig = plot_param_importance(load_sweep(run))  # NoData ("holds no study named 'NEW'") before
+    assert "8 completed trials" in fig.axes[0].get_title()
+    plt.close(fig)
+
+
 def test_half_written_run_reports_what_is_missing(tmp_path):
     # killed sweep: no trials.csv/history.csv, a ray/ folder that cannot be read, 8 trials planned
     run = make_sweep(tmp_path, planned=8, finished=False, tables=False, study_trials=0)

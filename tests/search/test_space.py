@@ -153,7 +153,8 @@ BAD_CASES = {
     "schedule shorter than the longest trial": (GOOD.replace("train_metrics: false", "schedule_epochs: 8"),
                                                 "fixed.schedule_epochs: 8 is below the most epochs a trial may run (10)"),
     "baseline outside a range": (GOOD.replace("low: 1.0e-5, high: 1.0e-2", "low: 1.0e-3, high: 1.0e-2"),
-                                 "params.lr: excludes the phase-1 baseline value 0.0001"),
+                                 "params.lr: excludes the phase-1 baseline value 0.0001",
+                                 "or set lr under fixed:"),
     "baseline outside choices": (GOOD.replace("[sgd, adam]", "[adam, adamw]").replace("when: {optimizer: [sgd]}",
                                                                                      "when: {optimizer: [adam]}"),
                                  "params.optimizer: excludes the phase-1 baseline value 'sgd'"),
@@ -187,6 +188,14 @@ def test_good_space_loads(tmp_path: Path) -> None:
 def test_yaml_error_gives_line(tmp_path: Path) -> None:
     message = error_for(tmp_path, GOOD.replace("mode: max", "mode: max: min"))
     assert message.endswith("YAML error at line 2, column 10: mapping values are not allowed here")
+
+
+def test_a_binary_file_is_not_a_yaml_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xb0\xff")
+    with pytest.raises(SweeperError) as e:
+        load_space(path)
+    assert str(e.value) == f"{path}: not a YAML text file (binary content at byte 0)"  # not a codec's words
 
 
 def test_missing_file(tmp_path: Path) -> None:

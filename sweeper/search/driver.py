@@ -354,12 +354,33 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
     return write_tables(run_dir, space)
 
 
+def restorable(exp_dir: Path) -> bool:
+    """Whether Ray saved a sweep's state in `exp_dir` whole: its tuner.pkl exists and its opcodes run to STOP.
+
+    Ray writes tuner.pkl before any trial runs, and not atomically: a disk that filled then leaves it cut short.
+    Such a sweep ran nothing, so its resume starts it anew in its study (no second baseline: `make_searcher`).
+    The opcodes are only read, never run: unpickling would rebuild the trainable and its object refs.
+    """
+    import pickletools
+
+    path = Path(exp_dir) / "tuner.pkl"
+    if not path.is_file():
+        return False
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except ValueError:  # "pickle exhausted before seeing STOP" (or bytes that are no pickle)
+        log.warning("%s is cut short (a full disk while Ray wrote it): the sweep starts anew in its study", path)
+        return False
+    return True
+
+
 def _tuner(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,
            run_config, trial_overrides: dict[str, Any] | None, method: SearchMethod):
     """The sweep's Tuner, new or restored from `exp_dir`, and its searcher."""
     from ray import tune
 
-    if opts.resume and tune.Tuner.can_restore(str(exp_dir)):
+    if opts.resume and restorable(exp_dir):
         # Ray moves its own trial paths to where the folder is now (Tuner.restore of the experiment folder);
         # the searcher it would restore from tuner.pkl is the one the sweep started with, so it is replaced
         # by one restored from this folder with this folder's study.db (Ray's restore_from_dir then repeats

@@ -25,8 +25,8 @@ from sweeper.search.options import SearchMethod, SearchOptions
 from sweeper.search.progress import ProgressPrinter, trial_error
 from sweeper.search.ray_local import disk_full, ray_environment, start_ray
 from sweeper.search.recovery import KEPT_MARK, NODE_LOSSES_RETRIED, node_loss_callback
-from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, search_generator,
-                                     write_searcher_state)
+from sweeper.search.relocate import (attach_study, portable_state, read_searcher_state, restorable,
+                                     search_generator, write_searcher_state)
 from sweeper.search.space import SearchSpace
 from sweeper.search.study_db import (defer_tell, is_locked, locked_error, open_storage, settle, stop_sweep,
                                      tell_deferred)
@@ -352,27 +352,6 @@ def _fit(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, 
     finally:
         settle(getattr(searcher, "_storage", None), study)
     return write_tables(run_dir, space)
-
-
-def restorable(exp_dir: Path) -> bool:
-    """Whether Ray saved a sweep's state in `exp_dir` whole: its tuner.pkl exists and its opcodes run to STOP.
-
-    Ray writes tuner.pkl before any trial runs, and not atomically: a disk that filled then leaves it cut short.
-    Such a sweep ran nothing, so its resume starts it anew in its study (no second baseline: `make_searcher`).
-    The opcodes are only read, never run: unpickling would rebuild the trainable and its object refs.
-    """
-    import pickletools
-
-    path = Path(exp_dir) / "tuner.pkl"
-    if not path.is_file():
-        return False
-    try:
-        for _ in pickletools.genops(path.read_bytes()):
-            pass
-    except ValueError:  # "pickle exhausted before seeing STOP" (or bytes that are no pickle)
-        log.warning("%s is cut short (a full disk while Ray wrote it): the sweep starts anew in its study", path)
-        return False
-    return True
 
 
 def _tuner(run_dir: Path, exp_dir: Path, space: SearchSpace, opts: SearchOptions, trainable,

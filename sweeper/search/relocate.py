@@ -10,11 +10,14 @@ read without connecting the storage it holds, and the restored experiment is re-
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
 
 from sweeper.rundir.layout import EXPERIMENT_DIR
+
+log = logging.getLogger(__name__)
 
 STUDY_KEYS = ("_ot_study", "_storage", "_ot_trials")  # OptunaSearch attributes bound to one study.db
 
@@ -98,3 +101,24 @@ def search_generator(searcher, *, max_concurrent: int, run_dir: Path):
                 storage.experiment_dir_name = EXPERIMENT_DIR
 
     return FolderSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+
+
+def restorable(exp_dir: Path) -> bool:
+    """Whether Ray saved a sweep's state in `exp_dir` whole: its tuner.pkl exists and its opcodes run to STOP.
+
+    Ray writes tuner.pkl before any trial runs, and not atomically: a disk that filled then leaves it cut short.
+    Such a sweep ran nothing, so its resume starts it anew in its study (no second baseline: `make_searcher`).
+    The opcodes are only read, never run: unpickling would rebuild the trainable and its object refs.
+    """
+    import pickletools
+
+    path = Path(exp_dir) / "tuner.pkl"
+    if not path.is_file():
+        return False
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except ValueError:  # "pickle exhausted before seeing STOP" (or bytes that are no pickle)
+        log.warning("%s is cut short (a full disk while Ray wrote it): the sweep starts anew in its study", path)
+        return False
+    return True

@@ -205,7 +205,7 @@ def test_a_resume_after_ray_wrote_its_state_cut_short_starts_the_sweep_in_its_st
 def test_only_a_whole_tuner_state_is_restorable(tmp_path):
     import pickle
 
-    from sweeper.search.driver import restorable
+    from sweeper.search.relocate import restorable
 
     assert not restorable(tmp_path)  # nothing saved
     whole = pickle.dumps({"state": list(range(100))})

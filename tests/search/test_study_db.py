@@ -115,6 +115,23 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 240) -> N
     assert path.is_file(), f"{path} never appeared: rc {proc.poll()}"
 
 
+def lock_until_it_gives_up(db: Path, proc: subprocess.Popen, *, wait) -> str:
+    """Once `wait(db, proc)` returns, hold study.db with a `BEGIN EXCLUSIVE` until the sweep exits; its stderr."""
+    holder = None
+    try:
+        wait(db, proc)
+        holder = sqlite3.connect(db, timeout=30, isolation_level=None)
+        holder.execute("begin exclusive")
+        return proc.communicate(timeout=300)[1]  # held until the sweep gives up
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if holder is not None:
+            holder.execute("rollback")
+            holder.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["mid-trial", "at a trial's end", "at the start"])
 def test_a_lock_held_past_the_busy_timeout_is_one_line_with_the_resume_command(tmp_path, when):
@@ -124,22 +141,8 @@ def test_a_lock_held_past_the_busy_timeout_is_one_line_with_the_resume_command(t
     run = tmp_path / "results" / "held"
     epochs = 2 if when == "at a trial's end" else 3
     proc = start_sweep(tmp_path, "held", epochs, SWEEPER_STUDY_TIMEOUT="2")
-    holder = None
-    try:
-        if when != "at the start":
-            wait_for_first_trial(run / "study.db", proc)
-        else:
-            wait_for_file(run / "study.db", proc)
-        holder = sqlite3.connect(run / "study.db", timeout=30, isolation_level=None)
-        holder.execute("begin exclusive")
-        out, err = proc.communicate(timeout=300)  # held until the sweep gives up
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if holder is not None:
-            holder.execute("rollback")
-            holder.close()
+    err = lock_until_it_gives_up(run / "study.db", proc, wait=wait_for_file if when == "at the start"
+                                 else wait_for_first_trial)
     assert proc.returncode == 2, err[-3000:]
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
@@ -177,19 +180,7 @@ def test_a_resume_after_ray_wrote_its_state_cut_short_starts_the_sweep_in_its_st
     second baseline) instead of failing on the cut pickle with a traceback."""
     run = tmp_path / "results" / "cut"
     proc = start_sweep(tmp_path, "cut", 2, SWEEPER_STUDY_TIMEOUT="2")
-    holder = None
-    try:  # stopped at its start, as the full disk stops it
-        wait_for_file(run / "study.db", proc)
-        holder = sqlite3.connect(run / "study.db", timeout=30, isolation_level=None)
-        holder.execute("begin exclusive")
-        proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if holder is not None:
-            holder.execute("rollback")
-            holder.close()
+    lock_until_it_gives_up(run / "study.db", proc, wait=wait_for_file)  # stopped at its start, as a full disk does
     assert proc.returncode == 2
     import pickle
 

@@ -553,7 +553,10 @@ def test_sigterm_before_the_sweep_started_says_the_same_command_starts_it(tmp_pa
 
     def terminated(*a, **kw):  # a real SIGTERM to this process, as `timeout` or Slurm sends it
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
+        # short sleeps: the kernel may hand the signal to another thread (torch's, Ray's), and Python runs its
+        # handler in the main thread between bytecodes, which one long C sleep would hold off for its length
+        for _ in range(500):
+            time.sleep(0.01)
         raise AssertionError("SIGTERM did not interrupt")
 
     monkeypatch.setattr(search, "prepare", terminated)

@@ -201,16 +201,7 @@ def test_asha_stopped_trial_is_pruned_and_best_heads_are_kept(tmp_path):
     # Trial 0 (adam at lr 1e-4) scores IoU 0 at epoch 1 and above 0 at epoch 2. Trial 1 is TPE's random
     # start-up draw (sampler seed 0: lr 1e-9), which still scores 0 at epoch 2: below trial 0's result
     # at the epoch-2 rung, so ASHA stops it there, one epoch short of its 3.
-    (tmp_path / "stop.yaml").write_text("""
-metric: val_iou
-mode: max
-trials: 2
-max_concurrent: 1
-asha: {max_epochs: 3, grace_period: 1, reduction_factor: 2}
-fixed: {epochs: 3, train_metrics: false, optimizer: adam}
-params:
-  lr: {type: categorical, choices: [1.0e-4, 1.0e-9, 1.0e-8, 1.0e-7]}
-""")
+    (tmp_path / "stop.yaml").write_text(STOP_SPACE)
     space = load_space(tmp_path / "stop.yaml")
     table = run_search(space, learnable_data(n_train=64), options(tmp_path, "stop", trials=2, max_concurrent=1, seed=0),
                        trial_overrides=SMALL, progress=False)
